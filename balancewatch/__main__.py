@@ -1,0 +1,3 @@
+from balancewatch.cli import main
+
+raise SystemExit(main())

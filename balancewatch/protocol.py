@@ -1,0 +1,172 @@
+"""The Datastream wire protocol: room names, frames we send, and parsing frames we receive.
+
+Everything here is pure: bytes in, a typed result out. The read loop never sees an exception
+from a frame, only a `Rejected` with a reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Final, Literal
+
+import msgspec
+
+BASE58_PATTERN: Final = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"
+_BASE58 = re.compile(BASE58_PATTERN)
+_ROOM = re.compile(r"^wallet:([1-9A-HJ-NP-Za-km-z]{32,44}):([1-9A-HJ-NP-Za-km-z]{32,44}):balance$")
+
+# Postgres `numeric` holds up to 131072 digits before the point and 16383 after it.
+_NUMERIC_MAX_ADJUSTED: Final = 131071
+_NUMERIC_MAX_SCALE: Final = 16383
+
+PING: Final = '{"type":"ping"}'
+PONG: Final = '{"type":"pong"}'
+
+
+def is_address(text: str) -> bool:
+    """True for a base58 string of 32 to 44 characters, the shape of a Solana address."""
+    return _BASE58.fullmatch(text) is not None
+
+
+def room_for(wallet: str, token: str) -> str:
+    return f"wallet:{wallet}:{token}:balance"
+
+
+def pair_for(room: str) -> tuple[str, str] | None:
+    """The (wallet, token) of a balance room, or None if the text is not such a room."""
+    match = _ROOM.fullmatch(room)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def join_frame(room: str) -> str:
+    return msgspec.json.encode({"type": "join", "room": room}).decode()
+
+
+def leave_frame(room: str) -> str:
+    return msgspec.json.encode({"type": "leave", "room": room}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceUpdate:
+    wallet: str
+    token: str
+    amount: Decimal
+
+    @property
+    def room(self) -> str:
+        return room_for(self.wallet, self.token)
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+RejectReason = Literal[
+    "not_json",
+    "not_object",
+    "unknown_type",
+    "invalid_fields",
+    "amount_not_number",
+    "amount_out_of_range",
+    "negative_amount",
+    "room_mismatch",
+    "room_not_joined",
+    "binary_frame",
+    "too_large",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: RejectReason
+    detail: str
+    room: str | None = None
+
+
+Frame = BalanceUpdate | Joined | Ping | Rejected
+
+
+class _BalanceData(msgspec.Struct, forbid_unknown_fields=True):
+    wallet: str
+    token: str
+    amount: msgspec.Raw
+
+
+class _MessageFrame(msgspec.Struct, tag="message", tag_field="type", forbid_unknown_fields=True):
+    room: str
+    data: _BalanceData
+
+
+class _JoinedFrame(msgspec.Struct, tag="joined", tag_field="type"):
+    room: str
+
+
+class _PingFrame(msgspec.Struct, tag="ping", tag_field="type"):
+    pass
+
+
+_decoder = msgspec.json.Decoder(_MessageFrame | _JoinedFrame | _PingFrame)
+_any_decoder = msgspec.json.Decoder()
+
+
+def parse_frame(raw: str | bytes) -> Frame:
+    """Classify one text frame. Never raises."""
+    try:
+        frame = _decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return _classify_failure(raw, exc)
+    if isinstance(frame, _MessageFrame):
+        return _balance_update(frame)
+    if isinstance(frame, _JoinedFrame):
+        return Joined(frame.room)
+    return Ping()
+
+
+def _balance_update(frame: _MessageFrame) -> BalanceUpdate | Rejected:
+    data = frame.data
+    amount = _parse_amount(bytes(data.amount))
+    if isinstance(amount, Rejected):
+        return Rejected(amount.reason, amount.detail, frame.room)
+    if frame.room != room_for(data.wallet, data.token):
+        return Rejected("room_mismatch", "room does not match data.wallet/data.token", frame.room)
+    return BalanceUpdate(data.wallet, data.token, amount)
+
+
+def _parse_amount(text: bytes) -> Decimal | Rejected:
+    # A JSON number starts with a digit or '-'; msgspec has already checked its grammar, so
+    # the text goes straight to Decimal, never through a binary float.
+    if not text or text[:1] not in b"-0123456789":
+        return Rejected("amount_not_number", "data.amount is not a JSON number")
+    try:
+        amount = Decimal(text.decode("ascii"))
+    except (InvalidOperation, UnicodeDecodeError):
+        return Rejected("amount_not_number", "data.amount is not a JSON number")
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)  # a finite Decimal always has an int exponent
+    if amount.adjusted() > _NUMERIC_MAX_ADJUSTED or -exponent > _NUMERIC_MAX_SCALE:
+        return Rejected("amount_out_of_range", "data.amount does not fit a Postgres numeric")
+    if amount.is_signed() and amount != 0:
+        return Rejected("negative_amount", "data.amount is negative")
+    return amount
+
+
+def _classify_failure(raw: str | bytes, exc: Exception) -> Rejected:
+    try:
+        value = _any_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return Rejected("not_json", str(exc))
+    if not isinstance(value, dict):
+        return Rejected("not_object", f"a JSON {type(value).__name__}, not an object")
+    room = value.get("room")
+    room = room if isinstance(room, str) else None
+    if value.get("type") not in ("message", "joined", "ping"):
+        return Rejected("unknown_type", f"type {value.get('type')!r}", room)
+    return Rejected("invalid_fields", str(exc), room)
