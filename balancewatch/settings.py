@@ -1,0 +1,168 @@
+"""One typed settings object, from `BALANCEWATCH_*` environment variables and an optional TOML file.
+
+The TOML file is named by `BALANCEWATCH_CONFIG`; its keys are the field names below. The
+environment wins over the file. Every problem is reported as one line that names the setting
+and never echoes its value (a value may be a key or a password).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+ENV_PREFIX = "BALANCEWATCH_"
+CONFIG_ENV = "BALANCEWATCH_CONFIG"
+_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it and hides its value."""
+
+
+def parse_database_url(raw: str) -> URL:
+    """Accept the psql form (`postgresql://`, `postgres://`) and `postgresql+asyncpg://`."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError("is not a URL of the form postgresql://user:pass@host:port/db") from None
+    drivername = _DRIVERS.get(url.drivername, url.drivername)
+    if drivername != "postgresql+asyncpg":
+        raise ValueError(f"must start with postgresql:// (got the scheme {url.drivername!r})")
+    if not url.database:
+        raise ValueError("names no database (postgresql://user:pass@host:port/DATABASE)")
+    return url.set(drivername=drivername)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    database_url: SecretStr
+    datastream_url: str = "wss://datastream.solanatracker.io"
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    flush_interval: float = Field(default=0.2, gt=0, le=60)
+    reconcile_interval: float = Field(default=30.0, gt=0)
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+    backoff_reset_after: float = Field(default=30.0, ge=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    keepalive_interval: float = Field(default=20.0, gt=0)
+    idle_timeout: float = Field(default=90.0, gt=0)
+    max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    shutdown_timeout: float = Field(default=8.0, gt=0, le=60)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003  (signature is fixed)
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = os.environ.get(CONFIG_ENV)
+        sources = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, value: SecretStr) -> SecretStr:
+        parse_database_url(value.get_secret_value())
+        return value
+
+    @field_validator("datastream_url")
+    @classmethod
+    def _valid_datastream_url(cls, value: str) -> str:
+        if not value.startswith(("wss://", "ws://")):
+            raise ValueError("must start with wss:// (or ws:// for a local simulator)")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> Settings:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError("backoff_max must not be smaller than backoff_initial")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        return parse_database_url(self.database_url.get_secret_value())
+
+    def datastream_key(self) -> str:
+        """The key itself; read from the file each call, so a rotated secret is picked up."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            return read_key_file(self.api_key_file)
+        raise ConfigError(
+            "BALANCEWATCH_API_KEY: not set (set it, or BALANCEWATCH_API_KEY_FILE to a file "
+            "that holds the key)"
+        )
+
+    def secrets(self) -> list[str]:
+        """Every secret value known, for scrubbing them from all output."""
+        found = [str(self.sqlalchemy_url.password or "")]
+        if self.api_key is not None or self.api_key_file is not None:
+            found.append(self.datastream_key())
+        return [secret for secret in found if secret]
+
+
+def read_key_file(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"BALANCEWATCH_API_KEY_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+    if not key:
+        raise ConfigError(f"BALANCEWATCH_API_KEY_FILE: {path} is empty")
+    return key
+
+
+def load_settings(*, need_key: bool, **overrides: object) -> Settings:
+    """Build and validate the settings, turning every failure into one readable ConfigError.
+
+    Only the daemon needs the Datastream key; `migrate` and `watch` run without one.
+    """
+    config_file = os.environ.get(CONFIG_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_ENV}: no such file: {config_file}")
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except ValueError as exc:  # a TOML syntax error surfaces as a ValueError subclass
+        raise ConfigError(f"{CONFIG_ENV}: {exc}") from None
+    if need_key:
+        settings.datastream_key()
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = ".".join(str(part) for part in error["loc"])
+        where = f"{ENV_PREFIX}{name.upper()}" if name else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = f"unknown setting {name!r} in the config file"
+            where = CONFIG_ENV
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines)

@@ -1,0 +1,133 @@
+"""Settings: environment over TOML file, one clear line per problem, secrets never echoed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from balancewatch.settings import ConfigError, load_settings
+
+SECRET = "hunter2-secret-key"
+PASSWORD = "pa55-word-xyz"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "DATABASE_URL",
+        "DATASTREAM_URL",
+        "API_KEY",
+        "API_KEY_FILE",
+        "CONFIG",
+        "BATCH_SIZE",
+    ):
+        monkeypatch.delenv(f"BALANCEWATCH_{name}", raising=False)
+
+
+def test_the_environment_wins_over_the_config_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "balancewatch.toml"
+    config.write_text('database_url = "postgresql://file@h/db"\nbatch_size = 10\napi_key = "k"\n')
+    monkeypatch.setenv("BALANCEWATCH_CONFIG", str(config))
+    monkeypatch.setenv("BALANCEWATCH_BATCH_SIZE", "20")
+    settings = load_settings(need_key=True)
+    assert settings.batch_size == 20
+    assert settings.sqlalchemy_url.username == "file"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@h:5433/db",
+        "postgres://u:p@h:5433/db",
+        "postgresql+asyncpg://u:p@h:5433/db",
+    ],
+)
+def test_the_psql_url_forms_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", url)
+    settings = load_settings(need_key=False)
+    assert settings.sqlalchemy_url.drivername == "postgresql+asyncpg"
+    assert settings.sqlalchemy_url.port == 5433
+
+
+def test_a_missing_database_url_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="BALANCEWATCH_DATABASE_URL: Field required"):
+        load_settings(need_key=False)
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:pa55-word-xyz@h/db", "not a url", "postgresql://u:pa55-word-xyz@h"]
+)
+def test_a_malformed_database_url_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", url)
+    with pytest.raises(ConfigError, match="BALANCEWATCH_DATABASE_URL") as caught:
+        load_settings(need_key=False)
+    assert PASSWORD not in str(caught.value)
+
+
+def test_the_daemon_refuses_to_start_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://h/db")
+    assert load_settings(need_key=False).api_key is None
+    with pytest.raises(ConfigError, match="BALANCEWATCH_API_KEY"):
+        load_settings(need_key=True)
+
+
+def test_the_key_can_come_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{SECRET}\n")
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", f"postgresql://u:{PASSWORD}@h/db")
+    monkeypatch.setenv("BALANCEWATCH_API_KEY_FILE", str(key_file))
+    settings = load_settings(need_key=True)
+    assert settings.datastream_key() == SECRET
+    assert set(settings.secrets()) == {SECRET, PASSWORD}
+    assert SECRET not in repr(settings)
+    assert PASSWORD not in repr(settings)
+
+
+def test_an_unreadable_key_file_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://h/db")
+    monkeypatch.setenv("BALANCEWATCH_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="BALANCEWATCH_API_KEY_FILE: cannot read"):
+        load_settings(need_key=True)
+
+
+def test_an_unknown_key_in_the_config_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('database_url = "postgresql://h/db"\nbatch_sise = 5\n')
+    monkeypatch.setenv("BALANCEWATCH_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="unknown setting 'batch_sise'"):
+        load_settings(need_key=False)
+
+
+def test_a_wrong_type_in_the_config_file_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('database_url = "postgresql://h/db"\nbatch_size = "many"\n')
+    monkeypatch.setenv("BALANCEWATCH_CONFIG", str(config))
+    with pytest.raises(
+        ConfigError, match="BALANCEWATCH_BATCH_SIZE: Input should be a valid integer"
+    ):
+        load_settings(need_key=False)
+
+
+def test_a_missing_config_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BALANCEWATCH_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="BALANCEWATCH_CONFIG: no such file"):
+        load_settings(need_key=False)
+
+
+def test_the_shipped_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parent.parent / "config" / "balancewatch.example.toml"
+    monkeypatch.setenv("BALANCEWATCH_CONFIG", str(example))
+    monkeypatch.setenv("BALANCEWATCH_API_KEY", SECRET)
+    settings = load_settings(need_key=True)
+    assert settings.datastream_url == "wss://datastream.solanatracker.io"
