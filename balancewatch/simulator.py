@@ -1,0 +1,337 @@
+"""A local stand-in for the Solana Tracker Datastream, speaking its protocol over a real websocket.
+
+The real Datastream needs a paid key, so development, the demo and the tests run against this.
+It keeps a record of everything the clients did (`events`) so tests can assert on the client's
+behaviour from the server's side, and it can misbehave on demand: refuse the handshake, stay
+silent on joins, drop every TCP connection without a close frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from types import TracebackType
+from typing import Final, Literal, Self
+
+import structlog
+from aiohttp import WSMessage, WSMsgType, web
+
+from balancewatch.protocol import PING, pair_for, room_for
+
+log = structlog.get_logger(__name__)
+
+EventKind = Literal["connect", "join", "leave", "pong", "unknown", "disconnect"]
+
+# A short close handshake and shutdown, so a client that stops reading cannot stall `stop()`.
+_CLOSE_TIMEOUT: Final = 1.0
+_SHUTDOWN_TIMEOUT: Final = 2.0
+# Above 20 messages a second the random walk sends batches instead of sleeping for less.
+_MIN_TICK: Final = 0.05
+_ZERO_CHANCE: Final = 0.03
+_MAX_STEP_PER_10K: Final = 500  # a balance moves by at most 5 % per message
+
+
+@dataclass(frozen=True, slots=True)
+class SimEvent:
+    kind: EventKind
+    room: str | None
+    conn_id: int
+    at: float  # time.monotonic()
+    text: str | None = None  # the frame, for "unknown"
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    conn_id: int
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport
+    rooms: set[str] = field(default_factory=set)
+
+
+class Simulator:
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ping_interval: float | None = 20.0,
+        ack_joins: bool = True,
+    ) -> None:
+        self._api_key = api_key
+        self._host = host
+        self._requested_port = port
+        self._ping_interval = ping_interval
+        self.ack_joins = ack_joins
+        self.refuse_status: int | None = None
+        self.events: list[SimEvent] = []
+        self.total_connections = 0
+        self._connections: dict[int, _Connection] = {}
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{key:.*}", self._handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._requested_port).start()
+
+    async def stop(self) -> None:
+        if self._runner is None:
+            return
+        await self.close_connections()
+        await self._runner.cleanup()
+        self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._runner is None:
+            raise RuntimeError("the simulator is not started")
+        port: int = self._runner.addresses[0][1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """The base URL; the client appends /KEY."""
+        return f"ws://{self._host}:{self.port}"
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def live_connections(self) -> int:
+        return len(self._connections)
+
+    def joined_rooms(self) -> set[str]:
+        return {room for conn in self._connections.values() for room in conn.rooms}
+
+    def room_subscribers(self, room: str) -> int:
+        return sum(room in conn.rooms for conn in self._connections.values())
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `predicate()` is true, re-checking it after every recorded event."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    await self._changed.wait()
+        except TimeoutError:
+            name = getattr(predicate, "__qualname__", repr(predicate))
+            recent = "\n  ".join(map(repr, self.events[-10:])) or "(none)"
+            raise TimeoutError(
+                f"{name} still false after {timeout}s; live_connections={self.live_connections},"
+                f" joined_rooms={sorted(self.joined_rooms())}; last events:\n  {recent}"
+            ) from None
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send_balance(self, wallet: str, token: str, amount: str) -> int:
+        """Send a balance message to the connections that joined its room; returns how many.
+
+        `amount` goes on the wire verbatim as the JSON number, so a test can send exactly the
+        text the real server might (or a malformed one).
+        """
+        room = room_for(wallet, token)
+        frame = (
+            f'{{"type":"message","room":{json.dumps(room)},"data":{{"wallet":{json.dumps(wallet)},'
+            f'"token":{json.dumps(token)},"amount":{amount}}}}}'
+        )
+        return await _send(
+            (conn for conn in self._connections.values() if room in conn.rooms), frame
+        )
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await _send(self._connections.values(), data)
+
+    async def ping(self) -> None:
+        await _send(self._connections.values(), PING)
+
+    async def drop_connections(self) -> None:
+        """Cut every TCP connection without a close frame, as a network failure would."""
+        dropped = set(self._connections)
+        for conn in list(self._connections.values()):
+            conn.transport.abort()
+        await self.wait_for(lambda: dropped.isdisjoint(self._connections))
+
+    async def close_connections(self, code: int = 1001) -> None:
+        connections = list(self._connections.values())
+        await asyncio.gather(*(conn.ws.close(code=code) for conn in connections))
+        closed = {conn.conn_id for conn in connections}
+        await self.wait_for(lambda: closed.isdisjoint(self._connections))
+
+    # -- random walk -------------------------------------------------------------------------
+
+    async def run_random_walk(self, rate: float, stop: asyncio.Event) -> None:
+        """Send about `rate` balance changes a second over the joined rooms until `stop` is set."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        tick = max(1.0 / rate, _MIN_TICK)
+        per_tick = max(1, round(rate * tick))
+        walk = _RandomWalk(random.Random())
+        while not stop.is_set():
+            pairs = [pair for room in self.joined_rooms() if (pair := pair_for(room))]
+            for wallet, token in walk.rng.choices(pairs, k=per_tick) if pairs else ():
+                await self.send_balance(wallet, token, walk.next_amount(room_for(wallet, token)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick)
+
+    # -- one connection ----------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        status = self._refusal(request.match_info["key"])
+        if status is not None:
+            log.info("simulator.refused", status=status)
+            return web.Response(status=status)
+        ws = web.WebSocketResponse(timeout=_CLOSE_TIMEOUT)
+        await ws.prepare(request)
+        conn = self._open(ws, request)
+        pinger = asyncio.create_task(self._ping_loop(ws)) if self._ping_interval else None
+        try:
+            async for msg in ws:
+                await self._on_frame(conn, msg)
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+            del self._connections[conn.conn_id]
+            self._record("disconnect", conn.conn_id)
+            log.info("simulator.disconnected", conn_id=conn.conn_id, close_code=ws.close_code)
+        return ws
+
+    def _refusal(self, key: str) -> int | None:
+        if self.refuse_status is not None:
+            return self.refuse_status
+        if self._api_key is not None and not secrets.compare_digest(key, self._api_key):
+            return 401
+        return None
+
+    def _open(self, ws: web.WebSocketResponse, request: web.Request) -> _Connection:
+        # The transport is kept from the handshake: aborting it is the only way to end the
+        # connection without aiohttp sending a close frame.
+        transport = request.transport
+        assert transport is not None  # set for as long as the request is being handled
+        self.total_connections += 1
+        conn = _Connection(self.total_connections, ws, transport)
+        self._connections[conn.conn_id] = conn
+        self._record("connect", conn.conn_id)
+        log.info("simulator.connected", conn_id=conn.conn_id, live=self.live_connections)
+        return conn
+
+    async def _on_frame(self, conn: _Connection, msg: WSMessage) -> None:
+        if msg.type is not WSMsgType.TEXT:
+            self._record("unknown", conn.conn_id, text=f"<{msg.type.name} frame>")
+            return
+        kind, room = _classify(msg.data)
+        if kind == "join" and room is not None:
+            # Acknowledged before it counts as joined, so no message can overtake the "joined".
+            if self.ack_joins and pair_for(room) is not None:
+                await _send([conn], _joined_frame(room))
+            conn.rooms.add(room)
+        elif kind == "leave" and room is not None:
+            conn.rooms.discard(room)
+        self._record(kind, conn.conn_id, room, text=msg.data if kind == "unknown" else None)
+
+    async def _ping_loop(self, ws: web.WebSocketResponse) -> None:
+        assert self._ping_interval is not None
+        while not ws.closed:
+            await asyncio.sleep(self._ping_interval)
+            with contextlib.suppress(ConnectionResetError):
+                await ws.send_str(PING)
+
+    def _record(
+        self, kind: EventKind, conn_id: int, room: str | None = None, text: str | None = None
+    ) -> None:
+        self.events.append(SimEvent(kind, room, conn_id, time.monotonic(), text))
+        # Wake every waiter, then give later waiters a fresh, unset event to wait on.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+
+class _RandomWalk:
+    """One balance per room, moving a few percent per message, sometimes sold down to 0."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self._amounts: dict[str, Decimal] = {}
+
+    def next_amount(self, room: str) -> str:
+        if self.rng.random() < _ZERO_CHANCE:
+            amount = Decimal(0)
+        else:
+            # A balance at 0 (sold out, or rounded down) starts over from a fresh one.
+            current = self._amounts.get(room) or Decimal(self.rng.randint(1, 10**15)).scaleb(-9)
+            step = Decimal(self.rng.randint(-_MAX_STEP_PER_10K, _MAX_STEP_PER_10K)).scaleb(-4)
+            amount = max(current + current * step, Decimal(0))
+        decimals = self.rng.randint(0, 9)
+        amount = amount.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
+        self._amounts[room] = amount
+        return format(amount, "f")
+
+
+def _classify(text: str) -> tuple[EventKind, str | None]:
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return "unknown", None
+    if not isinstance(frame, dict):
+        return "unknown", None
+    kind, room = frame.get("type"), frame.get("room")
+    if kind in ("join", "leave") and isinstance(room, str):
+        return kind, room
+    if kind == "pong":
+        return "pong", None
+    return "unknown", None
+
+
+def _joined_frame(room: str) -> str:
+    return json.dumps({"type": "joined", "room": room}, separators=(",", ":"))
+
+
+async def _send(connections: Iterable[_Connection], data: str | bytes) -> int:
+    """Send to each connection; one that is going away is skipped, not an error."""
+    sent = 0
+    for conn in list(connections):
+        try:
+            if isinstance(data, bytes):
+                await conn.ws.send_bytes(data)
+            else:
+                await conn.ws.send_str(data)
+        except ConnectionResetError:
+            continue
+        sent += 1
+    return sent
+
+
+async def serve(
+    host: str, port: int, api_key: str | None, rate: float, stop: asyncio.Event
+) -> None:
+    """Run a simulator with a random walk until `stop` is set (`balancewatch simulate`).
+
+    A rate of 0 serves without traffic, for trying joins and reconnects by hand.
+    """
+    async with Simulator(api_key=api_key, host=host, port=port) as sim:
+        bound = sim.port
+        log.info(
+            "simulator.started", host=host, port=bound, rate=rate, key_required=api_key is not None
+        )
+        await (sim.run_random_walk(rate, stop) if rate > 0 else stop.wait())
+    log.info("simulator.stopped", host=host, port=bound)

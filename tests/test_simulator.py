@@ -1,0 +1,318 @@
+"""The Datastream simulator, driven over a real websocket by an aiohttp client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from decimal import Decimal
+
+import aiohttp
+import pytest
+from aiohttp import ClientWebSocketResponse, WSMsgType
+
+from balancewatch.protocol import (
+    PONG,
+    BalanceUpdate,
+    join_frame,
+    leave_frame,
+    parse_frame,
+    room_for,
+)
+from balancewatch.simulator import Simulator, serve
+
+KEY = "test-key-0123"
+WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"
+USDT = "Es9vMFrzaCERmJfrF4H2FYD4KCoNkY11McCe8BenwNYB"
+WSOL = "So11111111111111111111111111111111111111112"
+ROOM_USDT = room_for(WALLET, USDT)
+ROOM_WSOL = room_for(WALLET, WSOL)
+# Long enough for a frame on loopback to arrive, short enough to keep the suite fast.
+SILENCE = 0.15
+
+Connect = Callable[..., Awaitable[ClientWebSocketResponse]]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(api_key=KEY, ping_interval=None) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Opens client websockets that are all closed at teardown."""
+    async with aiohttp.ClientSession() as session, AsyncExitStack() as stack:
+
+        async def open_ws(base_url: str, key: str = KEY) -> ClientWebSocketResponse:
+            return await stack.enter_async_context(session.ws_connect(f"{base_url}/{key}"))
+
+        yield open_ws
+
+
+async def receive_json(ws: ClientWebSocketResponse) -> object:
+    return json.loads(await ws.receive_str(timeout=2.0))
+
+
+async def join(ws: ClientWebSocketResponse, room: str) -> None:
+    await ws.send_str(join_frame(room))
+    assert await receive_json(ws) == {"type": "joined", "room": room}
+
+
+async def assert_silent(ws: ClientWebSocketResponse) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await ws.receive(timeout=SILENCE)
+
+
+async def test_wrong_key_is_refused_with_401_before_any_websocket(
+    sim: Simulator, connect: Connect
+) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await connect(sim.url, "wrong-key")
+
+    assert refused.value.status == 401
+    assert sim.total_connections == 0
+    assert sim.events == []
+
+
+async def test_refuse_status_refuses_every_handshake_until_cleared(
+    sim: Simulator, connect: Connect
+) -> None:
+    sim.refuse_status = 403
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await connect(sim.url)
+    assert refused.value.status == 403
+
+    sim.refuse_status = None
+    await connect(sim.url)
+    assert sim.live_connections == 1
+
+
+async def test_join_is_acknowledged_and_tracked_per_connection(
+    sim: Simulator, connect: Connect
+) -> None:
+    first = await connect(sim.url)
+    second = await connect(sim.url)
+
+    await join(first, ROOM_USDT)
+
+    assert sim.joined_rooms() == {ROOM_USDT}
+    assert sim.room_subscribers(ROOM_USDT) == 1
+    assert [(e.kind, e.room, e.conn_id) for e in sim.events] == [
+        ("connect", None, 1),
+        ("connect", None, 2),
+        ("join", ROOM_USDT, 1),
+    ]
+    await assert_silent(second)
+
+
+async def test_join_is_not_acknowledged_when_ack_joins_is_off(
+    sim: Simulator, connect: Connect
+) -> None:
+    sim.ack_joins = False
+    ws = await connect(sim.url)
+
+    await ws.send_str(join_frame(ROOM_USDT))
+    await sim.wait_for(lambda: ROOM_USDT in sim.joined_rooms())
+    await sim.send_balance(WALLET, USDT, "1")
+
+    # The balance message is the first frame: no "joined" came before it.
+    assert await receive_json(ws) == {
+        "type": "message",
+        "room": ROOM_USDT,
+        "data": {"wallet": WALLET, "token": USDT, "amount": 1},
+    }
+
+
+async def test_leave_unsubscribes_only_the_connection_that_left(
+    sim: Simulator, connect: Connect
+) -> None:
+    leaver = await connect(sim.url)
+    stayer = await connect(sim.url)
+    await join(leaver, ROOM_USDT)
+    await join(stayer, ROOM_USDT)
+    assert sim.room_subscribers(ROOM_USDT) == 2
+
+    await leaver.send_str(leave_frame(ROOM_USDT))
+    await sim.wait_for(lambda: sim.room_subscribers(ROOM_USDT) == 1)
+
+    assert await sim.send_balance(WALLET, USDT, "5") == 1
+    assert parse_frame(await stayer.receive_str(timeout=2.0)) == BalanceUpdate(
+        WALLET, USDT, Decimal(5)
+    )
+    await assert_silent(leaver)
+    assert sim.events[-1].kind == "leave"
+
+
+@pytest.mark.parametrize("amount", ["76989.158861", "1e-7", "2e+21", "0", "0.000000001"])
+async def test_send_balance_puts_the_amount_text_on_the_wire_verbatim(
+    sim: Simulator, connect: Connect, amount: str
+) -> None:
+    ws = await connect(sim.url)
+    await join(ws, ROOM_USDT)
+
+    assert await sim.send_balance(WALLET, USDT, amount) == 1
+
+    assert await ws.receive_str(timeout=2.0) == (
+        f'{{"type":"message","room":"{ROOM_USDT}",'
+        f'"data":{{"wallet":"{WALLET}","token":"{USDT}","amount":{amount}}}}}'
+    )
+
+
+async def test_send_balance_reaches_only_connections_that_joined_the_room(
+    sim: Simulator, connect: Connect
+) -> None:
+    usdt = await connect(sim.url)
+    wsol = await connect(sim.url)
+    idle = await connect(sim.url)
+    await join(usdt, ROOM_USDT)
+    await join(wsol, ROOM_WSOL)
+
+    assert await sim.send_balance(WALLET, USDT, "12.5") == 1
+    assert await sim.send_balance(WALLET, WSOL, "0.25") == 1
+
+    assert parse_frame(await usdt.receive_str(timeout=2.0)) == BalanceUpdate(
+        WALLET, USDT, Decimal("12.5")
+    )
+    assert parse_frame(await wsol.receive_str(timeout=2.0)) == BalanceUpdate(
+        WALLET, WSOL, Decimal("0.25")
+    )
+    await assert_silent(usdt)
+    await assert_silent(idle)
+
+
+async def test_ping_answered_with_pong_is_recorded(sim: Simulator, connect: Connect) -> None:
+    ws = await connect(sim.url)
+
+    await sim.ping()
+    assert await receive_json(ws) == {"type": "ping"}
+    await ws.send_str(PONG)
+
+    await sim.wait_for(lambda: any(e.kind == "pong" for e in sim.events))
+
+
+async def test_pings_are_sent_every_ping_interval(connect: Connect) -> None:
+    async with Simulator(ping_interval=0.05) as sim:
+        ws = await connect(sim.url, "any-key-is-accepted-without-api-key")
+        for _ in range(2):
+            assert await receive_json(ws) == {"type": "ping"}
+
+
+async def test_unknown_client_frames_are_recorded_with_their_text(
+    sim: Simulator, connect: Connect
+) -> None:
+    ws = await connect(sim.url)
+
+    await ws.send_str('{"type":"subscribe","room":"x"}')
+    await ws.send_str('{"type":"join"}')
+    await ws.send_bytes(b"\x00\x01")
+    await sim.wait_for(lambda: len(sim.events) == 4)
+
+    assert [(e.kind, e.text) for e in sim.events[1:]] == [
+        ("unknown", '{"type":"subscribe","room":"x"}'),
+        ("unknown", '{"type":"join"}'),
+        ("unknown", "<BINARY frame>"),
+    ]
+
+
+async def test_send_raw_sends_text_and_binary_frames_to_every_connection(
+    sim: Simulator, connect: Connect
+) -> None:
+    clients = [await connect(sim.url), await connect(sim.url)]
+
+    await sim.send_raw('{"type":"error"}')
+    await sim.send_raw(b"\xff")
+
+    for ws in clients:
+        assert await ws.receive_str(timeout=2.0) == '{"type":"error"}'
+        assert await ws.receive_bytes(timeout=2.0) == b"\xff"
+
+
+async def test_drop_connections_ends_them_without_a_close_frame(
+    sim: Simulator, connect: Connect
+) -> None:
+    ws = await connect(sim.url)
+    await join(ws, ROOM_USDT)
+
+    await sim.drop_connections()
+
+    msg = await ws.receive(timeout=2.0)
+    assert msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR)
+    assert ws.close_code != 1000
+    assert sim.live_connections == 0
+    assert sim.joined_rooms() == set()
+    assert sim.events[-1].kind == "disconnect"
+
+
+async def test_close_connections_sends_a_close_frame_with_the_code(
+    sim: Simulator, connect: Connect
+) -> None:
+    ws = await connect(sim.url)
+
+    closing = asyncio.create_task(sim.close_connections(code=4000))
+    msg = await ws.receive(timeout=2.0)
+    await closing
+
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 4000)
+    assert sim.live_connections == 0
+    assert sim.total_connections == 1
+
+
+async def test_wait_for_timeout_explains_what_was_awaited(sim: Simulator) -> None:
+    def two_connections() -> bool:
+        return sim.live_connections == 2
+
+    with pytest.raises(TimeoutError, match=r"two_connections still false .*live_connections=0"):
+        await sim.wait_for(two_connections, timeout=0.05)
+
+
+async def test_random_walk_sends_valid_balances_only_to_joined_rooms_until_stopped(
+    sim: Simulator, connect: Connect
+) -> None:
+    joiner = await connect(sim.url)
+    bystander = await connect(sim.url)
+    stop = asyncio.Event()
+    walk = asyncio.create_task(sim.run_random_walk(rate=400.0, stop=stop))
+
+    await assert_silent(joiner)  # nothing is joined yet, so nothing is sent
+    await join(joiner, ROOM_USDT)
+    updates = [parse_frame(await joiner.receive_str(timeout=2.0)) for _ in range(40)]
+    stop.set()
+    await asyncio.wait_for(walk, timeout=1.0)
+
+    for update in updates:
+        assert isinstance(update, BalanceUpdate)
+        assert (update.wallet, update.token) == (WALLET, USDT)
+        assert update.amount >= 0
+        assert -int(update.amount.as_tuple().exponent) <= 9
+    assert len({update.amount for update in updates if isinstance(update, BalanceUpdate)}) > 1
+    await assert_silent(bystander)
+
+
+async def test_serve_streams_to_a_joined_client_and_stops_when_told(connect: Connect) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stop = asyncio.Event()
+    server = asyncio.create_task(serve("127.0.0.1", port, KEY, 100.0, stop))
+    ws = await _connect_when_listening(connect, f"ws://127.0.0.1:{port}")
+
+    await join(ws, ROOM_WSOL)
+    assert isinstance(parse_frame(await ws.receive_str(timeout=2.0)), BalanceUpdate)
+    stop.set()
+    await asyncio.wait_for(server, timeout=3.0)
+
+    while (msg := await ws.receive(timeout=2.0)).type is WSMsgType.TEXT:
+        pass  # balances already in flight when the stop came
+    assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1001)
+
+
+async def _connect_when_listening(connect: Connect, url: str) -> ClientWebSocketResponse:
+    for _ in range(50):
+        try:
+            return await connect(url)
+        except aiohttp.ClientConnectorError:
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"nothing listening at {url}")
