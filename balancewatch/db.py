@@ -1,0 +1,46 @@
+"""Connections to Postgres: the SQLAlchemy engine for queries, raw asyncpg for LISTEN and COPY."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+APPLICATION_NAME = "balancewatch"
+
+
+def create_engine(url: URL, *, pool_size: int = 4) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=2,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": APPLICATION_NAME}},
+    )
+
+
+def asyncpg_dsn(url: URL) -> str:
+    """The libpq-style DSN asyncpg takes, with the password: pass it, never print it."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def connect_raw(url: URL, *, timeout: float = 10.0) -> Any:
+    """A plain asyncpg connection outside the pool, for LISTEN (it must stay the same one)."""
+    return await asyncpg.connect(
+        asyncpg_dsn(url),
+        timeout=timeout,
+        server_settings={"application_name": f"{APPLICATION_NAME}-listen"},
+    )
+
+
+async def driver_connection(connection: AsyncConnection) -> Any:
+    """The asyncpg connection under a SQLAlchemy one: SQLAlchemy has no COPY API."""
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+def describe(url: URL) -> str:
+    """The URL for logs and errors: the password is masked."""
+    return url.render_as_string(hide_password=True)

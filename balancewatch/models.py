@@ -1,0 +1,80 @@
+"""The schema as SQLAlchemy Core tables. Alembic migrations create it; a test checks they agree."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    true,
+)
+
+from balancewatch.protocol import BASE58_PATTERN
+
+# NOTIFY channel of the watchlist trigger (created by the migrations, not here).
+WATCHLIST_CHANNEL: Final = "balancewatch_watchlist"
+
+STATES: Final = ("joining", "joined", "leaving", "left", "error", "invalid")
+
+metadata = MetaData()
+
+watchlist = Table(
+    "watchlist",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("wallet", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("label", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("wallet", "token", name="watchlist_wallet_token_key"),
+    CheckConstraint(f"wallet ~ '{BASE58_PATTERN}'", name="watchlist_wallet_is_base58_address"),
+    CheckConstraint(f"token ~ '{BASE58_PATTERN}'", name="watchlist_token_is_base58_address"),
+)
+
+balance_history = Table(
+    "balance_history",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("wallet", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("amount", Numeric, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+# "The history of one pair, newest first" is an index scan on this.
+Index(
+    "balance_history_pair_received_at_idx",
+    balance_history.c.wallet,
+    balance_history.c.token,
+    balance_history.c.received_at.desc(),
+)
+
+subscription_status = Table(
+    "subscription_status",
+    metadata,
+    Column("wallet", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("wallet", "token", name="subscription_status_pkey"),
+    CheckConstraint(
+        "state IN ('joining', 'joined', 'leaving', 'left', 'error', 'invalid')",
+        name="subscription_status_state_known",
+    ),
+)

@@ -1,0 +1,84 @@
+"""Fixtures: a real Postgres (a throwaway cluster, or BALANCEWATCH_TEST_DATABASE_URL), migrated
+once into a template database and cloned per test; a simulated Datastream on loopback; and a
+daemon running in-process against both."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from balancewatch.localpg import LocalPostgres
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from balancewatch import migrate
+from balancewatch.db import asyncpg_dsn, create_engine
+from balancewatch.settings import parse_database_url
+from balancewatch.simulator import Simulator
+from tests.helpers import API_KEY
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[URL]:
+    """A URL of the test server's maintenance database, where test databases are created."""
+    given = os.environ.get("BALANCEWATCH_TEST_DATABASE_URL")
+    if given:
+        yield parse_database_url(given)
+        return
+    with LocalPostgres() as cluster:
+        yield parse_database_url(cluster.url())
+
+
+@pytest.fixture(scope="session")
+async def template_database(server_url: URL) -> AsyncIterator[str]:
+    name = f"bw_template_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    engine = create_engine(server_url.set(database=name), pool_size=1)
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        await engine.dispose()
+    yield name
+    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def database_url(server_url: URL, template_database: str) -> AsyncIterator[URL]:
+    """A fresh, migrated database for one test."""
+    name = f"bw_test_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield server_url.set(database=name)
+    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def engine(database_url: URL) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def db(database_url: URL) -> AsyncIterator[Any]:
+    """A plain asyncpg connection for the test's own SQL, as a user's psql session would be."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[Simulator]:
+    async with Simulator(api_key=API_KEY, ping_interval=None) as sim:
+        yield sim
+
+
+async def _admin(server_url: URL, sql: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()

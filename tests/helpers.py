@@ -1,0 +1,80 @@
+"""Constants and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from balancewatch.settings import Settings
+from balancewatch.supervisor import Daemon
+
+API_KEY = "test-key-5f3a9c1e0b7d4e2a"
+WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"
+TOKEN = "Es9vMFrzaCERmJfrF4H2FYD4KCoNkY11McCe8BenwNYB"
+SOL = "So11111111111111111111111111111111111111112"
+WALLET2 = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
+
+
+def room(wallet: str = WALLET, token: str = TOKEN) -> str:
+    return f"wallet:{wallet}:{token}:balance"
+
+
+def make_settings(database_url: URL, datastream_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url.render_as_string(hide_password=False),
+        "datastream_url": datastream_url,
+        "api_key": API_KEY,
+        "flush_interval": 0.05,
+        "reconcile_interval": 5.0,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.5,
+        "connect_timeout": 2.0,
+        "shutdown_timeout": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class RunningDaemon:
+    daemon: Daemon
+    stop_event: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, timeout=15)
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(engine: AsyncEngine, settings: Settings) -> AsyncIterator[RunningDaemon]:
+    daemon = Daemon(settings, engine)
+    stop = asyncio.Event()
+    running = RunningDaemon(daemon, stop, asyncio.create_task(daemon.run(stop)))
+    try:
+        yield running
+    finally:
+        if not running.task.done():
+            await running.stop()
+        else:
+            running.task.result()  # surface a crash
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll an async or plain predicate until it is true; fail with `what` after timeout."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
