@@ -1,0 +1,135 @@
+"""Where joins and leaves get sent: the rooms wanted, the rooms held, and the diff between them.
+
+Two sides feed it: the watchlist sync says which rooms are wanted, the Datastream client says
+when a connection opens or drops. Both go through one lock, so a diff is always computed
+against what the live connection really holds, and a room is never joined twice on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping
+from typing import Protocol
+
+from balancewatch.logs import get_logger
+from balancewatch.protocol import pair_for
+from balancewatch.rooms import Pair, Wanted, diff_rooms
+
+log = get_logger(__name__)
+
+
+class RoomSender(Protocol):
+    """The live connection, as far as subscriptions are concerned."""
+
+    async def join(self, rooms: Collection[str]) -> None: ...
+
+    async def leave(self, rooms: Collection[str]) -> None: ...
+
+
+class StatusSink(Protocol):
+    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None: ...
+
+
+class Subscriptions:
+    def __init__(self, status: StatusSink) -> None:
+        self._status = status
+        self._wanted: Mapping[str, Pair] = {}
+        self._invalid: Mapping[Pair, str] = {}
+        self._held: set[str] = set()  # join sent on the live connection (acked or not)
+        self._sender: RoomSender | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        return frozenset(self._wanted)
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)
+
+    def is_held(self, room: str) -> bool:
+        return room in self._held
+
+    async def want(self, wanted: Wanted) -> None:
+        """The watchlist says these rooms are wanted now."""
+        async with self._lock:
+            previous = self._wanted
+            self._wanted = wanted.rooms
+            self._record_invalid(wanted.invalid)
+            if self._sender is None:
+                self._status.set_status(_pairs(previous, set(previous) - set(wanted.rooms)), "left")
+                self._status.set_status(
+                    _pairs(wanted.rooms, set(wanted.rooms) - set(previous)), "joining"
+                )
+                return
+            await self._apply(self._sender)
+
+    async def connected(self, sender: RoomSender) -> None:
+        """A new connection is open: it holds nothing yet, so every wanted room is joined."""
+        async with self._lock:
+            self._sender = sender
+            self._held = set()
+            await self._apply(sender)
+
+    def disconnected(self, error: str | None) -> None:
+        """The connection is gone (error is None for a deliberate close): its rooms with it."""
+        if self._sender is None:
+            return
+        self._sender = None
+        self._status.set_status(_pairs(self._wanted, self._held), "joining", error)
+        self._held = set()
+
+    def joined(self, room: str) -> None:
+        pair = self._wanted.get(room)
+        if pair is not None and room in self._held:
+            self._status.set_status([pair], "joined")
+
+    def room_error(self, room: str, error: str) -> None:
+        pair = self._wanted.get(room)
+        if pair is not None:
+            self._status.set_status([pair], "error", error)
+
+    async def _apply(self, sender: RoomSender) -> None:
+        diff = diff_rooms(set(self._wanted), self._held)
+        leaving = {room: _pair_of(room) for room in diff.leave}
+        try:
+            if diff.leave:
+                self._status.set_status(leaving.values(), "leaving")
+                await sender.leave(diff.leave)
+                self._held -= diff.leave
+                self._status.set_status(leaving.values(), "left")
+            if diff.join:
+                self._status.set_status(_pairs(self._wanted, diff.join), "joining")
+                # Held from before the frame leaves, so a message racing the ack is kept.
+                self._held |= diff.join
+                await sender.join(diff.join)
+        except ConnectionError as exc:
+            # The read loop sees the same drop and reconnects; the next connection re-joins all.
+            log.warning("subscriptions.send_failed", error=str(exc))
+            return
+        if diff.join or diff.leave:
+            log.info(
+                "subscriptions.synced",
+                joined=len(diff.join),
+                left=len(diff.leave),
+                held=len(self._held),
+            )
+
+    def _record_invalid(self, invalid: Mapping[Pair, str]) -> None:
+        fresh = {
+            pair: reason for pair, reason in invalid.items() if self._invalid.get(pair) != reason
+        }
+        for pair, reason in fresh.items():
+            log.warning("subscriptions.invalid_row", wallet=pair[0], token=pair[1], reason=reason)
+            self._status.set_status([pair], "invalid", reason)
+        self._invalid = invalid
+
+
+def _pairs(rooms: Mapping[str, Pair], subset: Collection[str]) -> list[Pair]:
+    return [rooms[room] for room in subset if room in rooms]
+
+
+def _pair_of(room: str) -> Pair:
+    pair = pair_for(room)
+    assert pair is not None  # only valid rooms are ever held
+    return pair

@@ -1,0 +1,117 @@
+"""The composition root: builds every piece of the daemon, wires them, runs them, stops them.
+
+Reading stops first (the websocket and the watchlist sync); then the writer flushes what was
+read and returns. If any long-lived task dies, the task group stops the others and the error
+reaches the caller, so the process exits instead of running half-alive (the container restarts
+it); the writer still drains what it holds on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from balancewatch import migrate
+from balancewatch.datastream import DatastreamClient, StreamConfig
+from balancewatch.db import create_engine, describe
+from balancewatch.ingest import Ingest
+from balancewatch.logs import get_logger
+from balancewatch.settings import Settings
+from balancewatch.subscriptions import RoomSender, Subscriptions
+from balancewatch.sync import SyncConfig, WatchlistSync
+from balancewatch.writer import Writer, WriterConfig
+
+log = get_logger(__name__)
+
+
+class SchemaNotReady(RuntimeError):
+    pass
+
+
+class Daemon:
+    """The pieces of a running balancewatch, built from the settings."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+        self.writer = Writer(
+            engine,
+            WriterConfig(
+                batch_size=settings.batch_size,
+                flush_interval=settings.flush_interval,
+                drain_timeout=settings.shutdown_timeout,
+            ),
+        )
+        self.subscriptions = Subscriptions(self.writer)
+        self.sync = WatchlistSync(
+            engine,
+            settings.sqlalchemy_url,
+            self.subscriptions,
+            SyncConfig(
+                reconcile_interval=settings.reconcile_interval,
+                backoff_initial=settings.backoff_initial,
+                backoff_max=settings.backoff_max,
+                connect_timeout=settings.connect_timeout,
+            ),
+        )
+        self.ingest = Ingest(self.subscriptions, self.writer, settings.max_frame_bytes)
+        self.client = DatastreamClient(
+            StreamConfig(
+                base_url=settings.datastream_url,
+                backoff_initial=settings.backoff_initial,
+                backoff_max=settings.backoff_max,
+                backoff_reset_after=settings.backoff_reset_after,
+                connect_timeout=settings.connect_timeout,
+                keepalive_interval=settings.keepalive_interval,
+                idle_timeout=settings.idle_timeout,
+                max_frame_bytes=settings.max_frame_bytes,
+            ),
+            settings.datastream_key,
+            self.ingest,
+            on_connected=self._connected,
+            on_disconnected=self.subscriptions.disconnected,
+        )
+
+    async def _connected(self, sender: RoomSender) -> None:
+        self.sync.request_reconcile()
+        await self.subscriptions.connected(sender)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        readers_done = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async with asyncio.TaskGroup() as readers:
+                    readers.create_task(self.client.run(stop))
+                    readers.create_task(self.sync.run(stop))
+            finally:
+                readers_done.set()
+
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.writer.run(readers_done))
+            tasks.create_task(read())
+        log.info(
+            "daemon.stopped",
+            messages=self.ingest.messages,
+            rows_written=self.writer.rows_written,
+            rejected=dict(self.ingest.rejected),
+        )
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    engine = create_engine(settings.sqlalchemy_url)
+    try:
+        await check_schema(engine)
+        log.info("daemon.starting", database=describe(settings.sqlalchemy_url))
+        await Daemon(settings, engine).run(stop)
+    finally:
+        await engine.dispose()
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    current = await migrate.current_revision(engine)
+    head = migrate.head_revision()
+    if current != head:
+        raise SchemaNotReady(
+            f"the database schema is at revision {current or 'none'}, not {head}: "
+            "run `balancewatch migrate` first"
+        )
