@@ -11,12 +11,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from balancewatch.localpg import LocalPostgres
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import migrate
 from balancewatch.db import asyncpg_dsn, create_engine
+from balancewatch.localpg import LocalPostgres
 from balancewatch.settings import parse_database_url
 from balancewatch.simulator import Simulator
 from tests.helpers import API_KEY
@@ -51,6 +51,15 @@ async def database_url(server_url: URL, template_database: str) -> AsyncIterator
     """A fresh, migrated database for one test."""
     name = f"bw_test_{uuid.uuid4().hex[:12]}"
     await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield server_url.set(database=name)
+    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database_url(server_url: URL) -> AsyncIterator[URL]:
+    """A fresh database with no schema at all."""
+    name = f"bw_empty_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
     yield server_url.set(database=name)
     await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

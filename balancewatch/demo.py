@@ -1,0 +1,140 @@
+"""`balancewatch demo`: the whole service on a throwaway Postgres and a simulated Datastream.
+
+It starts a local cluster, migrates it, seeds a few watchlist rows, starts the simulator and
+the daemon, prints each row as it is committed, and adds one more pair on the fly to show the
+watchlist sync. Ctrl-C (or --seconds) stops all of it and deletes the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+from balancewatch import logs, migrate
+from balancewatch.db import asyncpg_dsn, create_engine
+from balancewatch.localpg import LocalPostgres, PostgresNotFound
+from balancewatch.protocol import room_for
+from balancewatch.settings import Settings, parse_database_url
+from balancewatch.signals import stop_on_signals
+from balancewatch.simulator import Simulator
+from balancewatch.supervisor import Daemon
+
+DEMO_KEY = "demo-key"
+USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+USDT = "Es9vMFrzaCERmJfrF4H2FYD4KCoNkY11McCe8BenwNYB"
+WSOL = "So11111111111111111111111111111111111111112"
+SEED = [
+    ("FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1", USDT, "upstream example"),
+    ("FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1", WSOL, "native SOL"),
+    ("7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", USDC, "a trader"),
+]
+LATE_PAIR = ("7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", WSOL, "added while running")
+_FEED_POLL = 0.25
+
+
+def run_demo(rate: float, seconds: float | None) -> int:
+    logs.configure(level="warning")
+    try:
+        cluster = LocalPostgres()
+    except PostgresNotFound as exc:
+        print(f"balancewatch demo: {exc}", file=sys.stderr)
+        return 1
+    with cluster:
+        say(f"throwaway Postgres in {cluster.base_dir}; while the demo runs: psql {cluster.url()}")
+        asyncio.run(_demo(parse_database_url(cluster.url()), rate, seconds))
+    print("demo stopped; the throwaway database is deleted")
+    return 0
+
+
+async def _demo(url: URL, rate: float, seconds: float | None) -> None:
+    engine = create_engine(url)
+    stop = asyncio.Event()
+    try:
+        await migrate.upgrade(engine)
+        say(f"schema migrated to revision {migrate.head_revision()}")
+        async with _database(url) as db, Simulator(api_key=DEMO_KEY, ping_interval=5.0) as sim:
+            await _seed(db)
+            say(f"simulated Datastream at {sim.url}, {rate:g} balance changes a second")
+            settings = Settings(
+                database_url=url.render_as_string(hide_password=False),
+                datastream_url=sim.url,
+                api_key=DEMO_KEY,
+            )
+            daemon = Daemon(settings, engine)
+            with stop_on_signals(stop):
+                say("running; rows appear as they are committed (Ctrl-C to stop)")
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(daemon.run(stop))
+                    tasks.create_task(sim.run_random_walk(rate, stop))
+                    tasks.create_task(_feed(db, stop))
+                    tasks.create_task(_add_late_pair(db, sim, stop))
+                    if seconds is not None:
+                        tasks.create_task(_stop_after(seconds, stop))
+    finally:
+        await engine.dispose()
+
+
+def say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _database(url: URL) -> AsyncIterator[Any]:
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _seed(db: Any) -> None:
+    await db.executemany("INSERT INTO watchlist (wallet, token, label) VALUES ($1, $2, $3)", SEED)
+    say(f"watchlist seeded with {len(SEED)} pairs")
+
+
+async def _feed(db: Any, stop: asyncio.Event) -> None:
+    """Print every committed row once, oldest first, until stopped."""
+    last_id = 0
+    while not stop.is_set():
+        rows = await db.fetch(
+            "SELECT h.id, h.received_at, h.amount, coalesce(w.label, '') AS label "
+            "FROM balance_history h LEFT JOIN watchlist w USING (wallet, token) "
+            "WHERE h.id > $1 ORDER BY h.id",
+            last_id,
+        )
+        for row in rows:
+            stamp = row["received_at"].strftime("%H:%M:%S.%f")[:-3]
+            print(f"  row {row['id']:>5}  {stamp}  {row['amount']:>24}  {row['label']}", flush=True)
+            last_id = row["id"]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _FEED_POLL)
+
+
+async def _add_late_pair(db: Any, sim: Simulator, stop: asyncio.Event) -> None:
+    """Insert one more pair with SQL, as a user would, and time it until the join is sent."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 3.0)
+    if stop.is_set():
+        return
+    wallet, token, label = LATE_PAIR
+    room = room_for(wallet, token)
+    started = time.monotonic()
+    await db.execute(
+        "INSERT INTO watchlist (wallet, token, label) VALUES ($1, $2, $3)", wallet, token, label
+    )
+    await sim.wait_for(lambda: room in sim.joined_rooms(), timeout=5.0)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    say(f"INSERT INTO watchlist ({label}) -> join on the socket in {elapsed_ms:.0f} ms")
+
+
+async def _stop_after(seconds: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    stop.set()

@@ -1,0 +1,250 @@
+"""The command line as a user runs it: real subprocesses, real signals, exit codes and rows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import URL
+
+from balancewatch.simulator import Simulator
+from tests.helpers import API_KEY, SOL, TOKEN, WALLET, room
+
+TERM_DEADLINE = 10.0
+
+
+def environment(url: URL | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
+    env["BALANCEWATCH_LOG_FORMAT"] = "json"
+    if url is not None:
+        env["BALANCEWATCH_DATABASE_URL"] = url.render_as_string(hide_password=False)
+    env.update({f"BALANCEWATCH_{key.upper()}": value for key, value in extra.items()})
+    return env
+
+
+@dataclass
+class Finished:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def balancewatch(*args: str, env: dict[str, str], timeout: float = 30) -> Finished:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "balancewatch",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return Finished(process.returncode, stdout.decode(), stderr.decode())
+
+
+@dataclass
+class Daemon:
+    process: asyncio.subprocess.Process
+    output: Path
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+
+@pytest.fixture
+async def start_daemon(tmp_path: Path) -> AsyncIterator[Any]:
+    started: list[Daemon] = []
+
+    async def start(env: dict[str, str]) -> Daemon:
+        output = tmp_path / f"daemon-{len(started)}.log"
+        with output.open("wb") as sink:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "balancewatch", "run", env=env, stdout=sink, stderr=sink
+            )
+        daemon = Daemon(process, output)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.returncode is None:
+            daemon.process.kill()
+            await daemon.process.wait()
+
+
+async def test_migrate_creates_the_schema_and_is_safe_to_run_again(
+    empty_database_url: URL, tmp_path: Path
+) -> None:
+    env = environment(empty_database_url)
+    first = await balancewatch("migrate", env=env)
+    second = await balancewatch("migrate", env=env)
+    assert (first.code, second.code) == (0, 0), first.stdout + first.stderr
+    assert '"migrate.done"' in second.stdout
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({}, "BALANCEWATCH_DATABASE_URL"),
+        ({"database_url": "mysql://u:p@h/db"}, "BALANCEWATCH_DATABASE_URL"),
+        ({"database_url": "postgresql://h/db"}, "BALANCEWATCH_API_KEY"),
+        (
+            {"database_url": "postgresql://h/db", "api_key_file": "/nonexistent/key"},
+            "BALANCEWATCH_API_KEY_FILE",
+        ),
+        (
+            {"database_url": "postgresql://h/db", "api_key": "k", "batch_size": "lots"},
+            "BALANCEWATCH_BATCH_SIZE",
+        ),
+    ],
+)
+async def test_bad_configuration_is_refused_with_one_line_and_exit_code_2(
+    settings: dict[str, str], named: str
+) -> None:
+    finished = await balancewatch("run", env=environment(None, **settings))
+    assert finished.code == 2
+    lines = finished.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert named in lines[0]
+
+
+async def test_run_refuses_an_unmigrated_database(empty_database_url: URL) -> None:
+    finished = await balancewatch("run", env=environment(empty_database_url, api_key=API_KEY))
+    assert finished.code == 1
+    assert "balancewatch migrate" in finished.stdout
+
+
+async def test_watch_commands_edit_the_watchlist(database_url: URL, db: Any) -> None:
+    env = environment(database_url)
+    added = await balancewatch("watch", "add", WALLET, TOKEN, "--label", "usdt", env=env)
+    again = await balancewatch("watch", "add", WALLET, SOL, env=env)
+    listed = await balancewatch("watch", "list", env=env)
+    assert (added.code, again.code, listed.code) == (0, 0, 0)
+    assert WALLET in listed.stdout
+    assert "usdt" in listed.stdout
+    rows = await db.fetch("SELECT token, label FROM watchlist ORDER BY id")
+    assert [(row["token"], row["label"]) for row in rows] == [(TOKEN, "usdt"), (SOL, None)]
+
+    removed = await balancewatch("watch", "remove", WALLET, SOL, env=env)
+    missing = await balancewatch("watch", "remove", WALLET, SOL, env=env)
+    assert (removed.code, missing.code) == (0, 1)
+    assert await db.fetchval("SELECT count(*) FROM watchlist") == 1
+
+
+async def test_watch_add_refuses_a_malformed_address(database_url: URL, db: Any) -> None:
+    finished = await balancewatch(
+        "watch", "add", "0xdeadbeef", TOKEN, env=environment(database_url)
+    )
+    assert finished.code == 2
+    assert "WALLET" in finished.stderr
+    assert await db.fetchval("SELECT count(*) FROM watchlist") == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_stores_every_received_message_and_exits_0(
+    database_url: URL, db: Any, simulator: Simulator, start_daemon: Any, signum: int
+) -> None:
+    await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
+    # Neither the flush age nor the batch size would ever flush: only the drain on exit can.
+    env = environment(
+        database_url,
+        datastream_url=simulator.url,
+        api_key=API_KEY,
+        flush_interval="60",
+        batch_size="1000000",
+    )
+    daemon = await start_daemon(env)
+    await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=15)
+    for i in range(1000):
+        await simulator.send_balance(WALLET, TOKEN, f"{i}.5")
+    # The daemon reads frames in order, so its pong proves it has read every message before.
+    await simulator.ping()
+    await simulator.wait_for(lambda: any(e.kind == "pong" for e in simulator.events))
+    assert await db.fetchval("SELECT count(*) FROM balance_history") == 0
+
+    daemon.process.send_signal(signum)
+    code = await asyncio.wait_for(daemon.process.wait(), TERM_DEADLINE)
+
+    assert code == 0, daemon.text()
+    amounts = await db.fetch("SELECT amount::text AS a FROM balance_history ORDER BY id")
+    assert [row["a"] for row in amounts] == [f"{i}.5" for i in range(1000)]
+
+
+async def test_the_key_never_appears_in_any_output(
+    database_url: URL, db: Any, simulator: Simulator, start_daemon: Any
+) -> None:
+    await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
+    simulator.refuse_status = 401
+    env = environment(
+        database_url,
+        datastream_url=simulator.url,
+        api_key=API_KEY,
+        log_level="debug",
+        backoff_initial="0.05",
+        backoff_max="0.2",
+    )
+    daemon = await start_daemon(env)
+    await _wait_for_text(daemon, "API key rejected")
+    simulator.refuse_status = None
+    await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=15)
+    await simulator.send_balance(WALLET, TOKEN, "1")
+    await simulator.send_raw(f'{{"type":"message","room":"{API_KEY}"}}')
+    await simulator.drop_connections()
+    await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=15)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(daemon.process.wait(), TERM_DEADLINE) == 0
+    output = daemon.text()
+    assert '"datastream.key_rejected"' in output
+    assert '"datastream.reconnecting"' in output
+    assert API_KEY not in output
+
+
+async def _wait_for_text(daemon: Daemon, text: str, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while text not in daemon.text():
+        assert daemon.process.returncode is None, daemon.text()
+        assert asyncio.get_running_loop().time() < deadline, f"no {text!r} in:\n{daemon.text()}"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up(tmp_path: Path) -> None:
+    output = tmp_path / "demo.log"
+    with output.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "balancewatch",
+            "demo",
+            "--rate",
+            "50",
+            env=environment(None),
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while "added while running" not in output.read_text():
+            assert process.returncode is None, output.read_text()
+            assert asyncio.get_running_loop().time() < deadline, output.read_text()
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 20)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    text = output.read_text()
+    assert code == 0, text
+    assert "join on the socket in" in text
+    assert text.count("  row ") >= 5
+    base_dir = Path(text.split("throwaway Postgres in ")[1].split(";")[0])
+    assert not base_dir.exists()
+    assert "the throwaway database is deleted" in text
