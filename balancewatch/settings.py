@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -95,11 +95,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with wss:// (or ws:// for a local simulator)")
         return value.rstrip("/")
 
-    @model_validator(mode="after")
-    def _backoff_in_order(self) -> Settings:
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError("backoff_max must not be smaller than backoff_initial")
-        return self
+    @field_validator("backoff_max")
+    @classmethod
+    def _backoff_in_order(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("backoff_initial", 0):
+            raise ValueError("must not be smaller than backoff_initial")
+        return value
 
     @property
     def sqlalchemy_url(self) -> URL:
