@@ -77,6 +77,8 @@ class Subscriptions:
             return
         self._sender = None
         self._status.set_status(_pairs(self._wanted, self._held), "joining", error)
+        # A room being left when the connection went is left now: nothing holds it.
+        self._status.set_status([_pair_of(room) for room in self._held - set(self._wanted)], "left")
         self._held = set()
 
     def joined(self, room: str) -> None:
@@ -91,13 +93,15 @@ class Subscriptions:
 
     async def _apply(self, sender: RoomSender) -> None:
         diff = diff_rooms(set(self._wanted), self._held)
-        leaving = {room: _pair_of(room) for room in diff.leave}
+        leaving = [_pair_of(room) for room in diff.leave]
         try:
             if diff.leave:
-                self._status.set_status(leaving.values(), "leaving")
+                self._status.set_status(leaving, "leaving")
                 await sender.leave(diff.leave)
+                if self._sender is not sender:
+                    return  # dropped meanwhile: the next connection starts from nothing
                 self._held -= diff.leave
-                self._status.set_status(leaving.values(), "left")
+                self._status.set_status(leaving, "left")
             if diff.join:
                 self._status.set_status(_pairs(self._wanted, diff.join), "joining")
                 # Held from before the frame leaves, so a message racing the ack is kept.

@@ -1,9 +1,9 @@
 """The composition root: builds every piece of the daemon, wires them, runs them, stops them.
 
 Reading stops first (the websocket and the watchlist sync); then the writer flushes what was
-read and returns. If any long-lived task dies, the task group stops the others and the error
-reaches the caller, so the process exits instead of running half-alive (the container restarts
-it); the writer still drains what it holds on the way out.
+read and returns. If any long-lived task dies, the others are stopped and the error reaches
+the caller, so the process exits instead of running half-alive (the container restarts it);
+the writer still drains what it holds on the way out.
 """
 
 from __future__ import annotations
@@ -76,19 +76,18 @@ class Daemon:
         await self.subscriptions.connected(sender)
 
     async def run(self, stop: asyncio.Event) -> None:
-        readers_done = asyncio.Event()
-
-        async def read() -> None:
-            try:
-                async with asyncio.TaskGroup() as readers:
-                    readers.create_task(self.client.run(stop))
-                    readers.create_task(self.sync.run(stop))
-            finally:
-                readers_done.set()
-
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.writer.run(readers_done))
-            tasks.create_task(read())
+        drain = asyncio.Event()
+        # The writer runs outside the readers' task group: whatever ends the readers, even a
+        # crash, it still gets to write what they read. A dead writer stops the readers.
+        writer = asyncio.create_task(self.writer.run(drain))
+        writer.add_done_callback(lambda _: stop.set())
+        try:
+            async with asyncio.TaskGroup() as readers:
+                readers.create_task(self.client.run(stop))
+                readers.create_task(self.sync.run(stop))
+        finally:
+            drain.set()
+            await writer
         log.info(
             "daemon.stopped",
             messages=self.ingest.messages,

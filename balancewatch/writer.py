@@ -101,7 +101,8 @@ class Writer:
                 if await self._wait_for_batch(drain):
                     await self._flush_with_retry(drain)
         finally:
-            await asyncio.shield(self._drain())
+            # The cancellation has been delivered: these awaits run unless cancelled again.
+            await self._drain()
 
     async def _wait_for_batch(self, drain: asyncio.Event) -> bool:
         """True when a batch is due: full, old enough, or status changes waiting."""
