@@ -4,6 +4,7 @@ daemon running in-process against both."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -49,17 +50,22 @@ async def template_database(server_url: URL) -> AsyncIterator[str]:
 @pytest.fixture
 async def database_url(server_url: URL, template_database: str) -> AsyncIterator[URL]:
     """A fresh, migrated database for one test."""
-    name = f"bw_test_{uuid.uuid4().hex[:12]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield server_url.set(database=name)
-    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with _scratch_database(server_url, template=template_database) as url:
+        yield url
 
 
 @pytest.fixture
 async def empty_database_url(server_url: URL) -> AsyncIterator[URL]:
     """A fresh database with no schema at all."""
-    name = f"bw_empty_{uuid.uuid4().hex[:12]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    async with _scratch_database(server_url, template=None) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _scratch_database(server_url: URL, template: str | None) -> AsyncIterator[URL]:
+    name = f"bw_test_{uuid.uuid4().hex[:12]}"
+    clone = f' TEMPLATE "{template}"' if template else ""
+    await _admin(server_url, f'CREATE DATABASE "{name}"{clone}')
     yield server_url.set(database=name)
     await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
