@@ -76,7 +76,8 @@ class Subscriptions:
         if self._sender is None:
             return
         self._sender = None
-        self._status.set_status(_pairs(self._wanted, self._held), "joining", error)
+        # Every wanted room, not just the held ones: a join cut short was never held.
+        self._status.set_status(list(self._wanted.values()), "joining", error)
         # A room being left when the connection went is left now: nothing holds it.
         self._status.set_status([_pair_of(room) for room in self._held - set(self._wanted)], "left")
         self._held = set()

@@ -126,35 +126,61 @@ class Writer:
         await wait_first(drain, timeout=self._retry.next_delay())
 
     async def flush(self) -> bool:
-        """Write one batch; on failure put it back in front and return False."""
+        """Write one batch; on failure put it back in front and return False.
+
+        A cancellation lets the write under way finish (within drain_timeout) before it is
+        re-raised, so a batch is never taken out of the buffer and then forgotten.
+        """
+        oldest = self._oldest
         rows = self._take_rows()
         status, self._status = self._status, {}
+        write = asyncio.ensure_future(self._write(rows, status))
         try:
-            await self._write(rows, status)
-        except WRITE_ERRORS as exc:
-            self._rows[:0] = rows
-            if rows:
-                self._oldest = time.monotonic()
-            status.update(self._status)
-            self._status = status
-            log.warning(
-                "writer.flush_failed",
-                error=describe_error(exc),
-                rows=len(rows),
-                pending=len(self._rows),
-            )
-            return False
-        self.rows_written += len(rows)
-        return True
+            await asyncio.wait([write])  # unlike awaiting it, a cancellation leaves it running
+        except asyncio.CancelledError:
+            await asyncio.wait([write], timeout=self._config.drain_timeout)
+            if not write.done():
+                write.cancel()
+                await asyncio.wait([write])
+            self._settle(write, rows, status, oldest)
+            raise
+        return self._settle(write, rows, status, oldest)
+
+    def _settle(
+        self,
+        write: asyncio.Future[None],
+        rows: list[BalanceRow],
+        status: dict[Pair, StatusChange],
+        oldest: float | None,
+    ) -> bool:
+        error = None if write.cancelled() else write.exception()
+        if not write.cancelled() and error is None:
+            self.rows_written += len(rows)
+            return True
+        self._rows[:0] = rows
+        if rows:
+            self._oldest = oldest
+        status.update(self._status)
+        self._status = status
+        if error is not None and not isinstance(error, WRITE_ERRORS):
+            raise error
+        log.warning(
+            "writer.flush_failed",
+            error="cancelled" if error is None else describe_error(error),
+            rows=len(rows),
+            pending=len(self._rows),
+        )
+        return False
 
     def _take_rows(self) -> list[BalanceRow]:
         size = self._config.batch_size
         if len(self._rows) <= size:
             rows, self._rows = self._rows, []
+            self._oldest = None
         else:
+            # What is left keeps the batch's age: it has waited at least that long.
             rows = self._rows[:size]
             del self._rows[:size]
-        self._oldest = time.monotonic() if self._rows else None
         return rows
 
     async def _write(self, rows: list[BalanceRow], status: dict[Pair, StatusChange]) -> None:

@@ -1,0 +1,442 @@
+"""Subscriptions as a pure unit: which join and leave frames go out, and which states are recorded.
+
+The sender and the status sink are in-memory fakes; nothing here touches a socket or a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from balancewatch.rooms import Pair, Wanted, wanted_rooms
+from balancewatch.subscriptions import Subscriptions
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room
+
+A: Pair = (WALLET, TOKEN)
+B: Pair = (WALLET2, SOL)
+C: Pair = (WALLET, SOL)
+D: Pair = (WALLET2, TOKEN)
+BAD: Pair = ("not-a-wallet-0OIl", TOKEN)
+
+# Every ordered pair of four valid addresses: 16 rooms for the property test.
+_ADDRESSES = (WALLET, WALLET2, TOKEN, SOL)
+POOL: list[Pair] = [(wallet, token) for wallet in _ADDRESSES for token in _ADDRESSES]
+
+
+def r(pair: Pair) -> str:
+    return room(*pair)
+
+
+def want(*pairs: Pair) -> Wanted:
+    return wanted_rooms(pairs)
+
+
+@dataclass
+class FakeSender:
+    """Records the frames it was asked to send, in order; once broken, every send fails."""
+
+    frames: list[tuple[str, str]] = field(default_factory=list)
+    broken: bool = False
+
+    async def join(self, rooms: Collection[str]) -> None:
+        self._send("join", rooms)
+
+    async def leave(self, rooms: Collection[str]) -> None:
+        self._send("leave", rooms)
+
+    def _send(self, kind: str, rooms: Collection[str]) -> None:
+        if self.broken:
+            raise ConnectionError("connection reset by peer")
+        self.frames.extend((kind, name) for name in sorted(rooms))
+
+    def joins(self) -> list[str]:
+        return [name for kind, name in self.frames if kind == "join"]
+
+    def leaves(self) -> list[str]:
+        return [name for kind, name in self.frames if kind == "leave"]
+
+    def holding(self) -> set[str]:
+        """The rooms this connection holds after its frames; fails on a join of a held room or
+        a leave of a room not held."""
+        held: set[str] = set()
+        for kind, name in self.frames:
+            if kind == "join":
+                assert name not in held, f"{name} joined twice without a leave in between"
+                held.add(name)
+            else:
+                assert name in held, f"{name} left without being held"
+                held.remove(name)
+        return held
+
+
+@dataclass
+class FakeStatus:
+    """Records every status change, one entry per pair."""
+
+    changes: list[tuple[Pair, str, str | None]] = field(default_factory=list)
+
+    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+        self.changes.extend((pair, state, error) for pair in pairs)
+
+    def states(self, pair: Pair) -> list[str]:
+        return [state for p, state, _ in self.changes if p == pair]
+
+    def last(self, pair: Pair) -> tuple[str, str | None] | None:
+        found = [(state, error) for p, state, error in self.changes if p == pair]
+        return found[-1] if found else None
+
+
+@pytest.fixture
+def status() -> FakeStatus:
+    return FakeStatus()
+
+
+@pytest.fixture
+def subs(status: FakeStatus) -> Subscriptions:
+    return Subscriptions(status)
+
+
+# --- disconnected -----------------------------------------------------------------------------
+
+
+async def test_wanting_rooms_while_disconnected_sends_nothing_and_records_joining_and_left(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.want(want(A, B))
+    assert sorted(status.changes) == sorted([(A, "joining", None), (B, "joining", None)])
+
+    status.changes.clear()
+    await subs.want(want(B, C))
+    assert sorted(status.changes) == sorted([(A, "left", None), (C, "joining", None)])
+    assert subs.held == frozenset()
+    assert subs.wanted == {r(B), r(C)}
+
+
+async def test_connecting_joins_every_wanted_room_once(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.want(want(A, B, C))
+    sender = FakeSender()
+    await subs.connected(sender)
+    assert sorted(sender.joins()) == sorted([r(A), r(B), r(C)])
+    assert sender.leaves() == []
+    assert subs.held == subs.wanted == {r(A), r(B), r(C)}
+    assert {status.last(pair) for pair in (A, B, C)} == {("joining", None)}
+
+
+async def test_connecting_with_nothing_wanted_sends_nothing(subs: Subscriptions) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want())
+    assert sender.frames == []
+
+
+# --- connected --------------------------------------------------------------------------------
+
+
+async def test_wanting_more_rooms_joins_only_the_new_ones(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A))
+    status.changes.clear()
+
+    await subs.want(want(A, B, C))
+    assert sender.joins() == [r(A), *sorted([r(B), r(C)])]
+    assert sorted(status.changes) == sorted([(B, "joining", None), (C, "joining", None)])
+    assert subs.held == {r(A), r(B), r(C)}
+
+
+async def test_wanting_the_same_rooms_again_sends_nothing(subs: Subscriptions) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A, B))
+    frames = list(sender.frames)
+    await subs.want(want(B, A))
+    assert sender.frames == frames
+
+
+async def test_unwanting_rooms_leaves_them_and_records_leaving_then_left(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A, B, C))
+    sender.frames.clear()
+    status.changes.clear()
+
+    await subs.want(want(A))
+    assert sorted(sender.leaves()) == sorted([r(B), r(C)])
+    assert sender.joins() == []
+    assert status.states(B) == status.states(C) == ["leaving", "left"]
+    assert status.states(A) == []
+    assert subs.held == {r(A)}
+
+
+async def test_one_change_can_leave_and_join_at_once_leaves_first(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A))
+    sender.frames.clear()
+
+    await subs.want(want(B))
+    assert sender.frames == [("leave", r(A)), ("join", r(B))]
+    assert status.states(A)[-2:] == ["leaving", "left"]
+    assert status.last(B) == ("joining", None)
+
+
+# --- reconnects -------------------------------------------------------------------------------
+
+
+async def test_a_reconnect_rejoins_everything_on_the_new_sender_and_nothing_on_the_old(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    old = FakeSender()
+    await subs.connected(old)
+    await subs.want(want(A, B))
+    old_frames = list(old.frames)
+
+    subs.disconnected("connection lost")
+    assert subs.held == frozenset()
+    await subs.want(want(A, C))  # changes while down are only recorded
+    assert old.frames == old_frames
+
+    new = FakeSender()
+    await subs.connected(new)
+    assert sorted(new.joins()) == sorted([r(A), r(C)])
+    assert new.leaves() == []
+    assert old.frames == old_frames
+    assert subs.held == {r(A), r(C)}
+    assert status.last(B) == ("left", None)
+
+
+@pytest.mark.parametrize(
+    ("error", "recorded"),
+    [(None, None), ("connection reset by peer", "connection reset by peer")],
+    ids=["deliberate close", "dropped"],
+)
+async def test_a_disconnect_puts_held_rooms_back_to_joining_with_its_error(
+    subs: Subscriptions, status: FakeStatus, error: str | None, recorded: str | None
+) -> None:
+    await subs.connected(FakeSender())
+    await subs.want(want(A, B))
+    status.changes.clear()
+
+    subs.disconnected(error)
+    assert sorted(status.changes) == sorted([(A, "joining", recorded), (B, "joining", recorded)])
+
+
+async def test_a_second_disconnect_records_nothing(subs: Subscriptions, status: FakeStatus) -> None:
+    await subs.connected(FakeSender())
+    await subs.want(want(A))
+    subs.disconnected("gone")
+    status.changes.clear()
+    subs.disconnected("gone again")
+    assert status.changes == []
+
+
+# --- acknowledgements and room errors ---------------------------------------------------------
+
+
+async def test_joined_is_recorded_only_for_a_room_that_is_held_and_wanted(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.want(want(A))
+    subs.joined(r(A))  # wanted, not held: no connection yet
+    assert "joined" not in status.states(A)
+
+    sender = FakeSender()
+    await subs.connected(sender)
+    subs.joined(r(A))
+    assert status.last(A) == ("joined", None)
+
+    subs.joined(r(D))  # never wanted
+    assert status.states(D) == []
+
+    await subs.want(want(A, B))
+    sender.broken = True
+    await subs.want(want(A))  # the leave of B fails: B is still held but no longer wanted
+    assert subs.is_held(r(B))
+    subs.joined(r(B))
+    assert "joined" not in status.states(B)
+
+
+async def test_a_room_error_is_recorded_against_a_wanted_pair_only(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.connected(FakeSender())
+    await subs.want(want(A))
+    subs.room_error(r(A), "no such room")
+    subs.room_error(r(B), "no such room")
+    assert status.last(A) == ("error", "no such room")
+    assert status.states(B) == []
+
+
+# --- send failures ----------------------------------------------------------------------------
+
+
+async def test_a_failed_join_is_swallowed_and_the_next_connection_joins_everything(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.want(want(A, B))
+    broken = FakeSender(broken=True)
+    with capture_logs() as logs:
+        await subs.connected(broken)  # no exception escapes
+    assert [entry["event"] for entry in logs] == ["subscriptions.send_failed"]
+    assert "connection reset" in logs[0]["error"]
+
+    subs.disconnected("connection reset by peer")
+    fresh = FakeSender()
+    await subs.connected(fresh)
+    assert sorted(fresh.joins()) == sorted([r(A), r(B)])
+    assert fresh.holding() == subs.held == subs.wanted
+    assert broken.frames == []
+
+
+async def test_a_failed_leave_is_swallowed_and_the_next_connection_joins_only_what_is_wanted(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A, B))
+    sender.broken = True
+    with capture_logs() as logs:
+        await subs.want(want(A))
+    assert [entry["event"] for entry in logs] == ["subscriptions.send_failed"]
+
+    subs.disconnected("connection reset by peer")
+    assert status.last(B) == ("left", None)  # nothing holds it once the connection is gone
+    fresh = FakeSender()
+    await subs.connected(fresh)
+    assert fresh.joins() == [r(A)]
+    assert subs.held == {r(A)}
+
+
+async def test_a_wanted_room_cut_off_by_a_failed_leave_is_joining_while_disconnected(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A))
+    await subs.want(want(B))  # A: leaving, left
+    sender.broken = True
+    await subs.want(want(A))  # the leave of B fails, so A's join is never attempted
+    subs.disconnected("connection reset by peer")
+
+    assert subs.wanted == {r(A)}
+    assert status.last(A) == ("joining", "connection reset by peer")
+
+
+# --- invalid rows -----------------------------------------------------------------------------
+
+
+async def test_an_invalid_row_is_recorded_once_with_its_reason_and_never_joined(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    with capture_logs() as logs:
+        await subs.want(wanted_rooms([BAD, A]))
+        await subs.want(wanted_rooms([BAD, A]))
+    assert [entry["event"] for entry in logs].count("subscriptions.invalid_row") == 1
+
+    [(state, reason)] = [(s, e) for p, s, e in status.changes if p == BAD]
+    assert state == "invalid"
+    assert reason is not None
+    assert "wallet is not a base58 address" in reason
+    assert sender.joins() == [r(A)]
+
+
+async def test_an_invalid_row_removed_and_added_again_is_recorded_again(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.want(wanted_rooms([BAD]))
+    await subs.want(wanted_rooms([]))
+    await subs.want(wanted_rooms([BAD]))
+    assert status.states(BAD) == ["invalid", "invalid"]
+
+
+# --- property ---------------------------------------------------------------------------------
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("want"), st.frozensets(st.integers(0, len(POOL) - 1))),
+        st.tuples(st.just("connect"), st.none()),
+        st.tuples(st.just("disconnect"), st.sampled_from([None, "dropped"])),
+        st.tuples(st.just("break"), st.none()),
+        st.tuples(st.just("ack"), st.integers(0, len(POOL) - 1)),
+    ),
+    max_size=25,
+)
+
+
+class Session:
+    """Subscriptions driven the way the Datastream client does: one connection at a time."""
+
+    def __init__(self) -> None:
+        self.status = FakeStatus()
+        self.subs = Subscriptions(self.status)
+        self.senders: list[FakeSender] = []
+        self.current: FakeSender | None = None
+
+    async def apply(self, op: str, arg: Any) -> None:
+        if op == "want":
+            await self.subs.want(wanted_rooms([POOL[i] for i in sorted(arg)]))
+        elif op == "connect":
+            if self.current is not None:  # the old connection closes before a new one opens
+                self.subs.disconnected(None)
+            await self.connect()
+        elif op == "disconnect":
+            self.subs.disconnected(arg)
+            self.current = None
+        elif op == "break" and self.current is not None:
+            self.current.broken = True
+        elif op == "ack":
+            self.subs.joined(r(POOL[arg]))
+
+    async def connect(self) -> None:
+        self.current = FakeSender()
+        self.senders.append(self.current)
+        await self.subs.connected(self.current)
+
+    async def settle(self) -> None:
+        if self.current is not None and self.current.broken:
+            # The read loop sees the same drop, and reconnects.
+            self.subs.disconnected("dropped")
+            await self.connect()
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops)
+async def test_no_room_is_ever_joined_twice_on_one_connection_and_held_ends_as_wanted(
+    ops: list[tuple[str, Any]],
+) -> None:
+    session = Session()
+    for op, arg in ops:
+        await session.apply(op, arg)
+    await session.settle()
+
+    for sender in session.senders:
+        sender.holding()  # asserts: no join of a held room, no leave of a room not held
+    subs, current = session.subs, session.current
+    if current is None:
+        assert subs.held == frozenset()
+        return
+    assert subs.held == subs.wanted == current.holding()
+    # Statuses agree with the live connection: joining (or acked) if wanted, else left.
+    for pair in POOL:
+        last = session.status.last(pair)
+        if r(pair) in subs.wanted:
+            assert last is not None
+            assert last[0] in ("joining", "joined")
+        elif last is not None:
+            assert last[0] == "left"

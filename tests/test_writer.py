@@ -1,0 +1,433 @@
+"""The write path against a real Postgres: batching, ordering, draining, status upserts, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
+
+from balancewatch.writer import Writer, WriterConfig
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, wait_until
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+PAIR = (WALLET, TOKEN)
+PAIR2 = (WALLET2, SOL)
+
+Row = tuple[str, str, Decimal, datetime]
+
+
+def make_writer(
+    engine: AsyncEngine, batch_size: int = 1000, flush_interval: float = 60.0, **extra: Any
+) -> Writer:
+    return Writer(
+        engine, WriterConfig(batch_size=batch_size, flush_interval=flush_interval, **extra)
+    )
+
+
+def make_rows(count: int, start: int = 0) -> list[Row]:
+    return [
+        (WALLET, TOKEN, Decimal(i), T0 + timedelta(microseconds=i))
+        for i in range(start, start + count)
+    ]
+
+
+def add_all(writer: Writer, rows: list[Row]) -> None:
+    for row in rows:
+        writer.add(*row)
+
+
+async def stored(db: Any) -> list[Row]:
+    records = await db.fetch(
+        "SELECT wallet, token, amount, received_at FROM balance_history ORDER BY id"
+    )
+    return [(r["wallet"], r["token"], r["amount"], r["received_at"]) for r in records]
+
+
+async def count(db: Any) -> int:
+    value: int = await db.fetchval("SELECT count(*) FROM balance_history")
+    return value
+
+
+async def status_row(db: Any, pair: tuple[str, str] = PAIR) -> Any:
+    return await db.fetchrow(
+        "SELECT state, since, last_error, updated_at FROM subscription_status "
+        "WHERE wallet = $1 AND token = $2",
+        *pair,
+    )
+
+
+@dataclass
+class Running:
+    drain: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def running(writer: Writer) -> AsyncIterator[Running]:
+    drain = asyncio.Event()
+    run = Running(drain, asyncio.create_task(writer.run(drain)))
+    try:
+        yield run
+    finally:
+        if not run.task.done():
+            drain.set()
+            await asyncio.wait_for(run.task, timeout=10)
+
+
+async def table_away(db: Any) -> None:
+    await db.execute("ALTER TABLE balance_history RENAME TO bh_away")
+
+
+async def table_back(db: Any) -> None:
+    await db.execute("ALTER TABLE bh_away RENAME TO balance_history")
+
+
+# --- batching -------------------------------------------------------------------------------
+
+
+async def test_a_full_batch_is_written_at_once_even_when_the_flush_age_is_far_off(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, batch_size=100, flush_interval=60.0)
+    first, second = make_rows(100), make_rows(99, start=100)
+    async with running(writer) as run:
+        add_all(writer, first[:99])
+        await asyncio.sleep(0.2)
+        assert await count(db) == 0  # 99 of 100: not full, and far from 60 s old
+
+        writer.add(*first[99])
+        await wait_until(lambda: writer.rows_written == 100, what="the full batch")
+        assert await stored(db) == first
+
+        add_all(writer, second)
+        await asyncio.sleep(0.2)
+        assert await count(db) == 100
+        assert writer.pending_rows == 99
+
+        run.drain.set()
+        await asyncio.wait_for(run.task, timeout=5)
+    assert await stored(db) == first + second
+
+
+async def test_a_partial_batch_is_written_when_its_oldest_row_reaches_the_flush_age(
+    engine: AsyncEngine, db: Any
+) -> None:
+    flush_interval = 0.4
+    writer = make_writer(engine, batch_size=1000, flush_interval=flush_interval)
+    rows = make_rows(2)
+    async with running(writer):
+        first_added = time.monotonic()
+        writer.add(*rows[0])
+        await asyncio.sleep(0.2)
+        second_added = time.monotonic()
+        writer.add(*rows[1])
+        assert await count(db) == 0
+
+        await wait_until(lambda: writer.rows_written > 0, what="the aged batch")
+        written = time.monotonic()
+        # One batch, timed by the oldest row: the younger one had not reached the age itself.
+        assert await stored(db) == rows
+        assert written - first_added >= flush_interval
+        assert written - second_added < flush_interval
+
+
+async def test_rows_left_after_a_full_batch_keep_their_age(engine: AsyncEngine, db: Any) -> None:
+    flush_interval = 0.3
+    writer = make_writer(engine, batch_size=3, flush_interval=flush_interval)
+    rows = make_rows(4)
+    added = time.monotonic()
+    add_all(writer, rows)  # one full batch and one row over, all arriving now
+    await asyncio.sleep(flush_interval)  # the flush loop is busy elsewhere meanwhile
+    async with running(writer):
+        await wait_until(lambda: writer.rows_written == 4, what="the row left over")
+        written = time.monotonic()
+    assert await stored(db) == rows
+    # The row over was already flush_interval old: it is due right after the full batch.
+    assert written - added < flush_interval + 0.2
+
+
+async def test_several_batches_are_written_in_order_and_every_row_exactly_once(
+    engine: AsyncEngine, db: Any
+) -> None:
+    special = [Decimal("1E-7"), Decimal("2E+21"), Decimal("1.50"), Decimal(0)]
+    rows: list[Row] = [
+        (WALLET if i % 2 else WALLET2, TOKEN if i % 3 else SOL, amount, T0 + timedelta(seconds=i))
+        for i, amount in enumerate([*special, *(Decimal(f"{i}.{i:03d}") for i in range(46))])
+    ]
+    writer = make_writer(engine, batch_size=7, flush_interval=60.0)
+    async with running(writer) as run:
+        for start in range(0, len(rows), 5):
+            add_all(writer, rows[start : start + 5])
+            await asyncio.sleep(0)  # let the flush loop interleave with the adds
+        await wait_until(lambda: writer.rows_written == 49, what="seven full batches")
+        assert writer.pending_rows == 1
+        run.drain.set()
+        await asyncio.wait_for(run.task, timeout=5)
+
+    assert writer.rows_written == 50
+    assert await stored(db) == rows
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM balance_history ORDER BY id")]
+    assert len(ids) == len(set(ids)) == 50
+    texts = await db.fetch("SELECT amount::text AS t FROM balance_history ORDER BY id LIMIT 3")
+    assert [t["t"] for t in texts] == ["0.0000001", "2000000000000000000000", "1.50"]
+
+
+# --- draining -------------------------------------------------------------------------------
+
+
+async def test_setting_the_drain_event_writes_what_is_left_and_run_returns(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, batch_size=3, flush_interval=60.0)
+    rows = make_rows(2)
+    async with running(writer) as run:
+        add_all(writer, rows)
+        await asyncio.sleep(0.1)
+        assert await count(db) == 0
+        run.drain.set()
+        await asyncio.wait_for(run.task, timeout=5)
+        assert run.task.done()
+    assert await stored(db) == rows
+    assert writer.pending_rows == 0
+    assert writer.rows_written == 2
+
+
+async def test_drain_writes_a_buffer_larger_than_one_batch(engine: AsyncEngine, db: Any) -> None:
+    writer = make_writer(engine, batch_size=10, flush_interval=60.0)
+    rows = make_rows(35)
+    add_all(writer, rows)
+    drain = asyncio.Event()
+    drain.set()  # already set: run does nothing but drain
+    await asyncio.wait_for(writer.run(drain), timeout=5)
+    assert await stored(db) == rows
+
+
+async def test_cancelling_run_drains_the_buffer_before_the_task_ends(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, batch_size=1000, flush_interval=60.0)
+    rows = make_rows(5)
+    drain = asyncio.Event()
+    add_all(writer, rows)
+    task = asyncio.create_task(writer.run(drain))
+    await asyncio.sleep(0.05)  # run is now parked on the 60 s flush age, nothing written
+    assert writer.pending_rows == 5
+    assert writer.rows_written == 0
+
+    # A status change would start a flush at once; made together with the cancel, it only
+    # joins what the drain must write (a write already in flight is another matter, below).
+    writer.set_status([PAIR], "joined")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=5)
+
+    assert task.cancelled()
+    assert await stored(db) == rows
+    assert (await status_row(db))["state"] == "joined"
+    assert writer.pending_rows == 0
+
+
+async def test_cancelling_run_during_a_write_keeps_the_batch_in_flight(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, batch_size=5, flush_interval=60.0)
+    rows = make_rows(5)
+    drain = asyncio.Event()
+    blocker = db.transaction()
+    await blocker.start()
+    # SHARE lets the writer's introspection SELECT through and blocks the COPY itself.
+    await db.execute("LOCK TABLE balance_history IN SHARE MODE")
+    task = asyncio.create_task(writer.run(drain))
+    try:
+        add_all(writer, rows)  # a full batch: the COPY starts and waits on the lock
+        await wait_until(_copy_waiting_on_lock(db), what="the COPY to wait on the lock")
+        task.cancel()
+        await asyncio.sleep(0.1)  # the cancel lands while the COPY is still blocked
+    finally:
+        await blocker.rollback()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=10)
+    assert await stored(db) == rows
+
+
+def _copy_waiting_on_lock(db: Any) -> Any:
+    async def check() -> bool:
+        # `db` is inside the locking transaction, where the activity view is a snapshot.
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        return bool(
+            await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE 'COPY%'"
+            )
+        )
+
+    return check
+
+
+async def test_a_drain_that_cannot_write_gives_up_after_the_drain_timeout(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, drain_timeout=0.3)
+    add_all(writer, make_rows(3))
+    await table_away(db)
+    drain = asyncio.Event()
+    drain.set()
+    started = time.monotonic()
+    with capture_logs() as logs:
+        await asyncio.wait_for(writer.run(drain), timeout=5)
+    assert time.monotonic() - started < 2.0
+    lost = [entry for entry in logs if entry["event"] == "writer.rows_lost"]
+    assert lost == [
+        {"event": "writer.rows_lost", "log_level": "error", "rows": 3, "status_changes": 0}
+    ]
+    await table_back(db)
+
+
+# --- subscription status ----------------------------------------------------------------------
+
+
+async def test_the_first_state_of_a_pair_sets_since(engine: AsyncEngine, db: Any) -> None:
+    writer = make_writer(engine)
+    before = datetime.now(UTC)
+    writer.set_status([PAIR, PAIR2], "joining")
+    after = datetime.now(UTC)
+    assert await writer.flush()
+    for pair in (PAIR, PAIR2):
+        row = await status_row(db, pair)
+        assert row["state"] == "joining"
+        assert before <= row["since"] <= after
+        assert row["last_error"] is None
+
+
+async def test_a_repeated_state_keeps_since_and_a_new_state_moves_it(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine)
+    writer.set_status([PAIR], "joining")
+    assert await writer.flush()
+    first = await status_row(db)
+
+    writer.set_status([PAIR], "joining")
+    assert await writer.flush()
+    repeated = await status_row(db)
+    assert repeated["since"] == first["since"]
+    assert repeated["updated_at"] > first["updated_at"]
+
+    before = datetime.now(UTC)
+    writer.set_status([PAIR], "joined")
+    assert await writer.flush()
+    moved = await status_row(db)
+    assert moved["state"] == "joined"
+    assert moved["since"] >= before > first["since"]
+
+
+async def test_last_error_keeps_the_previous_error_when_a_later_change_has_none(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine)
+    writer.set_status([PAIR], "error", "no such room")
+    assert await writer.flush()
+    writer.set_status([PAIR], "joining")
+    assert await writer.flush()
+    row = await status_row(db)
+    assert (row["state"], row["last_error"]) == ("joining", "no such room")
+
+    writer.set_status([PAIR], "joining", "connection reset")
+    assert await writer.flush()
+    row = await status_row(db)
+    assert (row["state"], row["last_error"]) == ("joining", "connection reset")
+
+
+async def test_the_last_of_several_changes_to_a_pair_before_a_flush_wins(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine)
+    writer.set_status([PAIR, PAIR2], "joining")
+    writer.set_status([PAIR], "joined")
+    before_last = datetime.now(UTC)
+    writer.set_status([PAIR], "error", "kicked")
+    writer.set_status([PAIR2], "leaving")
+    writer.set_status([PAIR2], "left")
+    assert await writer.flush()
+
+    row = await status_row(db)
+    assert (row["state"], row["last_error"]) == ("error", "kicked")
+    assert row["since"] >= before_last
+    assert (await status_row(db, PAIR2))["state"] == "left"
+    assert await db.fetchval("SELECT count(*) FROM subscription_status") == 2
+
+
+async def test_status_changes_alone_are_flushed_by_the_run_loop(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, flush_interval=60.0)
+    async with running(writer):
+        writer.set_status([PAIR], "joined")
+        await wait_until(lambda: status_row(db), what="the status row")
+    assert (await status_row(db))["state"] == "joined"
+
+
+# --- failed writes ------------------------------------------------------------------------------
+
+
+async def test_a_failed_write_keeps_rows_and_status_buffered_in_order_until_the_table_is_back(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, batch_size=3)
+    rows = make_rows(7)
+    add_all(writer, rows[:5])
+    writer.set_status([PAIR], "joining")
+    await table_away(db)
+
+    assert await writer.flush() is False
+    assert writer.pending_rows == 5
+    assert await writer.flush() is False  # a second failure does not duplicate the batch
+    assert writer.pending_rows == 5
+    assert writer.rows_written == 0
+    assert await status_row(db) is None  # the status upsert was in the failed transaction
+
+    add_all(writer, rows[5:])
+    writer.set_status([PAIR], "joined")  # newer than the failed change: it must win
+    await table_back(db)
+    flushes = 0
+    while writer.pending_rows:
+        assert await writer.flush() is True
+        flushes += 1
+
+    assert flushes == 3  # 3 + 3 + 1
+    assert await stored(db) == rows
+    assert writer.rows_written == 7
+    assert (await status_row(db))["state"] == "joined"
+
+
+async def test_the_run_loop_retries_a_failed_batch_and_writes_it_once_the_table_is_back(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(
+        engine, batch_size=1000, flush_interval=0.05, retry_initial=0.02, retry_max=0.05
+    )
+    rows = make_rows(4)
+    await table_away(db)
+    with capture_logs() as logs:
+        async with running(writer):
+            add_all(writer, rows[:2])
+            await wait_until(
+                lambda: sum(e["event"] == "writer.flush_failed" for e in logs) >= 2,
+                what="two failed attempts",
+            )
+            add_all(writer, rows[2:])
+            assert writer.rows_written == 0
+            await table_back(db)
+            await wait_until(lambda: writer.rows_written == 4, what="the retried rows")
+            await asyncio.sleep(0.2)  # any duplicate write would land in here
+    assert await stored(db) == rows
+    assert writer.rows_written == 4
