@@ -12,12 +12,14 @@ from sqlalchemy import (
     DateTime,
     Identity,
     Index,
+    Integer,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     true,
 )
@@ -77,4 +79,29 @@ subscription_status = Table(
         "state IN ('joining', 'joined', 'leaving', 'left', 'error', 'invalid')",
         name="subscription_status_state_known",
     ),
+)
+
+# Every frame that was not stored as a balance, so nothing is lost silently.
+rejected_messages = Table(
+    "rejected_messages",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("room", Text, nullable=True),
+    Column("frame", Text, nullable=False),  # the raw frame, truncated, secrets scrubbed
+    Column("frame_size", Integer, nullable=False),  # the size before truncation
+)
+Index("rejected_messages_received_at_idx", rejected_messages.c.received_at)
+
+# How far each spool has been written to balance_history, committed in the same transaction
+# as the rows: a replay after a crash starts exactly there, so no row is stored twice.
+spool_checkpoint = Table(
+    "spool_checkpoint",
+    metadata,
+    Column("spool_id", Uuid, primary_key=True),
+    Column("segment", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -29,6 +29,9 @@ log = get_logger(__name__)
 
 BalanceRow = tuple[str, str, Decimal, datetime]  # wallet, token, amount, received_at
 _COLUMNS = ("wallet", "token", "amount", "received_at")
+# received_at, reason, detail, room, frame, frame_size
+RejectedRow = tuple[datetime, str, str, str | None, str, int]
+_REJECTED_COLUMNS = ("received_at", "reason", "detail", "room", "frame", "frame_size")
 
 _UPSERT_STATUS = """
 INSERT INTO subscription_status AS s (wallet, token, state, since, last_error, updated_at)
@@ -59,6 +62,9 @@ class WriterConfig:
     drain_timeout: float = 5.0
     retry_initial: float = 0.5
     retry_max: float = 10.0
+    # Rejected frames wait in memory for the database too; past this many, the oldest are
+    # dropped (and counted): they are evidence, not data, and must not grow memory unbounded.
+    max_rejected_pending: int = 10_000
 
 
 class Writer:
@@ -68,6 +74,8 @@ class Writer:
         self._rows: list[BalanceRow] = []
         self._oldest: float | None = None  # monotonic time the oldest buffered row arrived
         self._status: dict[Pair, StatusChange] = {}
+        self._rejected: list[RejectedRow] = []
+        self.rejected_dropped = 0
         self._work = asyncio.Event()
         self._full = asyncio.Event()
         self._retry = Backoff(config.retry_initial, config.retry_max)
@@ -84,6 +92,14 @@ class Writer:
         self._work.set()
         if len(self._rows) >= self._config.batch_size:
             self._full.set()
+
+    def add_rejected(self, row: RejectedRow) -> None:
+        """Keep a rejected frame for the rejected_messages table (written with the next batch)."""
+        if len(self._rejected) >= self._config.max_rejected_pending:
+            del self._rejected[0]
+            self.rejected_dropped += 1
+        self._rejected.append(row)
+        self._work.set()
 
     def set_status(self, pairs: Iterable[Pair], state: str, error: str | None = None) -> None:
         """Record a state change; of several for one pair before a flush, the last one wins."""
@@ -106,11 +122,11 @@ class Writer:
 
     async def _wait_for_batch(self, drain: asyncio.Event) -> bool:
         """True when a batch is due: full, old enough, or status changes waiting."""
-        if not self._rows and not self._status:
+        if not self._rows and not self._status and not self._rejected:
             self._work.clear()
             await wait_first(self._work, drain, timeout=None)
-        if self._status or not self._rows:
-            return bool(self._status or self._rows)
+        if self._status or self._rejected or not self._rows:
+            return bool(self._status or self._rejected or self._rows)
         assert self._oldest is not None
         age = time.monotonic() - self._oldest
         remaining = self._config.flush_interval - age
@@ -134,7 +150,8 @@ class Writer:
         oldest = self._oldest
         rows = self._take_rows()
         status, self._status = self._status, {}
-        write = asyncio.ensure_future(self._write(rows, status))
+        rejected, self._rejected = self._rejected, []
+        write = asyncio.ensure_future(self._write(rows, status, rejected))
         try:
             await asyncio.wait([write])  # unlike awaiting it, a cancellation leaves it running
         except asyncio.CancelledError:
@@ -142,9 +159,9 @@ class Writer:
             if not write.done():
                 write.cancel()
                 await asyncio.wait([write])
-            self._settle(write, rows, status, oldest)
+            self._settle(write, rows, status, oldest, rejected)
             raise
-        return self._settle(write, rows, status, oldest)
+        return self._settle(write, rows, status, oldest, rejected)
 
     def _settle(
         self,
@@ -152,6 +169,7 @@ class Writer:
         rows: list[BalanceRow],
         status: dict[Pair, StatusChange],
         oldest: float | None,
+        rejected: list[RejectedRow],
     ) -> bool:
         error = None if write.cancelled() else write.exception()
         if not write.cancelled() and error is None:
@@ -162,6 +180,7 @@ class Writer:
             self._oldest = oldest
         status.update(self._status)
         self._status = status
+        self._rejected[:0] = rejected
         if error is not None and not isinstance(error, WRITE_ERRORS):
             raise error
         log.warning(
@@ -183,7 +202,12 @@ class Writer:
             del self._rows[:size]
         return rows
 
-    async def _write(self, rows: list[BalanceRow], status: dict[Pair, StatusChange]) -> None:
+    async def _write(
+        self,
+        rows: list[BalanceRow],
+        status: dict[Pair, StatusChange],
+        rejected: list[RejectedRow],
+    ) -> None:
         async with self._engine.connect() as connection:
             raw = await driver_connection(connection)
             async with raw.transaction():
@@ -191,12 +215,16 @@ class Writer:
                     await raw.copy_records_to_table(
                         "balance_history", records=rows, columns=_COLUMNS
                     )
+                if rejected:
+                    await raw.copy_records_to_table(
+                        "rejected_messages", records=rejected, columns=_REJECTED_COLUMNS
+                    )
                 if status:
                     await raw.execute(_UPSERT_STATUS, *_status_columns(status))
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self._config.drain_timeout
-        while (self._rows or self._status) and time.monotonic() < deadline:
+        while (self._rows or self._status or self._rejected) and time.monotonic() < deadline:
             if not await self.flush():
                 await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         if self._rows or self._status:
