@@ -62,7 +62,16 @@ class Settings(BaseSettings):
     keepalive_interval: float = Field(default=20.0, gt=0)
     idle_timeout: float = Field(default=90.0, gt=0)
     max_frame_bytes: int = Field(default=64 * 1024, ge=1024)
+    rejected_frame_chars: int = Field(default=4096, ge=64)
+    join_ack_timeout: float = Field(default=10.0, gt=0)
     shutdown_timeout: float = Field(default=8.0, gt=0, le=60)
+
+    spool_dir: Path = Path("spool")
+    spool_mode: Literal["overflow", "durable"] = "overflow"
+    max_buffered_rows: int = Field(default=100_000, ge=1)
+    spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
+    spool_fsync_interval: float = Field(default=1.0, gt=0)
+    write_timeout: float = Field(default=30.0, gt=0)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
