@@ -15,6 +15,7 @@ from balancewatch.db import create_engine
 from balancewatch.protocol import is_address
 from balancewatch.settings import ConfigError, Settings, load_settings
 from balancewatch.signals import stop_on_signals
+from balancewatch.spool import SpoolError
 from balancewatch.supervisor import SchemaNotReady
 from balancewatch.supervisor import run as run_daemon
 
@@ -114,6 +115,9 @@ def _guarded(work: Callable[[], Awaitable[None]]) -> int:
         asyncio.run(body())
     except SchemaNotReady as exc:
         log.error("daemon.schema_not_ready", error=str(exc))
+        return EXIT_FAILURE
+    except SpoolError as exc:
+        log.error("daemon.spool_unusable", error=str(exc))
         return EXIT_FAILURE
     except (OSError, SQLAlchemyError) as exc:
         log.error("database.unreachable", error=logs.describe_error(exc))

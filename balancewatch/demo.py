@@ -12,6 +12,7 @@ import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,7 +25,7 @@ from balancewatch.protocol import room_for
 from balancewatch.settings import Settings, parse_database_url
 from balancewatch.signals import stop_on_signals
 from balancewatch.simulator import Simulator
-from balancewatch.supervisor import Daemon
+from balancewatch.supervisor import Daemon, open_spool
 
 DEMO_KEY = "demo-key"
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
@@ -48,12 +49,13 @@ def run_demo(rate: float, seconds: float | None) -> int:
         return 1
     with cluster:
         say(f"throwaway Postgres in {cluster.base_dir}; while the demo runs: psql {cluster.url()}")
-        asyncio.run(_demo(parse_database_url(cluster.url()), rate, seconds))
+        spool_dir = cluster.base_dir / "spool"
+        asyncio.run(_demo(parse_database_url(cluster.url()), spool_dir, rate, seconds))
     print("demo stopped; the throwaway database is deleted")
     return 0
 
 
-async def _demo(url: URL, rate: float, seconds: float | None) -> None:
+async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -> None:
     engine = create_engine(url)
     stop = asyncio.Event()
     try:
@@ -66,17 +68,21 @@ async def _demo(url: URL, rate: float, seconds: float | None) -> None:
                 database_url=url.render_as_string(hide_password=False),
                 datastream_url=sim.url,
                 api_key=DEMO_KEY,
+                spool_dir=spool_dir,
             )
-            daemon = Daemon(settings, engine)
-            with stop_on_signals(stop):
-                say("running; rows appear as they are committed (Ctrl-C to stop)")
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(daemon.run(stop))
-                    tasks.create_task(sim.run_random_walk(rate, stop))
-                    tasks.create_task(_feed(db, stop))
-                    tasks.create_task(_add_late_pair(db, sim, stop))
-                    if seconds is not None:
-                        tasks.create_task(_stop_after(seconds, stop))
+            spool = open_spool(settings)
+            try:
+                with stop_on_signals(stop):
+                    say("running; rows appear as they are committed (Ctrl-C to stop)")
+                    async with asyncio.TaskGroup() as tasks:
+                        tasks.create_task(Daemon(settings, engine, spool).run(stop))
+                        tasks.create_task(sim.run_random_walk(rate, stop))
+                        tasks.create_task(_feed(db, stop))
+                        tasks.create_task(_add_late_pair(db, sim, stop))
+                        if seconds is not None:
+                            tasks.create_task(_stop_after(seconds, stop))
+            finally:
+                spool.close()
     finally:
         await engine.dispose()
 

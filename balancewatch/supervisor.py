@@ -18,6 +18,7 @@ from balancewatch.db import create_engine, describe
 from balancewatch.ingest import Ingest
 from balancewatch.logs import get_logger
 from balancewatch.settings import Settings
+from balancewatch.spool import Spool
 from balancewatch.subscriptions import RoomSender, Subscriptions
 from balancewatch.sync import SyncConfig, WatchlistSync
 from balancewatch.writer import Writer, WriterConfig
@@ -32,16 +33,13 @@ class SchemaNotReady(RuntimeError):
 class Daemon:
     """The pieces of a running balancewatch, built from the settings."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
-        self.writer = Writer(
-            engine,
-            WriterConfig(
-                batch_size=settings.batch_size,
-                flush_interval=settings.flush_interval,
-                drain_timeout=settings.shutdown_timeout,
-            ),
+    def __init__(self, settings: Settings, engine: AsyncEngine, spool: Spool) -> None:
+        self.writer = Writer(engine, spool, writer_config(settings))
+        self.subscriptions = Subscriptions(
+            self.writer,
+            join_ack_timeout=settings.join_ack_timeout,
+            join_retry_max=settings.backoff_max,
         )
-        self.subscriptions = Subscriptions(self.writer)
         self.sync = WatchlistSync(
             engine,
             settings.sqlalchemy_url,
@@ -53,7 +51,12 @@ class Daemon:
                 connect_timeout=settings.connect_timeout,
             ),
         )
-        self.ingest = Ingest(self.subscriptions, self.writer, settings.max_frame_bytes)
+        self.ingest = Ingest(
+            self.subscriptions,
+            self.writer,
+            max_frame_bytes=settings.max_frame_bytes,
+            rejected_frame_chars=settings.rejected_frame_chars,
+        )
         self.client = DatastreamClient(
             StreamConfig(
                 base_url=settings.datastream_url,
@@ -69,6 +72,8 @@ class Daemon:
             self.ingest,
             on_connected=self._connected,
             on_disconnected=self.subscriptions.disconnected,
+            while_connected=self.subscriptions.retry_unacked_joins,
+            may_read=self.writer.room,
         )
 
     async def _connected(self, sender: RoomSender) -> None:
@@ -96,13 +101,44 @@ class Daemon:
         )
 
 
+def writer_config(settings: Settings) -> WriterConfig:
+    return WriterConfig(
+        batch_size=settings.batch_size,
+        flush_interval=settings.flush_interval,
+        # The websocket's closing handshake takes up to 2 s of the same budget.
+        drain_timeout=max(1.0, settings.shutdown_timeout - 2.0),
+        write_timeout=settings.write_timeout,
+        max_memory_rows=settings.max_buffered_rows,
+        durable=settings.spool_mode == "durable",
+        spool_max_bytes=settings.spool_max_bytes,
+        spool_fsync_interval=settings.spool_fsync_interval,
+    )
+
+
+def open_spool(settings: Settings) -> Spool:
+    # Several segments fit in the bound, so a replay frees space as it goes.
+    spool = Spool(
+        settings.spool_dir, segment_bytes=min(64 * 1024 * 1024, settings.spool_max_bytes // 8)
+    )
+    spool.open()
+    return spool
+
+
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     engine = create_engine(settings.sqlalchemy_url)
+    spool = open_spool(settings)
     try:
         await check_schema(engine)
-        log.info("daemon.starting", database=describe(settings.sqlalchemy_url))
-        await Daemon(settings, engine).run(stop)
+        log.info(
+            "daemon.starting",
+            database=describe(settings.sqlalchemy_url),
+            spool=str(settings.spool_dir),
+            spool_mode=settings.spool_mode,
+            spooled_bytes=spool.total_bytes,
+        )
+        await Daemon(settings, engine, spool).run(stop)
     finally:
+        spool.close()
         await engine.dispose()
 
 

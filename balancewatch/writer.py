@@ -1,9 +1,10 @@
-"""The write path: a buffer that flushes balance rows (COPY) and status changes in batches.
+"""The write path: batches of balance rows (COPY), rejected frames and status changes.
 
-`add` never waits for the database, so the websocket read loop never stalls behind it. The
-flush loop writes a batch when it is full or when its oldest row reaches the flush age,
-whichever comes first, in one transaction; a failed batch goes back to the front of the
-buffer and is retried, so order is kept and nothing is dropped while the process runs.
+`add` never waits for the database, so the websocket read loop never stalls behind it: rows
+wait in the buffer (memory, then the spool). The flush loop writes a batch when it is full or
+when its oldest row reaches the flush age, whichever comes first, in one transaction. A failed
+batch stays where it was and is retried with backoff, so order is kept and nothing is dropped.
+Rows from the spool are written together with the spool checkpoint, in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,17 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
+from balancewatch.buffer import Buffer
 from balancewatch.db import driver_connection
 from balancewatch.logs import describe_error, get_logger
+from balancewatch.records import BALANCE_COLUMNS, REJECTED_COLUMNS, BalanceRow, RejectedRow
 from balancewatch.rooms import Pair
+from balancewatch.spool import Position, Spool
 
 log = get_logger(__name__)
-
-BalanceRow = tuple[str, str, Decimal, datetime]  # wallet, token, amount, received_at
-_COLUMNS = ("wallet", "token", "amount", "received_at")
-# received_at, reason, detail, room, frame, frame_size
-RejectedRow = tuple[datetime, str, str, str | None, str, int]
-_REJECTED_COLUMNS = ("received_at", "reason", "detail", "room", "frame", "frame_size")
 
 _UPSERT_STATUS = """
 INSERT INTO subscription_status AS s (wallet, token, state, since, last_error, updated_at)
@@ -44,8 +43,20 @@ ON CONFLICT (wallet, token) DO UPDATE SET
     last_error = COALESCE(excluded.last_error, s.last_error),
     updated_at = excluded.updated_at
 """
+_READ_CHECKPOINT = "SELECT segment, position FROM spool_checkpoint WHERE spool_id = $1 FOR UPDATE"
+_WRITE_CHECKPOINT = """
+INSERT INTO spool_checkpoint (spool_id, segment, position, updated_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (spool_id) DO UPDATE
+SET segment = excluded.segment, position = excluded.position, updated_at = now()
+"""
 
-WRITE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError)
+WRITE_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    SQLAlchemyError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,38 +71,61 @@ class WriterConfig:
     batch_size: int
     flush_interval: float
     drain_timeout: float = 5.0
-    retry_initial: float = 0.5
-    retry_max: float = 10.0
+    retry_initial: float = 0.2
+    retry_max: float = 5.0
+    write_timeout: float = 30.0
+    max_memory_rows: int = 100_000
+    durable: bool = False
+    spool_max_bytes: int = 1024**3
+    spool_fsync_interval: float = 1.0
     # Rejected frames wait in memory for the database too; past this many, the oldest are
     # dropped (and counted): they are evidence, not data, and must not grow memory unbounded.
     max_rejected_pending: int = 10_000
 
 
+@dataclass(slots=True)
+class Batch:
+    rows: list[BalanceRow] = field(default_factory=list)
+    from_spool: bool = False
+    oldest: float | None = None
+    status: dict[Pair, StatusChange] = field(default_factory=dict)
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Written:
+    rows: int
+    spool_end: Position | None = None
+
+
 class Writer:
-    def __init__(self, engine: AsyncEngine, config: WriterConfig) -> None:
+    def __init__(self, engine: AsyncEngine, spool: Spool, config: WriterConfig) -> None:
         self._engine = engine
+        self._spool = spool
         self._config = config
-        self._rows: list[BalanceRow] = []
-        self._oldest: float | None = None  # monotonic time the oldest buffered row arrived
+        self._buffer = Buffer(spool, max_memory_rows=config.max_memory_rows, durable=config.durable)
         self._status: dict[Pair, StatusChange] = {}
         self._rejected: list[RejectedRow] = []
-        self.rejected_dropped = 0
         self._work = asyncio.Event()
         self._full = asyncio.Event()
         self._retry = Backoff(config.retry_initial, config.retry_max)
+        # Set while the reader may go on; cleared when the spool is full (backpressure).
+        self.room = asyncio.Event()
+        self.room.set()
         self.rows_written = 0
+        self.rejected_dropped = 0
 
     @property
     def pending_rows(self) -> int:
-        return len(self._rows)
+        return len(self._buffer)
 
     def add(self, wallet: str, token: str, amount: Decimal, received_at: datetime) -> None:
-        if not self._rows:
-            self._oldest = time.monotonic()
-        self._rows.append((wallet, token, amount, received_at))
+        self._buffer.add((wallet, token, amount, received_at))
         self._work.set()
-        if len(self._rows) >= self._config.batch_size:
+        if len(self._buffer) >= self._config.batch_size:
             self._full.set()
+        if self._buffer.spilled and self._spool.total_bytes >= self._config.spool_max_bytes:
+            self._spool_full()
 
     def add_rejected(self, row: RejectedRow) -> None:
         """Keep a rejected frame for the rejected_messages table (written with the next batch)."""
@@ -103,15 +137,16 @@ class Writer:
 
     def set_status(self, pairs: Iterable[Pair], state: str, error: str | None = None) -> None:
         """Record a state change; of several for one pair before a flush, the last one wins."""
-        since = datetime.now(UTC)
-        change = StatusChange(state, since, error)
+        change = StatusChange(state, datetime.now(UTC), error)
         for pair in pairs:
             self._status[pair] = change
         if self._status:
             self._work.set()
 
     async def run(self, drain: asyncio.Event) -> None:
-        """Flush until `drain` is set, then write what is left. Cancelling also drains first."""
+        """Flush until `drain` is set, then store (or spool) what is left. A cancellation
+        also drains first."""
+        fsync = asyncio.create_task(self._fsync_spool(drain))
         try:
             while not drain.is_set():
                 if await self._wait_for_batch(drain):
@@ -119,18 +154,42 @@ class Writer:
         finally:
             # The cancellation has been delivered: these awaits run unless cancelled again.
             await self._drain()
+            fsync.cancel()
+            await asyncio.to_thread(self._spool.sync)
+
+    async def flush(self) -> bool:
+        """Write one batch; on failure keep it where it was and return False.
+
+        A cancellation lets the write under way finish (within drain_timeout) before it is
+        re-raised, so a batch is never taken out of the buffer and then forgotten.
+        """
+        batch = self._take_batch()
+        write = asyncio.ensure_future(self._write(batch))
+        try:
+            await asyncio.wait([write])  # unlike awaiting it, a cancellation leaves it running
+        except asyncio.CancelledError:
+            await asyncio.wait([write], timeout=self._config.drain_timeout)
+            if not write.done():
+                write.cancel()
+                await asyncio.wait([write])
+            self._settle(write, batch)
+            raise
+        return self._settle(write, batch)
+
+    def _has_work(self) -> bool:
+        return self._buffer.has_rows() or bool(self._status) or bool(self._rejected)
 
     async def _wait_for_batch(self, drain: asyncio.Event) -> bool:
-        """True when a batch is due: full, old enough, or status changes waiting."""
-        if not self._rows and not self._status and not self._rejected:
+        """True when a batch is due: full, old enough, or status or rejects waiting."""
+        if not self._has_work():
             self._work.clear()
             await wait_first(self._work, drain, timeout=None)
-        if self._status or self._rejected or not self._rows:
-            return bool(self._status or self._rejected or self._rows)
-        assert self._oldest is not None
-        age = time.monotonic() - self._oldest
+        if not self._buffer.has_rows():
+            return self._has_work()
+        oldest = self._buffer.oldest
+        age = time.monotonic() - oldest if oldest is not None else 0.0
         remaining = self._config.flush_interval - age
-        if remaining > 0 and len(self._rows) < self._config.batch_size:
+        if remaining > 0 and len(self._buffer) < self._config.batch_size:
             self._full.clear()
             await wait_first(self._full, drain, timeout=remaining)
         return True
@@ -141,96 +200,136 @@ class Writer:
             return
         await wait_first(drain, timeout=self._retry.next_delay())
 
-    async def flush(self) -> bool:
-        """Write one batch; on failure put it back in front and return False.
+    def _take_batch(self) -> Batch:
+        batch = Batch(oldest=self._buffer.oldest)
+        if self._buffer.memory:
+            batch.rows = self._buffer.take_memory(self._config.batch_size)
+        else:
+            batch.from_spool = self._buffer.spilled
+        batch.status, self._status = self._status, {}
+        batch.rejected, self._rejected = self._rejected, []
+        return batch
 
-        A cancellation lets the write under way finish (within drain_timeout) before it is
-        re-raised, so a batch is never taken out of the buffer and then forgotten.
-        """
-        oldest = self._oldest
-        rows = self._take_rows()
-        status, self._status = self._status, {}
-        rejected, self._rejected = self._rejected, []
-        write = asyncio.ensure_future(self._write(rows, status, rejected))
-        try:
-            await asyncio.wait([write])  # unlike awaiting it, a cancellation leaves it running
-        except asyncio.CancelledError:
-            await asyncio.wait([write], timeout=self._config.drain_timeout)
-            if not write.done():
-                write.cancel()
-                await asyncio.wait([write])
-            self._settle(write, rows, status, oldest, rejected)
-            raise
-        return self._settle(write, rows, status, oldest, rejected)
-
-    def _settle(
-        self,
-        write: asyncio.Future[None],
-        rows: list[BalanceRow],
-        status: dict[Pair, StatusChange],
-        oldest: float | None,
-        rejected: list[RejectedRow],
-    ) -> bool:
+    def _settle(self, write: asyncio.Future[Written], batch: Batch) -> bool:
         error = None if write.cancelled() else write.exception()
         if not write.cancelled() and error is None:
-            self.rows_written += len(rows)
+            self._stored(write.result())
             return True
-        self._rows[:0] = rows
-        if rows:
-            self._oldest = oldest
-        status.update(self._status)
-        self._status = status
-        self._rejected[:0] = rejected
+        self._buffer.restore_memory(batch.rows, batch.oldest)
+        batch.status.update(self._status)
+        self._status = batch.status
+        self._rejected[:0] = batch.rejected
         if error is not None and not isinstance(error, WRITE_ERRORS):
             raise error
         log.warning(
             "writer.flush_failed",
             error="cancelled" if error is None else describe_error(error),
-            rows=len(rows),
-            pending=len(self._rows),
+            pending=len(self._buffer),
+            spooled_bytes=self._spool.total_bytes,
         )
         return False
 
-    def _take_rows(self) -> list[BalanceRow]:
-        size = self._config.batch_size
-        if len(self._rows) <= size:
-            rows, self._rows = self._rows, []
-            self._oldest = None
-        else:
-            # What is left keeps the batch's age: it has waited at least that long.
-            rows = self._rows[:size]
-            del self._rows[:size]
-        return rows
+    def _stored(self, written: Written) -> None:
+        self.rows_written += written.rows
+        if written.spool_end is None:
+            return
+        caught_up = written.spool_end >= self._spool.end()
+        self._buffer.spool_stored(written.rows, caught_up)
+        # When reading is paused for space, a caught-up spool gives all of its space back.
+        self._spool.release(written.spool_end, force_rotate=not self.room.is_set())
+        if caught_up:
+            log.info("writer.spool_replayed", rows_written=self.rows_written)
+        if not self.room.is_set() and self._spool.total_bytes < self._config.spool_max_bytes * 0.9:
+            log.info("writer.spool_has_room", spooled_bytes=self._spool.total_bytes)
+            self.room.set()
 
-    async def _write(
-        self,
-        rows: list[BalanceRow],
-        status: dict[Pair, StatusChange],
-        rejected: list[RejectedRow],
-    ) -> None:
+    def _spool_full(self) -> None:
+        if self.room.is_set():
+            log.error(
+                "writer.spool_full",
+                spooled_bytes=self._spool.total_bytes,
+                message="reading paused until the database takes rows again",
+            )
+            self.room.clear()
+
+    async def _write(self, batch: Batch) -> Written:
+        timeout = self._config.write_timeout
         async with self._engine.connect() as connection:
             raw = await driver_connection(connection)
             async with raw.transaction():
-                if rows:
+                written = Written(len(batch.rows))
+                if batch.from_spool:
+                    written = await self._copy_from_spool(raw)
+                elif batch.rows:
                     await raw.copy_records_to_table(
-                        "balance_history", records=rows, columns=_COLUMNS
+                        "balance_history",
+                        records=batch.rows,
+                        columns=BALANCE_COLUMNS,
+                        timeout=timeout,
                     )
-                if rejected:
+                if batch.rejected:
                     await raw.copy_records_to_table(
-                        "rejected_messages", records=rejected, columns=_REJECTED_COLUMNS
+                        "rejected_messages",
+                        records=batch.rejected,
+                        columns=REJECTED_COLUMNS,
+                        timeout=timeout,
                     )
-                if status:
-                    await raw.execute(_UPSERT_STATUS, *_status_columns(status))
+                if batch.status:
+                    await raw.execute(
+                        _UPSERT_STATUS, *_status_columns(batch.status), timeout=timeout
+                    )
+        return written
+
+    async def _copy_from_spool(self, raw: Any) -> Written:
+        """The next rows after the committed checkpoint, and the checkpoint moved past them."""
+        spool = self._spool
+        timeout = self._config.write_timeout
+        found = await raw.fetchrow(_READ_CHECKPOINT, spool.spool_id, timeout=timeout)
+        start = Position(found["segment"], found["position"]) if found else spool.start()
+        if start > spool.end():
+            log.warning("writer.spool_reset", checkpoint=str(start), end=str(spool.end()))
+            start = spool.start()
+        rows, end = spool.read(start, self._config.batch_size)
+        if rows:
+            await raw.copy_records_to_table(
+                "balance_history", records=rows, columns=BALANCE_COLUMNS, timeout=timeout
+            )
+        await raw.execute(
+            _WRITE_CHECKPOINT, spool.spool_id, end.segment, end.offset, timeout=timeout
+        )
+        return Written(len(rows), spool_end=end)
+
+    async def _fsync_spool(self, drain: asyncio.Event) -> None:
+        while not drain.is_set():
+            await wait_first(drain, timeout=self._config.spool_fsync_interval)
+            await asyncio.to_thread(self._spool.sync)
 
     async def _drain(self) -> None:
+        """Store what is in memory before the deadline; spool whatever the database would not
+        take in time. Rows already in the spool stay there for the next start."""
         deadline = time.monotonic() + self._config.drain_timeout
-        while (self._rows or self._status or self._rejected) and time.monotonic() < deadline:
-            if not await self.flush():
-                await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        if self._rows or self._status:
-            log.error("writer.rows_lost", rows=len(self._rows), status_changes=len(self._status))
-        else:
-            log.info("writer.drained", rows_written=self.rows_written)
+        while self._buffer.memory or self._status or self._rejected:
+            if time.monotonic() >= deadline:
+                break
+            if await self.flush():
+                continue
+            await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        unstored = self._buffer.take_memory(len(self._buffer.memory))
+        for row in unstored:
+            self._spool.append(row)
+        if unstored:
+            log.warning("writer.spooled_on_exit", rows=len(unstored))
+        if self._status or self._rejected:
+            log.warning(
+                "writer.not_stored_on_exit",
+                status_changes=len(self._status),
+                rejected_frames=len(self._rejected),
+            )
+        log.info(
+            "writer.drained",
+            rows_written=self.rows_written,
+            spooled_bytes=self._spool.total_bytes,
+        )
 
 
 def _status_columns(

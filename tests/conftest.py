@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,7 +21,13 @@ from balancewatch.db import asyncpg_dsn, create_engine
 from balancewatch.localpg import LocalPostgres
 from balancewatch.settings import parse_database_url
 from balancewatch.simulator import Simulator
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, SCRATCH_ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_root() -> Iterator[None]:
+    yield
+    shutil.rmtree(SCRATCH_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

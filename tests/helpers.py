@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.settings import Settings
-from balancewatch.supervisor import Daemon
+from balancewatch.supervisor import Daemon, open_spool
 
 API_KEY = "test-key-5f3a9c1e0b7d4e2a"
 WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"
@@ -23,6 +26,15 @@ WALLET2 = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
 
 def room(wallet: str = WALLET, token: str = TOKEN) -> str:
     return f"wallet:{wallet}:{token}:balance"
+
+
+SCRATCH_ROOT = Path(tempfile.gettempdir()) / f"balancewatch-tests-{os.getpid()}"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh directory under this test run's scratch root (removed when the run ends)."""
+    SCRATCH_ROOT.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=SCRATCH_ROOT))
 
 
 def make_settings(database_url: URL, datastream_url: str, **overrides: Any) -> Settings:
@@ -36,6 +48,7 @@ def make_settings(database_url: URL, datastream_url: str, **overrides: Any) -> S
         "backoff_max": 0.5,
         "connect_timeout": 2.0,
         "shutdown_timeout": 5.0,
+        "spool_dir": scratch_dir("spool"),
     }
     values.update(overrides)
     return Settings(**values)
@@ -54,16 +67,20 @@ class RunningDaemon:
 
 @contextlib.asynccontextmanager
 async def running_daemon(engine: AsyncEngine, settings: Settings) -> AsyncIterator[RunningDaemon]:
-    daemon = Daemon(settings, engine)
+    spool = open_spool(settings)
+    daemon = Daemon(settings, engine, spool)
     stop = asyncio.Event()
     running = RunningDaemon(daemon, stop, asyncio.create_task(daemon.run(stop)))
     try:
         yield running
     finally:
-        if not running.task.done():
-            await running.stop()
-        else:
-            running.task.result()  # surface a crash
+        try:
+            if not running.task.done():
+                await running.stop()
+            else:
+                running.task.result()  # surface a crash
+        finally:
+            spool.close()
 
 
 async def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:

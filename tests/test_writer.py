@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
+from balancewatch.spool import Spool
 from balancewatch.writer import Writer, WriterConfig
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, wait_until
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, scratch_dir, wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PAIR = (WALLET, TOKEN)
@@ -25,11 +26,34 @@ PAIR2 = (WALLET2, SOL)
 Row = tuple[str, str, Decimal, datetime]
 
 
+_spools: list[Spool] = []
+
+
+@pytest.fixture(autouse=True)
+def close_spools() -> Iterator[None]:
+    yield
+    while _spools:
+        _spools.pop().close()
+
+
+def open_test_spool() -> Spool:
+    spool = Spool(scratch_dir("spool"))
+    spool.open()
+    _spools.append(spool)
+    return spool
+
+
 def make_writer(
-    engine: AsyncEngine, batch_size: int = 1000, flush_interval: float = 60.0, **extra: Any
+    engine: AsyncEngine,
+    batch_size: int = 1000,
+    flush_interval: float = 60.0,
+    spool: Spool | None = None,
+    **extra: Any,
 ) -> Writer:
     return Writer(
-        engine, WriterConfig(batch_size=batch_size, flush_interval=flush_interval, **extra)
+        engine,
+        spool or open_test_spool(),
+        WriterConfig(batch_size=batch_size, flush_interval=flush_interval, **extra),
     )
 
 
@@ -273,23 +297,36 @@ def _copy_waiting_on_lock(db: Any) -> Any:
     return check
 
 
-async def test_a_drain_that_cannot_write_gives_up_after_the_drain_timeout(
+async def test_a_drain_that_cannot_write_spools_the_rows_and_the_next_writer_replays_them(
     engine: AsyncEngine, db: Any
 ) -> None:
-    writer = make_writer(engine, drain_timeout=0.3)
-    add_all(writer, make_rows(3))
+    spool_dir = scratch_dir("spool")
+    first_spool = Spool(spool_dir)
+    first_spool.open()
+    writer = make_writer(engine, spool=first_spool, drain_timeout=0.3)
+    rows = make_rows(3)
+    add_all(writer, rows)
     await table_away(db)
     drain = asyncio.Event()
     drain.set()
     started = time.monotonic()
-    with capture_logs() as logs:
-        await asyncio.wait_for(writer.run(drain), timeout=5)
+    await asyncio.wait_for(writer.run(drain), timeout=5)
     assert time.monotonic() - started < 2.0
-    lost = [entry for entry in logs if entry["event"] == "writer.rows_lost"]
-    assert lost == [
-        {"event": "writer.rows_lost", "log_level": "error", "rows": 3, "status_changes": 0}
-    ]
+    first_spool.close()
     await table_back(db)
+    assert await count(db) == 0
+
+    # A restart on the same spool directory stores them first, once.
+    second_spool = Spool(spool_dir)
+    second_spool.open()
+    _spools.append(second_spool)
+    restarted = make_writer(engine, spool=second_spool)
+    restarted.add(*make_rows(1, start=3)[0])
+    while await count(db) < 4:
+        assert await restarted.flush()
+    assert await stored(db) == make_rows(4)
+    assert await restarted.flush()
+    assert await count(db) == 4
 
 
 # --- subscription status ----------------------------------------------------------------------

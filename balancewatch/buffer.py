@@ -1,0 +1,71 @@
+"""Where received rows wait for the database: in memory up to a bound, then in the spool.
+
+Order is arrival order throughout. Once a row has gone to the spool, every later row goes
+there too until the spool has been replayed, so memory always holds the oldest rows and the
+spool the newer ones. In durable mode every row goes to the spool, so a killed process loses
+nothing that was read.
+"""
+
+from __future__ import annotations
+
+import time
+
+from balancewatch.records import BalanceRow
+from balancewatch.spool import Spool
+
+
+class Buffer:
+    def __init__(self, spool: Spool, *, max_memory_rows: int, durable: bool) -> None:
+        self._spool = spool
+        self._max_memory_rows = max_memory_rows
+        self._durable = durable
+        self.memory: list[BalanceRow] = []
+        # True while the spool may hold rows that are not stored yet. A spool left by an
+        # earlier run may: the first spool batch reads the checkpoint and finds out.
+        self.spilled = not spool.is_empty()
+        self.spool_pending = 0  # rows spooled by this process and not stored yet
+        # monotonic time of the oldest waiting row; a left-over spool is due at once
+        self.oldest: float | None = 0.0 if self.spilled else None
+
+    def add(self, row: BalanceRow) -> None:
+        if self.oldest is None:
+            self.oldest = time.monotonic()
+        if self._durable or self.spilled or len(self.memory) >= self._max_memory_rows:
+            self._spool.append(row)
+            self.spilled = True
+            self.spool_pending += 1
+        else:
+            self.memory.append(row)
+
+    def __len__(self) -> int:
+        return len(self.memory) + self.spool_pending
+
+    def has_rows(self) -> bool:
+        return bool(self.memory) or self.spilled
+
+    def take_memory(self, limit: int) -> list[BalanceRow]:
+        if len(self.memory) <= limit:
+            rows, self.memory = self.memory, []
+        else:
+            rows = self.memory[:limit]
+            del self.memory[:limit]
+        self._forget_age_if_empty()
+        return rows
+
+    def restore_memory(self, rows: list[BalanceRow], oldest: float | None) -> None:
+        """A memory batch that failed goes back in front, with its age."""
+        self.memory[:0] = rows
+        if rows:
+            self.oldest = oldest if oldest is not None else time.monotonic()
+
+    def spool_stored(self, rows: int, caught_up: bool) -> None:
+        """A spool batch was committed; `caught_up` if it reached the spool's end."""
+        self.spool_pending = max(0, self.spool_pending - rows)
+        if caught_up:
+            self.spilled = False
+            self.spool_pending = 0
+        self._forget_age_if_empty()
+
+    def _forget_age_if_empty(self) -> None:
+        if not self.memory and not self.spilled:
+            self.oldest = None

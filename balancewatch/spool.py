@@ -1,0 +1,204 @@
+"""The spool: an append-only local file of balance rows that could not wait in memory.
+
+Rows are appended as text lines to numbered segment files; each append is a write() system
+call, so a row in the spool survives the process being killed (fsync, in batches, adds
+survival of a machine crash). Where a replay starts is not kept here but in the database
+(`spool_checkpoint`), committed in the same transaction as the rows it covers: a replay after a
+crash starts exactly after the last stored row, so no row is lost or stored twice.
+
+One process per directory: a lock file refuses a second daemon on the same spool.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from balancewatch.records import BalanceRow
+
+_SUFFIX = ".spool"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class SpoolError(RuntimeError):
+    """The spool directory cannot be used (unwritable, locked by another process...)."""
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Position:
+    """A place in the spool: a segment number and a byte offset in it."""
+
+    segment: int
+    offset: int
+
+
+def encode(row: BalanceRow) -> bytes:
+    wallet, token, amount, received_at = row
+    micros = (received_at - _EPOCH) // _MICROSECOND
+    return f"{wallet}\t{token}\t{amount}\t{micros}\n".encode()
+
+
+def decode(line: bytes) -> BalanceRow:
+    wallet, token, amount, micros = line.decode().rstrip("\n").split("\t")
+    return wallet, token, Decimal(amount), _EPOCH + int(micros) * _MICROSECOND
+
+
+class Spool:
+    def __init__(self, directory: Path, *, segment_bytes: int = 64 * 1024 * 1024) -> None:
+        self._directory = directory
+        self._segment_bytes = segment_bytes
+        self._lock_fd = -1
+        self._fd = -1
+        self._segment = 0
+        self._size = 0  # bytes in the current segment
+        self._dirty = False
+        self._total = 0  # bytes in all segments
+        self.spool_id = uuid.UUID(int=0)
+
+    def open(self) -> None:
+        """Lock the directory, find the segments, and get ready to append."""
+        try:
+            self._directory.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self._directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot use the spool directory {self._directory}: {exc}") from None
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SpoolError(
+                f"the spool directory {self._directory} is in use by another balancewatch: "
+                "give each daemon its own BALANCEWATCH_SPOOL_DIR"
+            ) from None
+        self.spool_id = self._read_or_create_id()
+        segments = self.segments()
+        self._segment = segments[-1] if segments else 1
+        self._open_segment(truncate_torn_tail=True)
+        self._total = sum(self._path(segment).stat().st_size for segment in self.segments())
+
+    def close(self) -> None:
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._lock_fd = -1
+
+    def segments(self) -> list[int]:
+        return sorted(int(path.stem) for path in self._directory.glob(f"*{_SUFFIX}"))
+
+    def append(self, row: BalanceRow) -> None:
+        if self._size >= self._segment_bytes:
+            self._rotate()
+        line = encode(row)
+        os.write(self._fd, line)
+        self._size += len(line)
+        self._total += len(line)
+        self._dirty = True
+
+    def end(self) -> Position:
+        return Position(self._segment, self._size)
+
+    def start(self) -> Position:
+        """The first position still in the spool (older segments were released)."""
+        segments = self.segments()
+        return Position(segments[0] if segments else self._segment, 0)
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
+
+    def is_empty(self) -> bool:
+        return self._total == 0
+
+    def read(self, start: Position, limit: int) -> tuple[list[BalanceRow], Position]:
+        """Up to `limit` rows from `start`, and the position just after them."""
+        position = max(start, self.start())
+        rows: list[BalanceRow] = []
+        while len(rows) < limit and position < self.end():
+            lines, position = self._read_segment(position, limit - len(rows))
+            rows.extend(decode(line) for line in lines)
+        return rows, position
+
+    def release(
+        self, upto: Position, *, rotate_above: int = 1024 * 1024, force_rotate: bool = False
+    ) -> None:
+        """Forget every row before `upto`, the position after the last stored row.
+
+        Segments wholly before it are deleted. When it is the very end and the current segment
+        has grown past `rotate_above` bytes, that one goes too (a fresh segment takes over), so
+        a caught-up spool gives its disk space back without a new file per batch.
+        """
+        for segment in self.segments():
+            if segment < upto.segment:
+                self._total -= self._path(segment).stat().st_size
+                self._path(segment).unlink()
+        if upto == self.end() and self._size and (force_rotate or self._size > rotate_above):
+            done = self._segment
+            self._rotate()
+            self._total -= self._path(done).stat().st_size
+            self._path(done).unlink()
+
+    def sync(self) -> None:
+        """fsync the current segment if anything was appended since the last call."""
+        if self._dirty and self._fd >= 0:
+            self._dirty = False
+            os.fsync(self._fd)
+
+    def _read_segment(self, position: Position, limit: int) -> tuple[list[bytes], Position]:
+        path = self._path(position.segment)
+        lines: list[bytes] = []
+        offset = position.offset
+        try:
+            with path.open("rb") as file:
+                file.seek(offset)
+                for line in file:
+                    if not line.endswith(b"\n"):
+                        break  # a write under way, or torn by a crash: not a row yet
+                    lines.append(line)
+                    offset += len(line)
+                    if len(lines) >= limit:
+                        return lines, Position(position.segment, offset)
+        except FileNotFoundError:
+            pass
+        if position.segment < self._segment:
+            return lines, Position(position.segment + 1, 0)
+        return lines, Position(position.segment, offset)
+
+    def _rotate(self) -> None:
+        self.sync()
+        os.close(self._fd)
+        self._segment += 1
+        self._open_segment(truncate_torn_tail=False)
+
+    def _open_segment(self, *, truncate_torn_tail: bool) -> None:
+        path = self._path(self._segment)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        if truncate_torn_tail and self._size:
+            self._size = _complete_length(path)
+            os.ftruncate(self._fd, self._size)
+
+    def _path(self, segment: int) -> Path:
+        return self._directory / f"{segment:012d}{_SUFFIX}"
+
+    def _read_or_create_id(self) -> uuid.UUID:
+        path = self._directory / "spool-id"
+        if path.exists():
+            return uuid.UUID(path.read_text().strip())
+        spool_id = uuid.uuid4()
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(f"{spool_id}\n")
+        temporary.replace(path)
+        return spool_id
+
+
+def _complete_length(path: Path) -> int:
+    """The length of the file up to and including its last newline (a crash can tear the
+    last line; appending after it would glue two rows together)."""
+    data = path.read_bytes()
+    return data.rfind(b"\n") + 1

@@ -1,0 +1,377 @@
+"""Nothing received is lost while the database fails: outages, killed connections, a slow
+database, SIGTERM in a burst, SIGKILL. Each test causes the fault for real, on a Postgres
+cluster of its own that it stops and starts, and counts rows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+
+from balancewatch import migrate
+from balancewatch.db import asyncpg_dsn, create_engine
+from balancewatch.localpg import LocalPostgres
+from balancewatch.settings import parse_database_url
+from balancewatch.simulator import Simulator
+from tests.helpers import (
+    API_KEY,
+    TOKEN,
+    WALLET,
+    make_settings,
+    room,
+    running_daemon,
+    scratch_dir,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalPostgres]:
+    with LocalPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture
+async def url(cluster: LocalPostgres) -> AsyncIterator[URL]:
+    """A migrated database on the test's own cluster, which the test may stop and start."""
+    if not cluster.is_running():
+        cluster.start()
+    name = f"faults_{os.getpid()}_{time.monotonic_ns()}"
+    admin = await asyncpg.connect(cluster.url())
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    database = parse_database_url(cluster.url(name))
+    engine = create_engine(database, pool_size=1)
+    await migrate.upgrade(engine)
+    await engine.dispose()
+    yield database
+    if not cluster.is_running():
+        cluster.start()
+
+
+async def connect(url: URL) -> Any:
+    return await asyncpg.connect(asyncpg_dsn(url))
+
+
+async def scalar(url: URL, sql: str, *args: Any) -> Any:
+    """One value from a short-lived connection (the cluster comes and goes under these tests)."""
+    connection = await connect(url)
+    try:
+        return await connection.fetchval(sql, *args)
+    finally:
+        await connection.close()
+
+
+async def stored_amounts(url: URL) -> list[int]:
+    connection = await connect(url)
+    try:
+        rows = await connection.fetch("SELECT amount FROM balance_history ORDER BY id")
+    finally:
+        await connection.close()
+    return [int(row["amount"]) for row in rows]
+
+
+@dataclass
+class Sender:
+    """Sends numbered balance messages (amount = sequence number) at a steady rate."""
+
+    simulator: Simulator
+    rate: float
+    sent: int = 0
+    undelivered: int = 0
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        tick = 0.05
+        per_tick = max(1, round(self.rate * tick))
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            for _ in range(per_tick):
+                if await self.simulator.send_balance(WALLET, TOKEN, str(self.sent)) != 1:
+                    self.undelivered += 1
+                self.sent += 1
+            next_at += tick
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@contextlib.asynccontextmanager
+async def sending(simulator: Simulator, rate: float) -> AsyncIterator[Sender]:
+    sender = Sender(simulator, rate)
+    task = asyncio.create_task(sender.run())
+    try:
+        yield sender
+    finally:
+        sender.stop()
+        await task
+
+
+@dataclass
+class DaemonProcess:
+    process: asyncio.subprocess.Process
+    log: Path
+
+    def lines(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                found.append(json.loads(line))
+        return found
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines() if line.get("event") == name]
+
+    def peak_rss_kib(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(
+            next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+        )
+
+    async def terminate(self, timeout: float = 10.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def daemon_process(
+    url: URL, simulator: Simulator, **settings: str
+) -> AsyncIterator[DaemonProcess]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
+    env |= {
+        "BALANCEWATCH_DATABASE_URL": url.render_as_string(hide_password=False),
+        "BALANCEWATCH_DATASTREAM_URL": simulator.url,
+        "BALANCEWATCH_API_KEY": API_KEY,
+        "BALANCEWATCH_LOG_FORMAT": "json",
+        "BALANCEWATCH_FLUSH_INTERVAL": "0.1",
+        "BALANCEWATCH_BACKOFF_INITIAL": "0.1",
+        "BALANCEWATCH_BACKOFF_MAX": "1.0",
+        "BALANCEWATCH_RECONCILE_INTERVAL": "2",
+        "BALANCEWATCH_CONNECT_TIMEOUT": "2",
+    }
+    env |= {f"BALANCEWATCH_{key.upper()}": value for key, value in settings.items()}
+    log = scratch_dir("daemon-log") / "daemon.log"
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "balancewatch", "run", env=env, stdout=sink, stderr=sink
+        )
+    daemon = DaemonProcess(process, log)
+    try:
+        yield daemon
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def watch_one(url: URL, simulator: Simulator) -> None:
+    connection = await connect(url)
+    await connection.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
+    await connection.close()
+    await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=20)
+
+
+async def outage(cluster: LocalPostgres, seconds: float) -> None:
+    await asyncio.to_thread(cluster.stop, "fast")
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(cluster.start)
+
+
+async def test_database_outages_of_10_and_60_seconds_lose_nothing_and_keep_the_socket(
+    cluster: LocalPostgres, url: URL, simulator: Simulator
+) -> None:
+    spool_dir = scratch_dir("spool")
+    # A small memory bound, so the 60 s outage (12,000 rows) spills to the spool.
+    async with daemon_process(
+        url, simulator, max_buffered_rows="2000", spool_dir=str(spool_dir)
+    ) as daemon:
+        await watch_one(url, simulator)
+        async with sending(simulator, rate=200) as sender:
+            await asyncio.sleep(2)
+            await outage(cluster, 10)
+            await asyncio.sleep(5)
+            await outage(cluster, 60)
+            await asyncio.sleep(3)
+        sent = sender.sent
+        await wait_until(lambda: _count_is(url, sent), timeout=60, what=f"all {sent} rows")
+        # The LISTEN connection and the sync came back by themselves.
+        connection = await connect(url)
+        await connection.execute("UPDATE watchlist SET enabled = false")
+        await connection.close()
+        await simulator.wait_for(lambda: room() not in simulator.joined_rooms(), timeout=10)
+        peak_kib = daemon.peak_rss_kib()
+        assert await daemon.terminate() == 0
+    assert sender.undelivered == 0
+    assert simulator.total_connections == 1, "the websocket must stay up through the outages"
+    assert await stored_amounts(url) == list(range(sent))
+    assert daemon.events("writer.flush_failed"), "the outage must really have been felt"
+    print(
+        f"\noutages 10 s + 60 s at 200 msg/s: sent {sent}, stored {sent}, peak RSS {peak_kib} KiB"
+    )
+
+
+async def _count_is(url: URL, expected: int) -> bool:
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        return bool(await scalar(url, "SELECT count(*) FROM balance_history") == expected)
+    return False
+
+
+async def test_killed_database_connections_lose_nothing(url: URL, simulator: Simulator) -> None:
+    async with daemon_process(url, simulator, spool_dir=str(scratch_dir("spool"))) as daemon:
+        await watch_one(url, simulator)
+        async with sending(simulator, rate=200) as sender:
+            for _ in range(5):
+                await asyncio.sleep(1)
+                killed = await scalar(
+                    url,
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'balancewatch%' AND datname = current_database()",
+                )
+                assert killed >= 1
+        sent = sender.sent
+        await wait_until(lambda: _count_is(url, sent), timeout=30, what=f"all {sent} rows")
+        connection = await connect(url)
+        await connection.execute("DELETE FROM watchlist")
+        await connection.close()
+        await simulator.wait_for(lambda: room() not in simulator.joined_rooms(), timeout=10)
+        assert await daemon.terminate() == 0
+    assert await stored_amounts(url) == list(range(sent))
+    assert simulator.total_connections == 1
+
+
+async def test_sigterm_in_the_middle_of_a_burst_stores_everything_read(
+    url: URL, simulator: Simulator
+) -> None:
+    async with daemon_process(url, simulator, spool_dir=str(scratch_dir("spool"))) as daemon:
+        await watch_one(url, simulator)
+        async with sending(simulator, rate=5000):
+            await asyncio.sleep(1.5)
+            started = time.monotonic()
+            code = await daemon.terminate()
+            elapsed = time.monotonic() - started
+    assert code == 0
+    assert elapsed < 10
+    read = daemon.events("daemon.stopped")[0]["messages"]
+    stored = await stored_amounts(url)
+    assert stored == list(range(read)), "every message read is stored, in order, once"
+    assert read > 1000
+
+
+@pytest.mark.parametrize("mode", ["overflow", "durable"])
+async def test_sigkill_loses_at_most_the_unflushed_batch_and_nothing_in_durable_mode(
+    url: URL, simulator: Simulator, mode: str
+) -> None:
+    spool_dir = str(scratch_dir("spool"))
+    flushed, unflushed = 300, 200
+    async with daemon_process(url, simulator, spool_dir=spool_dir, spool_mode=mode) as daemon:
+        await watch_one(url, simulator)
+        for i in range(flushed):
+            await simulator.send_balance(WALLET, TOKEN, str(i))
+        await wait_until(lambda: _count_is(url, flushed), timeout=10, what="the first rows")
+        # Then a batch that cannot flush before the kill: the database is locked against it.
+        locker = await connect(url)
+        await locker.execute("BEGIN; LOCK TABLE balance_history IN EXCLUSIVE MODE")
+        for i in range(flushed, flushed + unflushed):
+            await simulator.send_balance(WALLET, TOKEN, str(i))
+        await simulator.ping()  # its pong proves every message before it was read
+        await simulator.wait_for(lambda: any(e.kind == "pong" for e in simulator.events))
+        daemon.process.kill()
+        await daemon.process.wait()
+        await locker.close()
+
+    async with daemon_process(url, simulator, spool_dir=spool_dir, spool_mode=mode) as restarted:
+        expected = flushed + unflushed if mode == "durable" else flushed
+        await simulator.wait_for(lambda: simulator.live_connections == 1, timeout=20)
+        await wait_until(lambda: _count_is(url, expected), timeout=20, what=f"{expected} rows")
+        await asyncio.sleep(0.5)  # nothing more arrives: no duplicates from a replay
+        assert await restarted.terminate() == 0
+    assert await stored_amounts(url) == list(range(expected))
+
+
+async def test_a_slow_database_fills_memory_to_its_bound_then_the_spool_and_drops_nothing(
+    url: URL, simulator: Simulator
+) -> None:
+    connection = await connect(url)
+    await connection.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
+    await connection.execute(
+        """
+        CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+        CREATE TRIGGER slow_writes AFTER INSERT ON balance_history
+        FOR EACH STATEMENT EXECUTE FUNCTION slow_down();
+        """
+    )
+    bound = 500
+    settings = make_settings(url, simulator.url, max_buffered_rows=bound, batch_size=200)
+    engine = create_engine(url)
+    peak_memory = 0
+    async with running_daemon(engine, settings) as running:
+        await simulator.wait_for(lambda: room() in simulator.joined_rooms())
+        for i in range(5000):
+            await simulator.send_balance(WALLET, TOKEN, str(i))
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+                peak_memory = max(peak_memory, len(running.daemon.writer._buffer.memory))
+        await wait_until(lambda: running.daemon.ingest.messages == 5000, timeout=20)
+        assert running.daemon.writer._buffer.spilled
+        await connection.execute("DROP TRIGGER slow_writes ON balance_history")
+        await wait_until(
+            lambda: _count_is(url, 5000), timeout=60, what="all rows after the slowdown"
+        )
+    await engine.dispose()
+    await connection.close()
+    assert peak_memory <= bound
+    assert await stored_amounts(url) == list(range(5000))
+
+
+async def test_a_full_spool_pauses_reading_and_loses_nothing(
+    url: URL, simulator: Simulator
+) -> None:
+    connection = await connect(url)
+    await connection.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
+    settings = make_settings(
+        url,
+        simulator.url,
+        max_buffered_rows=100,
+        spool_max_bytes=1024 * 1024,
+        keepalive_interval=60,
+    )
+    total = 12_000  # about 1.4 MB of spool: more than it may hold
+    engine = create_engine(url)
+    async with running_daemon(engine, settings) as running:
+        await simulator.wait_for(lambda: room() in simulator.joined_rooms())
+        await connection.execute("BEGIN; LOCK TABLE balance_history IN EXCLUSIVE MODE")
+
+        async def send_all() -> None:
+            for i in range(total):
+                await simulator.send_balance(WALLET, TOKEN, str(i))
+
+        sender = asyncio.create_task(send_all())
+        await wait_until(
+            lambda: not running.daemon.writer.room.is_set(), timeout=30, what="a full spool"
+        )
+        paused_at = running.daemon.ingest.messages
+        await asyncio.sleep(0.3)
+        assert running.daemon.ingest.messages == paused_at < total
+        await connection.execute("COMMIT")
+        await sender
+        await wait_until(lambda: _count_is(url, total), timeout=60, what="every row")
+    await engine.dispose()
+    await connection.close()
+    assert await stored_amounts(url) == list(range(total))
