@@ -1,70 +1,121 @@
-"""What happens to each frame read from the websocket: store it, ack it, or reject it."""
+"""What happens to each frame read from the websocket: store it, ack it, or reject it.
+
+Every frame ends in exactly one of four ways: a balance row, a `joined` ack, a pong to send,
+or a rejected record. A rejected frame is never silently dropped: it is counted by reason,
+logged, and kept (secrets scrubbed, truncated) for the `rejected_messages` table.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Final, Protocol
 
-from balancewatch.logs import get_logger
+from balancewatch import logs
 from balancewatch.protocol import BalanceUpdate, Joined, Ping, Rejected, parse_frame
+from balancewatch.records import RejectedRow
 from balancewatch.subscriptions import Subscriptions
 
-log = get_logger(__name__)
+log = logs.get_logger(__name__)
 
-_SAMPLE_CHARS = 200
+# How much of a rejected frame a log line (and a room's last_error) quotes; the table keeps more.
+_SAMPLE_CHARS: Final = 200
 
 
 class RowSink(Protocol):
     def add(self, wallet: str, token: str, amount: Decimal, received_at: datetime) -> None: ...
 
+    def add_rejected(self, row: RejectedRow) -> None: ...
+
 
 class Ingest:
-    def __init__(self, subscriptions: Subscriptions, rows: RowSink, max_frame_bytes: int) -> None:
+    def __init__(
+        self,
+        subscriptions: Subscriptions,
+        rows: RowSink,
+        *,
+        max_frame_bytes: int,
+        rejected_frame_chars: int,
+    ) -> None:
         self._subscriptions = subscriptions
         self._rows = rows
         self._max_frame_bytes = max_frame_bytes
+        self._rejected_frame_chars = rejected_frame_chars
         self.messages = 0
+        self.acks = 0
         self.rejected: Counter[str] = Counter()
 
     def text(self, data: str) -> bool:
         """Handle one text frame; True when it was a ping that needs a pong."""
         received_at = datetime.now(UTC)
-        if len(data) > self._max_frame_bytes:
-            self._reject(Rejected("too_large", f"{len(data)} characters"), data)
+        # A character is at least one UTF-8 byte, and exactly one for ASCII (an O(1) check):
+        # only a long non-ASCII frame is ever encoded to be measured.
+        if len(data) > self._max_frame_bytes or (
+            not data.isascii() and _utf8_size(data) > self._max_frame_bytes
+        ):
+            size = _utf8_size(data)
+            too_large = Rejected("too_large", f"{size} bytes, over {self._max_frame_bytes}")
+            self._reject(too_large, received_at, data, size)
             return False
         frame = parse_frame(data)
         if isinstance(frame, BalanceUpdate):
             self._balance(frame, received_at, data)
         elif isinstance(frame, Joined):
+            self.acks += 1
             self._subscriptions.joined(frame.room)
         elif isinstance(frame, Ping):
             return True
         else:
-            self._reject(frame, data)
+            self._reject(frame, received_at, data, _utf8_size(data))
         return False
 
     def binary(self, data: bytes) -> None:
-        self._reject(Rejected("binary_frame", f"{len(data)} bytes"), data.hex())
+        """The Datastream speaks text only: a binary frame is kept as its Python repr."""
+        received_at = datetime.now(UTC)
+        rejected = Rejected("binary_frame", f"{len(data)} bytes")
+        self._reject(rejected, received_at, repr(data), len(data))
 
     def _balance(self, update: BalanceUpdate, received_at: datetime, data: str) -> None:
         if not self._subscriptions.is_held(update.room):
-            self._reject(
-                Rejected("room_not_joined", "no join was sent for this room", update.room), data
-            )
+            not_joined = Rejected("room_not_joined", "no join was sent for this room", update.room)
+            self._reject(not_joined, received_at, data, _utf8_size(data))
             return
         self.messages += 1
         self._rows.add(update.wallet, update.token, update.amount, received_at)
+        self._subscriptions.delivered(update.room)
 
-    def _reject(self, rejected: Rejected, data: str) -> None:
+    def _reject(self, rejected: Rejected, received_at: datetime, frame: str, size: int) -> None:
+        limit = self._rejected_frame_chars
+        stored = _storable(frame, limit)
+        detail = _storable(rejected.detail, limit)
+        room = None if rejected.room is None else _storable(rejected.room, limit)
         self.rejected[rejected.reason] += 1
+        self._rows.add_rejected((received_at, rejected.reason, detail, room, stored, size))
         log.warning(
             "ingest.frame_rejected",
             reason=rejected.reason,
-            detail=rejected.detail,
-            room=rejected.room,
-            frame=data[:_SAMPLE_CHARS],
+            detail=detail[:_SAMPLE_CHARS],
+            room=None if room is None else room[:_SAMPLE_CHARS],
+            frame=stored[:_SAMPLE_CHARS],
+            frame_size=size,
         )
         if rejected.reason == "unknown_type" and rejected.room:
-            self._subscriptions.room_error(rejected.room, f"server said: {data[:_SAMPLE_CHARS]}")
+            self._subscriptions.room_error(rejected.room, f"server said: {stored[:_SAMPLE_CHARS]}")
+
+
+def _utf8_size(text: str) -> int:
+    """The size of a text frame on the wire."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _storable(text: str, limit: int) -> str:
+    """`text` as it may be stored and shown: every secret scrubbed (before cutting, so no part
+    of one survives), at most `limit` characters, and nothing a Postgres `text` refuses (NUL,
+    a lone surrogate) left in it: such a row would fail the whole batch it is written with."""
+    text = logs.scrubber.scrub(text)[:limit]
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text[:limit]

@@ -17,9 +17,16 @@ BASE58_PATTERN: Final = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"
 _BASE58 = re.compile(BASE58_PATTERN)
 _ROOM = re.compile(r"^wallet:([1-9A-HJ-NP-Za-km-z]{32,44}):([1-9A-HJ-NP-Za-km-z]{32,44}):balance$")
 
-# Postgres `numeric` holds up to 131072 digits before the point and 16383 after it.
-_NUMERIC_MAX_ADJUSTED: Final = 131071
+# A sanity bound on the size of an amount: at most 39 digits before the point (adjusted
+# exponent 38), so anything from 1e39 up is refused. An SPL token amount is a u64 count of base
+# units (under 2e19) and even the u128 range ends at 3.4e38: a bigger number is not a balance.
+# It also keeps `1e400`-style numbers, which Postgres would store as hundreds of digits, out.
+MAX_AMOUNT_ADJUSTED: Final = 38
+# Postgres `numeric` holds at most 16383 digits after the point.
 _NUMERIC_MAX_SCALE: Final = 16383
+
+# A detail that quotes the frame (a type, a field name) quotes this much of it.
+_DETAIL_CHARS: Final = 200
 
 PING: Final = '{"type":"ping"}'
 PONG: Final = '{"type":"pong"}'
@@ -123,6 +130,8 @@ def parse_frame(raw: str | bytes) -> Frame:
         frame = _decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return _classify_failure(raw, exc)
+    except UnicodeEncodeError:  # a str with a lone surrogate: no websocket text frame has one
+        return Rejected("not_json", "the frame is not valid Unicode text")
     if isinstance(frame, _MessageFrame):
         return _balance_update(frame)
     if isinstance(frame, _JoinedFrame):
@@ -135,6 +144,10 @@ def _balance_update(frame: _MessageFrame) -> BalanceUpdate | Rejected:
     amount = _parse_amount(bytes(data.amount))
     if isinstance(amount, Rejected):
         return Rejected(amount.reason, amount.detail, frame.room)
+    if not (is_address(data.wallet) and is_address(data.token)):
+        return Rejected(
+            "invalid_fields", "data.wallet or data.token is not a base58 address", frame.room
+        )
     if frame.room != room_for(data.wallet, data.token):
         return Rejected("room_mismatch", "room does not match data.wallet/data.token", frame.room)
     return BalanceUpdate(data.wallet, data.token, amount)
@@ -148,11 +161,16 @@ def _parse_amount(text: bytes) -> Decimal | Rejected:
     try:
         amount = Decimal(text.decode("ascii"))
     except (InvalidOperation, UnicodeDecodeError):
-        return Rejected("amount_not_number", "data.amount is not a JSON number")
+        # Valid JSON number grammar that Decimal refuses: an exponent beyond its own limits.
+        return Rejected("amount_out_of_range", "data.amount has an exponent beyond any bound")
     exponent = amount.as_tuple().exponent
     assert isinstance(exponent, int)  # a finite Decimal always has an int exponent
-    if amount.adjusted() > _NUMERIC_MAX_ADJUSTED or -exponent > _NUMERIC_MAX_SCALE:
-        return Rejected("amount_out_of_range", "data.amount does not fit a Postgres numeric")
+    if amount.adjusted() > MAX_AMOUNT_ADJUSTED:
+        return Rejected("amount_out_of_range", "data.amount is 1e39 or more, beyond any balance")
+    if -exponent > _NUMERIC_MAX_SCALE:
+        return Rejected(
+            "amount_out_of_range", "data.amount has more digits after the point than numeric holds"
+        )
     if amount.is_signed() and amount != 0:
         return Rejected("negative_amount", "data.amount is negative")
     return amount
@@ -167,6 +185,11 @@ def _classify_failure(raw: str | bytes, exc: Exception) -> Rejected:
         return Rejected("not_object", f"a JSON {type(value).__name__}, not an object")
     room = value.get("room")
     room = room if isinstance(room, str) else None
-    if value.get("type") not in ("message", "joined", "ping"):
-        return Rejected("unknown_type", f"type {value.get('type')!r}", room)
-    return Rejected("invalid_fields", str(exc), room)
+    kind = value.get("type")
+    if kind not in ("message", "joined", "ping"):
+        return Rejected("unknown_type", f"type {_short(repr(kind))}", room)
+    return Rejected("invalid_fields", _short(str(exc)), room)
+
+
+def _short(text: str, limit: int = _DETAIL_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}..."

@@ -1,19 +1,29 @@
-"""The frame parser: every frame is either the balance update it encodes or a rejection."""
+"""The frame parser: every frame is either the balance update it encodes or a rejection; and
+through `Ingest`, every frame ends as exactly one row, ack, pong or rejected record."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
+from typing import Any, get_args
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from balancewatch import logs
+from balancewatch.ingest import Ingest
 from balancewatch.protocol import (
+    MAX_AMOUNT_ADJUSTED,
     BalanceUpdate,
     Joined,
     Ping,
     Rejected,
+    RejectReason,
     is_address,
     join_frame,
     leave_frame,
@@ -21,7 +31,10 @@ from balancewatch.protocol import (
     parse_frame,
     room_for,
 )
-from tests.helpers import SOL, TOKEN, WALLET, room
+from balancewatch.records import RejectedRow
+from balancewatch.rooms import Pair, wanted_rooms
+from balancewatch.subscriptions import Subscriptions
+from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room
 
 
 def message(
@@ -43,6 +56,10 @@ def message(
         ("1.50", "1.50"),
         ("0", "0"),
         ("12345678901234567890123456789.123456789", "12345678901234567890123456789.123456789"),
+        ("999999999999999999999999999999999999999", "999999999999999999999999999999999999999"),
+        ("9.99e38", "9.99E+38"),
+        ("1e-16383", "1E-16383"),
+        ("-0", "-0"),
     ],
 )
 def test_amount_is_decoded_exactly_as_written_without_a_float(text: str, expected: str) -> None:
@@ -85,6 +102,14 @@ def test_the_upstream_example_parses() -> None:
         (message("Infinity"), "not_json"),
         (message("-1"), "negative_amount"),
         (message("1e200000"), "amount_out_of_range"),
+        (message("1e400"), "amount_out_of_range"),
+        (message("1e39"), "amount_out_of_range"),
+        (message("1000000000000000000000000000000000000000"), "amount_out_of_range"),
+        (message("1e999999999999999999999"), "amount_out_of_range"),
+        (message("1e-16384"), "amount_out_of_range"),
+        (message("-1e400"), "amount_out_of_range"),
+        (message("1", wallet="not-an-address", token=TOKEN), "invalid_fields"),
+        (message("1", wallet=WALLET, token="O" + TOKEN[1:]), "invalid_fields"),
         (message("1", room_name=room(WALLET, SOL)), "room_mismatch"),
     ],
 )
@@ -152,19 +177,308 @@ def test_any_input_yields_a_frame_and_never_raises(raw: str | bytes) -> None:
     assert isinstance(parse_frame(raw), BalanceUpdate | Joined | Ping | Rejected)
 
 
+def within_bounds(amount: Decimal) -> bool:
+    """The documented bounds: below 1e39 (by its adjusted exponent), and a scale Postgres holds."""
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return amount.adjusted() <= MAX_AMOUNT_ADJUSTED and -exponent <= 16383
+
+
 @given(json_values)
 def test_any_json_value_as_amount_yields_that_number_or_a_rejection(amount: object) -> None:
     frame = parse_frame(message(json.dumps(amount)))
     is_number = isinstance(amount, int | float) and not isinstance(amount, bool)
-    if is_number and amount >= 0:  # type: ignore[operator]
+    in_range = is_number and within_bounds(Decimal(json.dumps(amount)))
+    if in_range and amount >= 0:  # type: ignore[operator]
         assert frame == BalanceUpdate(WALLET, TOKEN, Decimal(json.dumps(amount)))
     else:
         assert isinstance(frame, Rejected)
 
 
 @given(st.decimals(allow_nan=False, allow_infinity=False, min_value=0, places=None))
-def test_any_decimal_written_as_json_text_comes_back_equal(amount: Decimal) -> None:
-    text = format(amount, "f") if amount.adjusted() < 30 else str(amount)
+def test_any_decimal_written_as_json_text_comes_back_equal_or_out_of_range(
+    amount: Decimal,
+) -> None:
+    text = format(amount, "f") if -30 < amount.adjusted() < 30 else str(amount)
     frame = parse_frame(message(text.replace("E", "e")))
-    assert isinstance(frame, BalanceUpdate)
-    assert frame.amount == amount
+    if within_bounds(amount):
+        assert isinstance(frame, BalanceUpdate)
+        assert frame.amount == amount
+    else:
+        assert isinstance(frame, Rejected)
+        assert frame.reason == "amount_out_of_range"
+
+
+# -- any structured frame ----------------------------------------------------------------------
+
+BASE58_AND_LOOKALIKES = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz0OIl:"
+addresses = st.one_of(
+    st.sampled_from([WALLET, TOKEN, SOL, WALLET2]),
+    st.text(BASE58_AND_LOOKALIKES, min_size=30, max_size=46),  # valid and invalid addresses
+    st.text(max_size=50),
+)
+json_texts = json_values.map(json.dumps)
+valid_amounts = st.one_of(
+    st.decimals(min_value=0, max_value=Decimal("1e38"), allow_nan=False, places=None).map(str),
+    st.sampled_from(["76989.158861", "1e-7", "2e+21", "0", "-0", "1.50", "9.99e38"]),
+)
+amount_texts = st.one_of(
+    valid_amounts,
+    st.decimals(allow_nan=False, allow_infinity=False, places=None).map(str),
+    st.integers().map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(json.dumps),
+    st.sampled_from(["1e400", "1e39", "-1", "1e-16384", "0e500", "NaN", "Infinity", "-Infinity"]),
+    json_texts,
+)
+MUTATIONS = (
+    "drop_field",
+    "retype_field",
+    "other_type",
+    "extra_field",
+    "other_room",
+    "other_pair",
+    "drop_data_field",
+    "retype_data_field",
+    "extra_data_field",
+    "other_amount",
+    "other_amount",  # the amount is where most of the checks are: try it more often
+    "other_amount",
+)
+
+
+def render(fields: dict[str, Any], order: list[str]) -> str:
+    """A JSON object from already-encoded values (a dict value is rendered as an object)."""
+    parts = []
+    for key in order:
+        value = fields[key]
+        text = render(value, sorted(value)) if isinstance(value, dict) else value
+        parts.append(f"{json.dumps(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
+@st.composite
+def structured_frames(draw: st.DrawFn) -> str:
+    """A valid balance message, then up to four random mutations of its shape and values."""
+    wallet, token = draw(st.sampled_from([WALLET, WALLET2])), draw(st.sampled_from([TOKEN, SOL]))
+    data = {"wallet": json.dumps(wallet), "token": json.dumps(token), "amount": draw(valid_amounts)}
+    top: dict[str, Any] = {
+        "type": '"message"',
+        "room": json.dumps(room_for(wallet, token)),
+        "data": data,
+    }
+    for mutation in draw(st.lists(st.sampled_from(MUTATIONS), max_size=4)):
+        current = top.get("data")
+        if "data_field" in mutation or mutation in ("other_pair", "other_amount"):
+            if isinstance(current, dict):
+                mutate_data(draw, mutation, top, current)
+        else:
+            mutate_top(draw, mutation, top)
+    return render(top, draw(st.permutations(sorted(top))))
+
+
+def fresh_key(draw: st.DrawFn, taken: Collection[str]) -> str:
+    key = draw(st.text(max_size=8))
+    while key in taken:
+        key += "_"
+    return key
+
+
+def mutate_top(draw: st.DrawFn, mutation: str, top: dict[str, Any]) -> None:
+    if mutation == "drop_field" and top:
+        del top[draw(st.sampled_from(sorted(top)))]
+    elif mutation == "retype_field":
+        top[draw(st.sampled_from(["type", "room", "data"]))] = draw(json_texts)
+    elif mutation == "other_type":
+        kinds = ["joined", "ping", "error", "join", "Message", ""]
+        top["type"] = json.dumps(draw(st.sampled_from(kinds)))
+    elif mutation == "extra_field":
+        top[fresh_key(draw, top)] = draw(json_texts)
+    elif mutation == "other_room":
+        top["room"] = json.dumps(draw(st.builds(room_for, addresses, addresses) | st.text()))
+
+
+def mutate_data(draw: st.DrawFn, mutation: str, top: dict[str, Any], data: dict[str, str]) -> None:
+    if mutation == "other_pair":
+        # Addresses that may be invalid, with the room that matches them.
+        wallet, token = draw(addresses), draw(addresses)
+        data["wallet"], data["token"] = json.dumps(wallet), json.dumps(token)
+        top["room"] = json.dumps(room_for(wallet, token))
+    elif mutation == "drop_data_field" and data:
+        del data[draw(st.sampled_from(sorted(data)))]
+    elif mutation == "retype_data_field":
+        data[draw(st.sampled_from(["wallet", "token", "amount"]))] = draw(json_texts)
+    elif mutation == "extra_data_field":
+        data[fresh_key(draw, data)] = draw(json_texts)
+    elif mutation == "other_amount":
+        data["amount"] = draw(amount_texts)
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def encoded(frame: str) -> BalanceUpdate | Joined | Ping | None:
+    """What a frame encodes, decoded with the standard library (numbers as Decimal) and checked
+    against the protocol notes by hand: independent of the parser. None: must be rejected."""
+    try:
+        value = json.loads(
+            frame, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_constants
+        )
+    except (ValueError, ArithmeticError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    kind, room_name = value.get("type"), value.get("room")
+    if kind == "ping":
+        return Ping()
+    if kind == "joined":
+        return Joined(room_name) if isinstance(room_name, str) else None
+    data = value.get("data")
+    if kind != "message" or set(value) != {"type", "room", "data"} or not isinstance(data, dict):
+        return None
+    if set(data) != {"wallet", "token", "amount"}:
+        return None
+    wallet, token, amount = data["wallet"], data["token"], data["amount"]
+    if not (isinstance(wallet, str) and is_address(wallet)):
+        return None
+    if not (isinstance(token, str) and is_address(token)) or room_name != room_for(wallet, token):
+        return None
+    if not isinstance(amount, Decimal) or amount < 0 or not within_bounds(amount):
+        return None
+    return BalanceUpdate(wallet, token, amount)
+
+
+REASONS = frozenset(get_args(RejectReason))
+
+
+@settings(max_examples=500)
+@given(structured_frames())
+def test_any_structured_frame_yields_exactly_what_it_encodes_or_a_rejection(frame: str) -> None:
+    result = parse_frame(frame)
+    expected = encoded(frame)
+    event(result.reason if isinstance(result, Rejected) else type(result).__name__)
+    if expected is None:
+        assert isinstance(result, Rejected)
+        assert result.reason in REASONS
+    else:
+        assert result == expected
+    if isinstance(expected, BalanceUpdate):
+        # Equal as a Decimal is not enough: the digits and the exponent are kept as written.
+        assert isinstance(result, BalanceUpdate)
+        assert result.amount.as_tuple() == expected.amount.as_tuple()
+
+
+# -- every frame through Ingest ------------------------------------------------------------------
+
+HELD: tuple[Pair, ...] = ((WALLET, TOKEN), (WALLET2, SOL))
+MAX_FRAME_BYTES = 1024
+REJECTED_FRAME_CHARS = 256
+
+
+@dataclass
+class RecordingSink:
+    """The writer as Ingest and Subscriptions see it, recording what they hand it."""
+
+    rows: list[tuple[str, str, Decimal, datetime]] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+    status: list[tuple[Pair, str]] = field(default_factory=list)
+
+    def add(self, wallet: str, token: str, amount: Decimal, received_at: datetime) -> None:
+        self.rows.append((wallet, token, amount, received_at))
+
+    def add_rejected(self, row: RejectedRow) -> None:
+        self.rejected.append(row)
+
+    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+        self.status.extend((pair, state) for pair in pairs)
+
+
+class SilentSender:
+    async def join(self, rooms: Collection[str]) -> None:
+        pass
+
+    async def leave(self, rooms: Collection[str]) -> None:
+        pass
+
+
+def storable(text: str) -> bool:
+    """What Postgres `text` takes: no NUL, no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def pad_with_two_byte_characters(count: int) -> str:
+    return json.dumps({"type": "ping", "pad": "é" * count}, ensure_ascii=False)
+
+
+odd_characters = st.sampled_from(["\x00", "\udc80", "\ud83d", "é", "€", "\n", "\\", '"', "\x7f"])
+any_frame: st.SearchStrategy[str | bytes] = st.one_of(
+    structured_frames(),
+    st.text(max_size=300),
+    st.lists(odd_characters | st.characters(), max_size=100).map("".join),
+    st.binary(max_size=300),
+    # Valid JSON padded past the limit, in ASCII and in characters of two bytes each.
+    structured_frames().map(lambda frame: frame + " " * MAX_FRAME_BYTES),
+    st.integers(0, 900).map(pad_with_two_byte_characters),
+    # A secret anywhere: in a frame, in its room, in its type.
+    st.builds(lambda a, b: a + API_KEY + b, st.text(max_size=20), st.text(max_size=20)),
+    st.sampled_from(
+        [
+            json.dumps({"type": "error", "room": f"wallet:{API_KEY}", "message": "no"}),
+            json.dumps({"type": API_KEY}),
+            json.dumps({"type": "message", "room": API_KEY, "data": None}),
+        ]
+    ),
+)
+
+
+async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_rejected_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scrubber = logs.SecretScrubber()
+    scrubber.register([API_KEY])
+    monkeypatch.setattr(logs, "scrubber", scrubber)
+    subscriptions = Subscriptions(RecordingSink())
+    await subscriptions.want(wanted_rooms(HELD))
+    await subscriptions.connected(SilentSender())
+
+    @settings(max_examples=1000, deadline=None)
+    @given(any_frame)
+    def check(raw: str | bytes) -> None:
+        sink = RecordingSink()
+        ingest = Ingest(
+            subscriptions,
+            sink,
+            max_frame_bytes=MAX_FRAME_BYTES,
+            rejected_frame_chars=REJECTED_FRAME_CHARS,
+        )
+        pong = False
+        if isinstance(raw, str):
+            pong = ingest.text(raw)
+        else:
+            ingest.binary(raw)
+        outcomes = len(sink.rows) + ingest.acks + pong + len(sink.rejected)
+        event(next(iter(ingest.rejected), "row" if sink.rows else "ack" if ingest.acks else "pong"))
+        assert outcomes == 1
+        if sink.rows:
+            ((wallet, token, amount, _),) = sink.rows
+            assert isinstance(raw, str)
+            assert parse_frame(raw) == BalanceUpdate(wallet, token, amount)
+            assert (wallet, token) in HELD
+        if not sink.rejected:
+            assert ingest.rejected == Counter()
+            return
+        ((_, reason, detail, room_name, frame, frame_size),) = sink.rejected
+        assert ingest.rejected == Counter({reason: 1})
+        assert reason in REASONS
+        wire = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+        assert frame_size == len(wire)
+        for text in (frame, detail, room_name or ""):
+            assert len(text) <= REJECTED_FRAME_CHARS
+            assert storable(text)
+            assert API_KEY not in text
+
+    check()
