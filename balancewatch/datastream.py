@@ -2,7 +2,10 @@
 
 One connection at a time, by construction: a new one is opened only after the previous one
 is closed and its rooms forgotten, so no room is ever held by two live sockets (the official
-client's orphaned socket delivers every message twice).
+client's orphaned socket delivers every message twice). Nothing on a finished connection can
+hold up the next one: a send still waiting on it fails at once, and a connection declared
+dead (no pong to our keepalive, nothing at all for `idle_timeout`) is dropped without waiting
+for a closing handshake that will not come.
 
 The key is the URL's path, so the URL is a secret: it is built at connect time and never kept,
 logged, or put in an error; aiohttp's own errors are described without it.
@@ -11,10 +14,11 @@ logged, or put in an error; aiohttp's own errors are described without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -22,7 +26,7 @@ import aiohttp
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
 from balancewatch.ingest import Ingest
-from balancewatch.logs import describe_error, get_logger
+from balancewatch.logs import describe_error, get_logger, scrubber
 from balancewatch.protocol import PONG, join_frame, leave_frame
 from balancewatch.subscriptions import RoomSender
 
@@ -30,6 +34,10 @@ log = get_logger(__name__)
 
 _KEY_REJECTED = frozenset({401, 403})
 _CONNECT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+# How long a deliberate close (on stop) waits for the server's half of the closing handshake.
+_CLOSE_GRACE: Final = 2.0
+
+PerConnection = Callable[[RoomSender], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +52,28 @@ class StreamConfig:
     max_frame_bytes: int
 
 
-class WebSocketSender:
-    """Join and leave frames on one live websocket."""
+class TextSocket(Protocol):
+    """The part of a websocket the sender uses."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    @property
+    def closed(self) -> bool: ...
+
+    async def send_str(self, data: str) -> None: ...
+
+
+class WebSocketSender:
+    """Join and leave frames on one live websocket.
+
+    Retired when its connection ends. A send still waiting then fails at once with
+    ConnectionError: to a peer that stopped reading, a send can wait for buffer space for
+    as long as the kernel keeps the socket, and the task sending holds the subscriptions'
+    lock, which the next connection needs to join anything.
+    """
+
+    def __init__(self, ws: TextSocket) -> None:
         self._ws = ws
+        self._retired = False
+        self._sending: set[asyncio.Timeout] = set()
 
     async def join(self, rooms: Collection[str]) -> None:
         for room in rooms:
@@ -58,10 +83,26 @@ class WebSocketSender:
         for room in rooms:
             await self._send(leave_frame(room))
 
+    def retire(self) -> None:
+        if self._retired:
+            return
+        self._retired = True
+        now = asyncio.get_running_loop().time()
+        for sending in self._sending:
+            sending.reschedule(now)  # ends that send with a TimeoutError, in its own task
+
     async def _send(self, frame: str) -> None:
-        if self._ws.closed:
+        if self._retired or self._ws.closed:
             raise ConnectionError("the websocket is closed")
-        await self._ws.send_str(frame)
+        sending = asyncio.timeout(None)
+        self._sending.add(sending)
+        try:
+            async with sending:
+                await self._ws.send_str(frame)
+        except TimeoutError:
+            raise ConnectionError("the websocket closed while a frame was being sent") from None
+        finally:
+            self._sending.discard(sending)
 
 
 class DatastreamClient:
@@ -70,15 +111,26 @@ class DatastreamClient:
         config: StreamConfig,
         key: Callable[[], str],
         ingest: Ingest,
-        on_connected: Callable[[RoomSender], Coroutine[Any, Any, None]],
+        *,
+        on_connected: PerConnection,
         on_disconnected: Callable[[str | None], None],
+        while_connected: PerConnection | None = None,
+        may_read: asyncio.Event | None = None,
     ) -> None:
+        """`on_connected` (the joins) and `while_connected` (the join retries) run beside
+        the read loop on each new connection and are cancelled when it ends;
+        `on_disconnected` is told when it has ended, before the next one opens."""
         self._config = config
         self._key = key
         self._ingest = ingest
         self._on_connected = on_connected
+        self._while_connected = while_connected
+        # Cleared by the writer when its spool is full: reading waits rather than grow it.
+        self._may_read = may_read or asyncio.Event()
+        if may_read is None:
+            self._may_read.set()
         self._on_disconnected = on_disconnected
-        self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self.backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._host = urlsplit(config.base_url).netloc
         self.connected = False
         self.connections = 0
@@ -86,45 +138,58 @@ class DatastreamClient:
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
-                started = time.monotonic()
-                reason = await self._connect_and_read(session, stop)
+                reason, lasted = await self._connect_and_read(session, stop)
                 if stop.is_set():
                     return
-                if time.monotonic() - started >= self._config.backoff_reset_after:
-                    self._backoff.reset()
-                delay = self._backoff.next_delay()
-                log.info("datastream.reconnecting", reason=reason, delay=round(delay, 3))
+                # Only a connection that stayed up resets the backoff: a server that accepts
+                # and drops at once is retried ever more slowly, like one that refuses.
+                if lasted is not None and lasted >= self._config.backoff_reset_after:
+                    self.backoff.reset()
+                delay = self.backoff.next_delay()
+                log.info(
+                    "datastream.reconnecting",
+                    reason=reason,
+                    delay=round(delay, 3),
+                    attempt=self.backoff.attempt,
+                )
                 await wait_first(stop, timeout=delay)
 
-    async def _connect_and_read(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> str:
+    async def _connect_and_read(
+        self, session: aiohttp.ClientSession, stop: asyncio.Event
+    ) -> tuple[str, float | None]:
+        """One connection, from connect to closed; why it ended, and how long it was up."""
         try:
             ws = await self._connect(session)
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in _KEY_REJECTED:
                 log.error("datastream.key_rejected", message="API key rejected", status=exc.status)
-                return "API key rejected"
+                return "API key rejected", None
             log.warning("datastream.handshake_failed", status=exc.status)
-            return f"handshake refused with HTTP {exc.status}"
+            return f"handshake refused with HTTP {exc.status}", None
         except _CONNECT_ERRORS as exc:
             log.warning("datastream.connect_failed", host=self._host, error=_describe(exc))
-            return "connect failed"
-        self.connections += 1
-        self.connected = True
-        log.info("datastream.connected", host=self._host, connection=self.connections)
+            return "connect failed", None
+        opened = time.monotonic()
         reason = "closed"
         try:
+            self.connections += 1
+            self.connected = True
+            log.info("datastream.connected", host=self._host, connection=self.connections)
             reason = await self._session(ws, stop)
         finally:
             self.connected = False
             self._on_disconnected(None if stop.is_set() else f"disconnected: {reason}")
-            await ws.close()
-        log.info("datastream.disconnected", reason=reason)
-        return reason
+            # A deliberate close has done its closing handshake by now; after a drop, an
+            # idle timeout or a missing pong there is nobody to wait for.
+            await _close(ws, grace=0.0)
+        lasted = time.monotonic() - opened
+        log.info("datastream.disconnected", reason=reason, lasted=round(lasted, 3))
+        return reason, lasted
 
     async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         async with asyncio.timeout(self._config.connect_timeout):
             return await session.ws_connect(
-                f"{self._config.base_url}/{self._key()}",
+                f"{self._config.base_url}/{self._secret_key()}",
                 heartbeat=self._config.keepalive_interval,
                 # aiohttp would drop the connection on an oversized frame; allow more and
                 # reject such a frame ourselves, so one bad frame costs one frame.
@@ -137,24 +202,42 @@ class DatastreamClient:
     async def _session(self, ws: aiohttp.ClientWebSocketResponse, stop: asyncio.Event) -> str:
         # Joins go out while the read loop already runs: pings are answered and early messages
         # read even while a large watchlist is still being joined.
-        async with asyncio.TaskGroup() as tasks:
-            joins = tasks.create_task(self._on_connected(WebSocketSender(ws)))
-            closer = tasks.create_task(_close_when(stop, ws))
-            reason = await self._read(ws)
-            joins.cancel()
-            if not stop.is_set():
-                closer.cancel()  # else let it finish the closing handshake
+        sender = WebSocketSender(ws)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                per_connection = [tasks.create_task(self._on_connected(sender))]
+                if self._while_connected is not None:
+                    per_connection.append(tasks.create_task(self._while_connected(sender)))
+                closer = tasks.create_task(_close_when(stop, ws))
+                reason = await self._read(ws)
+                sender.retire()
+                for task in per_connection:
+                    task.cancel()
+                if not stop.is_set():
+                    closer.cancel()  # else let it finish the closing handshake
+        finally:
+            sender.retire()
         return reason
+
+    def _secret_key(self) -> str:
+        # A key file is re-read at every connect; a rotated key is scrubbed from logs too.
+        key = self._key()
+        scrubber.register([key])
+        return key
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         while True:
+            if not self._may_read.is_set():
+                log.warning("datastream.reading_paused", reason="the spool is full")
+                await self._may_read.wait()
+                log.info("datastream.reading_resumed")
             try:
                 message = await ws.receive(timeout=self._config.idle_timeout)
             except TimeoutError:
                 log.warning("datastream.idle", seconds=self._config.idle_timeout)
                 return "idle timeout"
             if message.type is aiohttp.WSMsgType.TEXT:
-                if self._ingest.text(message.data) and not await _send_pong(ws):
+                if self._ingest.text(message.data) and not await self._pong(ws):
                     return "pong failed"
             elif message.type is aiohttp.WSMsgType.BINARY:
                 self._ingest.binary(message.data)
@@ -163,18 +246,29 @@ class DatastreamClient:
             else:  # CLOSE, CLOSING, CLOSED
                 return f"closed (code {ws.close_code})"
 
-
-async def _send_pong(ws: aiohttp.ClientWebSocketResponse) -> bool:
-    try:
-        await ws.send_str(PONG)
-    except ConnectionError:
-        return False
-    return True
+    async def _pong(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        # Bounded, as the read loop waits for it: a pong that cannot be sent for a whole
+        # keepalive interval means a peer that stopped reading.
+        try:
+            async with asyncio.timeout(self._config.keepalive_interval):
+                await ws.send_str(PONG)
+        except (ConnectionError, TimeoutError):
+            return False
+        return True
 
 
 async def _close_when(stop: asyncio.Event, ws: aiohttp.ClientWebSocketResponse) -> None:
     await stop.wait()
-    await ws.close()
+    await _close(ws, grace=_CLOSE_GRACE)
+
+
+async def _close(ws: aiohttp.ClientWebSocketResponse, grace: float) -> None:
+    """Close the websocket, giving the closing handshake at most `grace` seconds; past that
+    (a peer that stopped reading can stall even the sending of the close frame), aiohttp
+    drops the connection, and the socket is closed all the same."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await ws.close()
 
 
 def _describe(error: object) -> str:

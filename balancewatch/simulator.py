@@ -3,7 +3,10 @@
 The real Datastream needs a paid key, so development, the demo and the tests run against this.
 It keeps a record of everything the clients did (`events`) so tests can assert on the client's
 behaviour from the server's side, and it can misbehave on demand: refuse the handshake, stay
-silent on joins, drop every TCP connection without a close frame.
+silent on joins, drop every TCP connection without a close frame. Given an `ssl_context`, it
+serves TLS (`wss://`), so tests can check the client's certificate verification.
+It can also cut a connection once it has received N joins (or right after the handshake), go
+silent as a dead peer would (`stall_connections`), and ignore websocket-level pings.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import contextlib
 import json
 import random
 import secrets
+import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -53,6 +58,9 @@ class _Connection:
     ws: web.WebSocketResponse
     transport: asyncio.Transport
     rooms: set[str] = field(default_factory=set)
+    joins: int = 0  # join frames received
+    cut_after_joins: int | None = None
+    stalled: bool = False
 
 
 class Simulator:
@@ -64,8 +72,10 @@ class Simulator:
         port: int = 0,
         ping_interval: float | None = 20.0,
         ack_joins: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._api_key = api_key
+        self._ssl_context = ssl_context
         self._host = host
         self._requested_port = port
         self._ping_interval = ping_interval
@@ -73,6 +83,13 @@ class Simulator:
         self.refuse_status: int | None = None
         self.events: list[SimEvent] = []
         self.total_connections = 0
+        # Each new connection takes the first number off this list, if any: it is cut without
+        # a close frame once it has received that many joins (0: right after the handshake).
+        self.cut_after_joins: list[int] = []
+        # Off: the client's websocket-level pings go unanswered (only frames show life).
+        self.answer_pings = True
+        # Called with each event as it is recorded, to check an invariant at every step.
+        self.listeners: list[Callable[[SimEvent], None]] = []
         self._connections: dict[int, _Connection] = {}
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -84,7 +101,9 @@ class Simulator:
         app.router.add_get("/{key:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._requested_port).start()
+        await web.TCPSite(
+            self._runner, self._host, self._requested_port, ssl_context=self._ssl_context
+        ).start()
 
     async def stop(self) -> None:
         if self._runner is None:
@@ -114,8 +133,9 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        """The base URL; the client appends /KEY."""
-        return f"ws://{self._host}:{self.port}"
+        """The base URL (`wss://` when serving TLS); the client appends /KEY."""
+        scheme = "ws" if self._ssl_context is None else "wss"
+        return f"{scheme}://{self._host}:{self.port}"
 
     # -- introspection -----------------------------------------------------------------------
 
@@ -128,6 +148,11 @@ class Simulator:
 
     def room_subscribers(self, room: str) -> int:
         return sum(room in conn.rooms for conn in self._connections.values())
+
+    def most_room_subscribers(self) -> int:
+        """The most open connections that hold any one room right now (0 if none holds any)."""
+        counts = Counter(room for conn in self._connections.values() for room in conn.rooms)
+        return max(counts.values(), default=0)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until `predicate()` is true, re-checking it after every recorded event."""
@@ -173,6 +198,13 @@ class Simulator:
             conn.transport.abort()
         await self.wait_for(lambda: dropped.isdisjoint(self._connections))
 
+    def stall_connections(self) -> None:
+        """Make every open connection a dead peer: its TCP stays open, but nothing is sent on
+        it (no ping, ack or balance) and nothing it receives is answered, not even a
+        websocket ping. It still notices the client closing it."""
+        for conn in self._connections.values():
+            conn.stalled = True
+
     async def close_connections(self, code: int = 1001) -> None:
         connections = list(self._connections.values())
         await asyncio.gather(*(conn.ws.close(code=code) for conn in connections))
@@ -202,10 +234,12 @@ class Simulator:
         if status is not None:
             log.info("simulator.refused", status=status)
             return web.Response(status=status)
-        ws = web.WebSocketResponse(timeout=_CLOSE_TIMEOUT)
+        ws = web.WebSocketResponse(timeout=_CLOSE_TIMEOUT, autoping=False)
         await ws.prepare(request)
         conn = self._open(ws, request)
-        pinger = asyncio.create_task(self._ping_loop(ws)) if self._ping_interval else None
+        if conn.cut_after_joins == 0:
+            conn.transport.abort()
+        pinger = asyncio.create_task(self._ping_loop(conn)) if self._ping_interval else None
         try:
             async for msg in ws:
                 await self._on_frame(conn, msg)
@@ -230,18 +264,32 @@ class Simulator:
         transport = request.transport
         assert transport is not None  # set for as long as the request is being handled
         self.total_connections += 1
-        conn = _Connection(self.total_connections, ws, transport)
+        cut = self.cut_after_joins.pop(0) if self.cut_after_joins else None
+        conn = _Connection(self.total_connections, ws, transport, cut_after_joins=cut)
         self._connections[conn.conn_id] = conn
         self._record("connect", conn.conn_id)
         log.info("simulator.connected", conn_id=conn.conn_id, live=self.live_connections)
         return conn
 
     async def _on_frame(self, conn: _Connection, msg: WSMessage) -> None:
+        if conn.transport.is_closing():
+            return  # cut by us: frames still buffered from before the cut never arrived
+        if msg.type is WSMsgType.PING:
+            if self.answer_pings and not conn.stalled:
+                await conn.ws.pong(msg.data)
+            return
+        if msg.type is WSMsgType.PONG or conn.stalled:
+            return
         if msg.type is not WSMsgType.TEXT:
             self._record("unknown", conn.conn_id, text=f"<{msg.type.name} frame>")
             return
         kind, room = _classify(msg.data)
         if kind == "join" and room is not None:
+            conn.joins += 1
+            if conn.joins == conn.cut_after_joins:
+                self._record(kind, conn.conn_id, room)  # received, never acknowledged
+                conn.transport.abort()
+                return
             # Acknowledged before it counts as joined, so no message can overtake the "joined".
             if self.ack_joins and pair_for(room) is not None:
                 await _send([conn], _joined_frame(room))
@@ -250,17 +298,19 @@ class Simulator:
             conn.rooms.discard(room)
         self._record(kind, conn.conn_id, room, text=msg.data if kind == "unknown" else None)
 
-    async def _ping_loop(self, ws: web.WebSocketResponse) -> None:
+    async def _ping_loop(self, conn: _Connection) -> None:
         assert self._ping_interval is not None
-        while not ws.closed:
+        while not conn.ws.closed:
             await asyncio.sleep(self._ping_interval)
-            with contextlib.suppress(ConnectionResetError):
-                await ws.send_str(PING)
+            await _send([conn], PING)
 
     def _record(
         self, kind: EventKind, conn_id: int, room: str | None = None, text: str | None = None
     ) -> None:
-        self.events.append(SimEvent(kind, room, conn_id, time.monotonic(), text))
+        event = SimEvent(kind, room, conn_id, time.monotonic(), text)
+        self.events.append(event)
+        for listener in self.listeners:
+            listener(event)
         # Wake every waiter, then give later waiters a fresh, unset event to wait on.
         self._changed.set()
         self._changed = asyncio.Event()
@@ -307,9 +357,11 @@ def _joined_frame(room: str) -> str:
 
 
 async def _send(connections: Iterable[_Connection], data: str | bytes) -> int:
-    """Send to each connection; one that is going away is skipped, not an error."""
+    """Send to each connection; one that is going away (or stalled) is skipped, not an error."""
     sent = 0
     for conn in list(connections):
+        if conn.stalled:
+            continue
         try:
             if isinstance(data, bytes):
                 await conn.ws.send_bytes(data)

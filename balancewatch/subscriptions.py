@@ -2,15 +2,21 @@
 
 Two sides feed it: the watchlist sync says which rooms are wanted, the Datastream client says
 when a connection opens or drops. Both go through one lock, so a diff is always computed
-against what the live connection really holds, and a room is never joined twice on it.
+against what the live connection really holds, and a room is never joined twice on it, with
+one deliberate exception: a join the server has not acknowledged in time is sent again on the
+same connection, with growing delays (`join_acks.PendingJoins` decides when), until the
+`joined` comes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
+from balancewatch.aio import wait_first
+from balancewatch.join_acks import PendingJoins
 from balancewatch.logs import get_logger
 from balancewatch.protocol import pair_for
 from balancewatch.rooms import Pair, Wanted, diff_rooms
@@ -31,11 +37,21 @@ class StatusSink(Protocol):
 
 
 class Subscriptions:
-    def __init__(self, status: StatusSink) -> None:
+    def __init__(
+        self,
+        status: StatusSink,
+        *,
+        join_ack_timeout: float = 10.0,
+        join_retry_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._status = status
         self._wanted: Mapping[str, Pair] = {}
         self._invalid: Mapping[Pair, str] = {}
         self._held: set[str] = set()  # join sent on the live connection (acked or not)
+        self._unacked = PendingJoins(join_ack_timeout, join_retry_max)  # a subset of held
+        self._unacked_added = asyncio.Event()
+        self._clock = clock
         self._sender: RoomSender | None = None
         self._lock = asyncio.Lock()
 
@@ -46,6 +62,11 @@ class Subscriptions:
     @property
     def held(self) -> frozenset[str]:
         return frozenset(self._held)
+
+    @property
+    def unacked(self) -> frozenset[str]:
+        """Held rooms whose join the server has not acknowledged yet."""
+        return frozenset(self._unacked)
 
     def is_held(self, room: str) -> bool:
         return room in self._held
@@ -69,7 +90,39 @@ class Subscriptions:
         async with self._lock:
             self._sender = sender
             self._held = set()
+            self._unacked.clear()
             await self._apply(sender)
+
+    async def retry_unacked_joins(self, sender: RoomSender) -> None:
+        """For the life of one connection (cancelled when it ends): send each join that was
+        not acknowledged in time again, on that connection."""
+        while True:
+            self._unacked_added.clear()
+            due_at = self._unacked.next_due() if self._sender is sender else None
+            timeout = None if due_at is None else max(0.0, due_at - self._clock())
+            await wait_first(self._unacked_added, timeout=timeout)
+            await self.resend_unacked(sender)
+
+    async def resend_unacked(self, sender: RoomSender) -> int:
+        """Send again the joins whose ack is overdue; returns how many were sent."""
+        async with self._lock:
+            if self._sender is not sender:
+                return 0
+            now = self._clock()
+            due = self._unacked.due(now)
+            if not due:
+                return 0
+            reasons = {room: self._unacked.resent(room, now) for room in due}
+            for room, reason in reasons.items():
+                self._status.set_status(_pairs(self._wanted, [room]), "joining", reason)
+            log.warning(
+                "subscriptions.join_resent", rooms=len(due), room=due[0], status=reasons[due[0]]
+            )
+            try:
+                await sender.join(due)
+            except ConnectionError as exc:
+                log.warning("subscriptions.send_failed", error=str(exc))
+            return len(due)
 
     def disconnected(self, error: str | None) -> None:
         """The connection is gone (error is None for a deliberate close): its rooms with it."""
@@ -81,13 +134,23 @@ class Subscriptions:
         # A room being left when the connection went is left now: nothing holds it.
         self._status.set_status([_pair_of(room) for room in self._held - set(self._wanted)], "left")
         self._held = set()
+        self._unacked.clear()
 
     def joined(self, room: str) -> None:
+        self._unacked.acked(room)
         pair = self._wanted.get(room)
         if pair is not None and room in self._held:
             self._status.set_status([pair], "joined")
 
+    def delivered(self, room: str) -> None:
+        """A balance arrived for the room: the join worked, even if its ack never came."""
+        if room in self._unacked:
+            self.joined(room)
+
     def room_error(self, room: str, error: str) -> None:
+        # The server answered the join, if not with `joined`: sending it again on this
+        # connection would only repeat the question (the next connection joins it again).
+        self._unacked.acked(room)
         pair = self._wanted.get(room)
         if pair is not None:
             self._status.set_status([pair], "error", error)
@@ -97,6 +160,7 @@ class Subscriptions:
         leaving = [_pair_of(room) for room in diff.leave]
         try:
             if diff.leave:
+                self._unacked.forget(diff.leave)
                 self._status.set_status(leaving, "leaving")
                 await sender.leave(diff.leave)
                 if self._sender is not sender:
@@ -105,8 +169,11 @@ class Subscriptions:
                 self._status.set_status(leaving, "left")
             if diff.join:
                 self._status.set_status(_pairs(self._wanted, diff.join), "joining")
-                # Held from before the frame leaves, so a message racing the ack is kept.
+                # Held (and waiting for its ack) from before the frame leaves, so a message
+                # or an ack racing the rest of the joins is never missed.
                 self._held |= diff.join
+                self._unacked.sent(diff.join, self._clock())
+                self._unacked_added.set()
                 await sender.join(diff.join)
         except ConnectionError as exc:
             # The read loop sees the same drop and reconnects; the next connection re-joins all.

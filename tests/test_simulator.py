@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -244,6 +245,86 @@ async def test_drop_connections_ends_them_without_a_close_frame(
     assert sim.live_connections == 0
     assert sim.joined_rooms() == set()
     assert sim.events[-1].kind == "disconnect"
+
+
+async def test_cut_after_joins_cuts_each_new_connection_at_its_count_of_joins(
+    sim: Simulator, connect: Connect
+) -> None:
+    sim.cut_after_joins = [2, 0]
+    first = await connect(sim.url)
+    await join(first, ROOM_USDT)
+    await first.send_str(join_frame(ROOM_WSOL))  # the second join: cut, never acknowledged
+    await first.send_str(leave_frame(ROOM_USDT))  # already on its way: never arrives
+    msg = await first.receive(timeout=2.0)
+    assert msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR)
+    await sim.wait_for(lambda: sim.live_connections == 0)
+
+    with contextlib.suppress(aiohttp.ClientError):  # cut right after the handshake
+        second = await connect(sim.url)
+        assert (await second.receive(timeout=2.0)).type in (WSMsgType.CLOSED, WSMsgType.ERROR)
+    await sim.wait_for(lambda: sim.live_connections == 0)
+
+    third = await connect(sim.url)  # the list is used up: a normal connection
+    await join(third, ROOM_USDT)
+    assert sim.cut_after_joins == []
+    assert [(e.kind, e.room, e.conn_id) for e in sim.events] == [
+        ("connect", None, 1),
+        ("join", ROOM_USDT, 1),
+        ("join", ROOM_WSOL, 1),
+        ("disconnect", None, 1),
+        ("connect", None, 2),
+        ("disconnect", None, 2),
+        ("connect", None, 3),
+        ("join", ROOM_USDT, 3),
+    ]
+
+
+async def test_a_stalled_connection_sends_and_answers_nothing_but_notices_the_close(
+    sim: Simulator,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{sim.url}/{KEY}", autoping=False) as ws,
+    ):
+        await ws.ping(b"1")
+        assert (await ws.receive(timeout=2.0)).type is WSMsgType.PONG
+        await join(ws, ROOM_USDT)
+
+        sim.stall_connections()
+        await ws.ping(b"2")
+        await ws.send_str(join_frame(ROOM_WSOL))
+        await sim.ping()
+        assert await sim.send_balance(WALLET, USDT, "1") == 0
+        await assert_silent(ws)
+        assert sim.live_connections == 1
+        assert sim.joined_rooms() == {ROOM_USDT}
+    await sim.wait_for(lambda: sim.live_connections == 0)
+    assert [e.kind for e in sim.events] == ["connect", "join", "disconnect"]
+
+
+async def test_websocket_pings_go_unanswered_when_answer_pings_is_off(sim: Simulator) -> None:
+    sim.answer_pings = False
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{sim.url}/{KEY}", autoping=False) as ws,
+    ):
+        await ws.ping()
+        await assert_silent(ws)
+        await sim.ping()  # JSON pings still go out
+        assert await receive_json(ws) == {"type": "ping"}
+
+
+async def test_listeners_see_every_event_and_overlapping_rooms_are_counted(
+    sim: Simulator, connect: Connect
+) -> None:
+    seen: list[tuple[str, int]] = []
+    sim.listeners.append(lambda event: seen.append((event.kind, sim.most_room_subscribers())))
+    first = await connect(sim.url)
+    second = await connect(sim.url)
+    await join(first, ROOM_USDT)
+    await join(second, ROOM_WSOL)
+    await join(second, ROOM_USDT)
+    assert seen == [("connect", 0), ("connect", 0), ("join", 1), ("join", 1), ("join", 2)]
 
 
 async def test_close_connections_sends_a_close_frame_with_the_code(

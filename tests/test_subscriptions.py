@@ -5,6 +5,8 @@ The sender and the status sink are in-memory fakes; nothing here touches a socke
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +18,7 @@ from structlog.testing import capture_logs
 
 from balancewatch.rooms import Pair, Wanted, wanted_rooms
 from balancewatch.subscriptions import Subscriptions
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, wait_until
 
 A: Pair = (WALLET, TOKEN)
 B: Pair = (WALLET2, SOL)
@@ -61,17 +63,24 @@ class FakeSender:
     def leaves(self) -> list[str]:
         return [name for kind, name in self.frames if kind == "leave"]
 
-    def holding(self) -> set[str]:
+    def holding(self, *, resends: bool = False) -> set[str]:
         """The rooms this connection holds after its frames; fails on a join of a held room or
-        a leave of a room not held."""
+        a leave of a room not held. With `resends`, a held room may be joined again as long
+        as no ack for it (an ("acked", room) entry) came since its first join."""
         held: set[str] = set()
+        acked: set[str] = set()
         for kind, name in self.frames:
             if kind == "join":
-                assert name not in held, f"{name} joined twice without a leave in between"
+                if not resends or name in acked:
+                    assert name not in held, f"{name} joined twice without a leave in between"
                 held.add(name)
+            elif kind == "acked":
+                if name in held:
+                    acked.add(name)
             else:
                 assert name in held, f"{name} left without being held"
                 held.remove(name)
+                acked.discard(name)
         return held
 
 
@@ -92,14 +101,27 @@ class FakeStatus:
         return found[-1] if found else None
 
 
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def status() -> FakeStatus:
     return FakeStatus()
 
 
 @pytest.fixture
-def subs(status: FakeStatus) -> Subscriptions:
-    return Subscriptions(status)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def subs(status: FakeStatus, clock: FakeClock) -> Subscriptions:
+    return Subscriptions(status, join_ack_timeout=10.0, join_retry_max=30.0, clock=clock)
 
 
 # --- disconnected -----------------------------------------------------------------------------
@@ -281,6 +303,133 @@ async def test_a_room_error_is_recorded_against_a_wanted_pair_only(
     assert status.states(B) == []
 
 
+# --- joins the server does not acknowledge ----------------------------------------------------
+
+
+async def test_an_unacked_join_is_sent_again_with_growing_delays_and_its_status_says_so(
+    subs: Subscriptions, status: FakeStatus, clock: FakeClock
+) -> None:
+    await subs.want(want(A))
+    sender = FakeSender()
+    await subs.connected(sender)
+    assert subs.unacked == {r(A)}
+
+    clock.now += 9.9
+    assert await subs.resend_unacked(sender) == 0
+    clock.now += 0.1
+    assert await subs.resend_unacked(sender) == 1
+    assert status.last(A) == ("joining", "no ack after 10 s (attempt 2)")
+    clock.now += 19.9
+    assert await subs.resend_unacked(sender) == 0
+    clock.now += 0.1
+    assert await subs.resend_unacked(sender) == 1
+    assert status.last(A) == ("joining", "no ack after 30 s (attempt 3)")
+    assert sender.joins() == [r(A)] * 3
+    assert subs.held == {r(A)}
+
+    subs.joined(r(A))
+    assert status.last(A) == ("joined", None)
+    assert subs.unacked == frozenset()
+    clock.now += 1000
+    assert await subs.resend_unacked(sender) == 0
+    assert sender.joins() == [r(A)] * 3
+
+
+async def test_only_the_unacked_rooms_are_sent_again(subs: Subscriptions, clock: FakeClock) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A, B, C))
+    subs.joined(r(A))
+    subs.joined(r(C))
+    clock.now += 10
+    await subs.resend_unacked(sender)
+    assert sorted(sender.joins()) == sorted([r(A), r(B), r(B), r(C)])
+
+
+async def test_a_balance_for_an_unacked_room_counts_as_its_ack(
+    subs: Subscriptions, status: FakeStatus, clock: FakeClock
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A, B))
+    subs.delivered(r(A))
+    subs.delivered(r(A))
+    clock.now += 10
+    assert await subs.resend_unacked(sender) == 1
+    assert sorted(sender.joins()) == sorted([r(A), r(B), r(B)])
+    assert status.last(A) == ("joined", None)
+
+
+async def test_a_room_left_or_answered_with_an_error_is_not_sent_again(
+    subs: Subscriptions, status: FakeStatus, clock: FakeClock
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A, B))
+    await subs.want(want(A))  # B is left before any ack
+    subs.room_error(r(A), "server said: no such room")
+    clock.now += 100
+    assert await subs.resend_unacked(sender) == 0
+    assert sorted(sender.joins()) == sorted([r(A), r(B)])
+    assert status.last(A) == ("error", "server said: no such room")
+    assert status.last(B) == ("left", None)
+
+
+async def test_a_new_connection_forgets_the_old_ones_unacked_joins(
+    subs: Subscriptions, clock: FakeClock
+) -> None:
+    await subs.want(want(A))
+    old = FakeSender()
+    await subs.connected(old)
+    subs.disconnected("dropped")
+    assert subs.unacked == frozenset()
+    clock.now += 5
+    new = FakeSender()
+    await subs.connected(new)
+    clock.now += 9  # 14 s after the first join on the old connection, 9 on the new one
+    assert await subs.resend_unacked(old) == 0
+    assert await subs.resend_unacked(new) == 0
+    clock.now += 1
+    assert await subs.resend_unacked(new) == 1
+    assert old.joins() == [r(A)]
+    assert new.joins() == [r(A), r(A)]
+
+
+async def test_a_failed_resend_is_swallowed(subs: Subscriptions, clock: FakeClock) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A))
+    sender.broken = True
+    clock.now += 10
+    with capture_logs() as logs:
+        assert await subs.resend_unacked(sender) == 1
+    assert [entry["event"] for entry in logs] == [
+        "subscriptions.join_resent",
+        "subscriptions.send_failed",
+    ]
+
+
+async def test_the_retry_loop_resends_on_time_and_waits_for_new_joins_when_idle(
+    status: FakeStatus,
+) -> None:
+    subs = Subscriptions(status, join_ack_timeout=0.05, join_retry_max=0.1)
+    sender = FakeSender()
+    await subs.connected(sender)
+    retries = asyncio.create_task(subs.retry_unacked_joins(sender))
+    try:
+        await asyncio.sleep(0.02)
+        await subs.want(want(A))  # wakes the loop, which had nothing to wait for
+        await wait_until(lambda: len(sender.joins()) >= 3, timeout=2.0, what="two re-sent joins")
+        subs.joined(r(A))
+        await asyncio.sleep(0.25)
+        assert sender.joins() == [r(A)] * 3
+    finally:
+        retries.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retries
+    assert status.last(A) == ("joined", None)
+
+
 # --- send failures ----------------------------------------------------------------------------
 
 
@@ -374,6 +523,7 @@ _ops = st.lists(
         st.tuples(st.just("disconnect"), st.sampled_from([None, "dropped"])),
         st.tuples(st.just("break"), st.none()),
         st.tuples(st.just("ack"), st.integers(0, len(POOL) - 1)),
+        st.tuples(st.just("tick"), st.floats(0, 40)),
     ),
     max_size=25,
 )
@@ -384,7 +534,8 @@ class Session:
 
     def __init__(self) -> None:
         self.status = FakeStatus()
-        self.subs = Subscriptions(self.status)
+        self.clock = FakeClock()
+        self.subs = Subscriptions(self.status, clock=self.clock)
         self.senders: list[FakeSender] = []
         self.current: FakeSender | None = None
 
@@ -401,7 +552,13 @@ class Session:
         elif op == "break" and self.current is not None:
             self.current.broken = True
         elif op == "ack":
+            if self.current is not None:
+                self.current.frames.append(("acked", r(POOL[arg])))
             self.subs.joined(r(POOL[arg]))
+        elif op == "tick":
+            self.clock.now += arg
+            if self.current is not None:
+                await self.subs.resend_unacked(self.current)
 
     async def connect(self) -> None:
         self.current = FakeSender()
@@ -417,7 +574,7 @@ class Session:
 
 @settings(max_examples=150, deadline=None)
 @given(_ops)
-async def test_no_room_is_ever_joined_twice_on_one_connection_and_held_ends_as_wanted(
+async def test_a_room_is_joined_again_on_one_connection_only_while_unacked_and_held_ends_wanted(
     ops: list[tuple[str, Any]],
 ) -> None:
     session = Session()
@@ -426,12 +583,15 @@ async def test_no_room_is_ever_joined_twice_on_one_connection_and_held_ends_as_w
     await session.settle()
 
     for sender in session.senders:
-        sender.holding()  # asserts: no join of a held room, no leave of a room not held
+        # Asserts: no leave of a room not held, no join of a held room but a re-sent join of
+        # one not acknowledged yet.
+        sender.holding(resends=True)
     subs, current = session.subs, session.current
     if current is None:
         assert subs.held == frozenset()
         return
-    assert subs.held == subs.wanted == current.holding()
+    assert subs.held == subs.wanted == current.holding(resends=True)
+    assert subs.unacked <= subs.held
     # Statuses agree with the live connection: joining (or acked) if wanted, else left.
     for pair in POOL:
         last = session.status.last(pair)
