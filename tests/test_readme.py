@@ -23,16 +23,18 @@ async def test_every_sql_example_in_the_readme_runs(db: Any) -> None:
         TOKEN,
     )
     blocks = sql_blocks()
-    assert len(blocks) >= 5
-    results = []
+    assert len(blocks) >= 6
+    results = {}
     for block in blocks:
-        results.append(
-            await db.fetch(block)
-            if block.lstrip().startswith("SELECT")
-            else await db.execute(block)
-        )
-    latest, one_pair, last_hour = results[-3:]
+        query = block.lstrip().startswith("SELECT")
+        results[block] = await (db.fetch(block) if query else db.execute(block))
+
+    def result_of(marker: str) -> Any:
+        return next(result for block, result in results.items() if marker in block)
+
+    latest = result_of("DISTINCT ON")
     assert [(row["wallet"], row["amount"]) for row in latest] == [(WALLET, 1.5)]
-    assert len(one_pair) == 50
+    assert len(result_of("LIMIT 50")) == 50
+    last_hour = result_of("lag(amount)")
     assert len(last_hour) == 59
     assert last_hour[-1]["delta"] == -1.5
