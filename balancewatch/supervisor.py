@@ -129,6 +129,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     spool = open_spool(settings)
     try:
         await check_schema(engine)
+        if settings.datastream_url.startswith("ws://"):
+            log.warning(
+                "daemon.plaintext_datastream",
+                message="datastream_url is ws://, not wss://: the key travels unencrypted",
+            )
         log.info(
             "daemon.starting",
             database=describe(settings.sqlalchemy_url),
