@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
 
 from balancewatch.models import subscription_status, watchlist
 from balancewatch.rooms import Pair
@@ -79,3 +81,67 @@ async def entries(engine: AsyncEngine) -> list[WatchEntry]:
     async with engine.connect() as connection:
         result = await connection.execute(query)
         return [WatchEntry(*row) for row in result]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRow:
+    """One pair of an imported file. None means "the file has no such column": an existing
+    row keeps its value, a new one gets the column's default (enabled, no label)."""
+
+    wallet: str
+    token: str
+    enabled: bool | None
+    label: str | None
+    has_label: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    added: int
+    updated: int
+
+
+# asyncpg takes at most 32767 parameters per statement: 4 per row.
+_IMPORT_CHUNK = 5000
+
+
+async def import_rows(engine: AsyncEngine, rows: list[ImportRow]) -> ImportResult:
+    """Upsert every row in one transaction: all of them or, on any error, none."""
+    added = updated = 0
+    async with engine.begin() as connection:
+        for start in range(0, len(rows), _IMPORT_CHUNK):
+            chunk = rows[start : start + _IMPORT_CHUNK]
+            for statement in _upserts(chunk):
+                result = await connection.execute(statement)
+                for inserted in result.scalars():
+                    added, updated = (added + 1, updated) if inserted else (added, updated + 1)
+    return ImportResult(added, updated)
+
+
+def _upserts(rows: list[ImportRow]) -> list[Executable]:
+    """One INSERT .. ON CONFLICT per shape of row (which columns the file gave)."""
+    shapes: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+    for row in rows:
+        values: dict[str, Any] = {"wallet": row.wallet, "token": row.token}
+        if row.enabled is not None:
+            values["enabled"] = row.enabled
+        if row.has_label:
+            values["label"] = row.label
+        shapes.setdefault((row.enabled is not None, row.has_label), []).append(values)
+    statements: list[Executable] = []
+    for (has_enabled, has_label), values_list in shapes.items():
+        insert_rows = insert(watchlist).values(values_list)
+        update: dict[str, Any] = {}
+        if has_enabled:
+            update["enabled"] = insert_rows.excluded.enabled
+        if has_label:
+            update["label"] = insert_rows.excluded.label
+        if not update:  # nothing to change on a known pair, but say it was there
+            update["enabled"] = watchlist.c.enabled
+        # xmax is 0 on a row this statement inserted, not on one it updated: added vs updated.
+        statements.append(
+            insert_rows.on_conflict_do_update(
+                constraint="watchlist_wallet_token_key", set_=update
+            ).returning(literal_column("xmax = 0"))
+        )
+    return statements

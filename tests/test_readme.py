@@ -15,6 +15,10 @@ def sql_blocks() -> list[str]:
     return re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
+def _without_comments(block: str) -> str:
+    return "\n".join(line for line in block.splitlines() if not line.lstrip().startswith("--"))
+
+
 async def test_every_sql_example_in_the_readme_runs(db: Any) -> None:
     await db.execute(
         "INSERT INTO balance_history (wallet, token, amount, received_at) "
@@ -26,15 +30,15 @@ async def test_every_sql_example_in_the_readme_runs(db: Any) -> None:
     assert len(blocks) >= 6
     results = {}
     for block in blocks:
-        query = block.lstrip().startswith("SELECT")
+        query = _without_comments(block).lstrip().startswith("SELECT")
         results[block] = await (db.fetch(block) if query else db.execute(block))
 
     def result_of(marker: str) -> Any:
         return next(result for block, result in results.items() if marker in block)
 
-    latest = result_of("DISTINCT ON")
+    latest = result_of("-- 1. ")
     assert [(row["wallet"], row["amount"]) for row in latest] == [(WALLET, 1.5)]
     assert len(result_of("LIMIT 50")) == 50
-    last_hour = result_of("lag(amount)")
+    last_hour = result_of("-- 3. ")
     assert len(last_hour) == 59
     assert last_hour[-1]["delta"] == -1.5

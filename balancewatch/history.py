@@ -1,0 +1,311 @@
+"""`balancewatch history`: one pair's balances as a table (with a terminal chart), CSV or JSON,
+and optionally the same chart as a PNG.
+
+Amounts are read as Postgres' own text of the `numeric` (`amount::text`) and printed as that:
+no float touches a printed amount. Only the chart's geometry uses floats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import Text, cast, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from balancewatch.models import balance_history
+from balancewatch.protocol import is_address
+
+EXIT_OK: Final = 0
+EXIT_USAGE: Final = 2
+
+DEFAULT_LIMIT: Final = 50
+FORMATS: Final = ("table", "csv", "json")
+
+_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
+_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+Runner = Callable[[Callable[[AsyncEngine], Awaitable[int]]], int]
+
+
+class UsageError(ValueError):
+    """A bad argument: printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    received_at: datetime
+    amount: str  # Postgres' text of the numeric, exactly as stored
+
+
+# --- arguments ------------------------------------------------------------------------------
+
+
+def parse_time(value: str, now: datetime) -> datetime:
+    """An ISO 8601 timestamp (naive means UTC) or a span back from `now`: 90s, 15m, 1h, 2d, 1w."""
+    relative = _RELATIVE.fullmatch(value.strip())
+    if relative:
+        amount, unit = relative.groups()
+        return now - timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise UsageError(
+            f"{value!r} is neither an ISO 8601 time (2026-11-23T12:00:00Z) "
+            "nor a span back from now (30m, 1h, 2d, 1w)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def iso_utc(moment: datetime) -> str:
+    """ISO 8601 in UTC with microseconds and a Z: fixed width, sorts as text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_pair(wallet: str, token: str) -> None:
+    for name, value in (("WALLET", wallet), ("TOKEN", token)):
+        if not is_address(value):
+            raise UsageError(f"{name} {value!r} is not a base58 address of 32 to 44 characters")
+
+
+# --- the query ------------------------------------------------------------------------------
+
+
+async def fetch(
+    engine: AsyncEngine,
+    wallet: str,
+    token: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = DEFAULT_LIMIT,
+) -> list[Row]:
+    """The pair's rows in [since, until], newest first, at most `limit` (None: all)."""
+    history = balance_history.c
+    query = (
+        select(history.received_at, cast(history.amount, Text).label("amount"))
+        .where(history.wallet == wallet, history.token == token)
+        .order_by(history.received_at.desc(), history.id.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(history.received_at >= since)
+    if until is not None:
+        query = query.where(history.received_at <= until)
+    async with engine.connect() as connection:
+        result = await connection.execute(query)
+        return [Row(row.received_at, row.amount) for row in result]
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def render_table(rows: Sequence[Row]) -> str:
+    width = max([len("AMOUNT"), *(len(row.amount) for row in rows)])
+    lines = [f"{'RECEIVED_AT (UTC)':27}  {'AMOUNT':>{width}}"]
+    lines += [f"{iso_utc(row.received_at):27}  {row.amount:>{width}}" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: Sequence[Row]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["received_at", "amount"])
+    writer.writerows([iso_utc(row.received_at), row.amount] for row in rows)
+    return out.getvalue()
+
+
+def render_json(rows: Sequence[Row]) -> str:
+    """A JSON array; amounts are strings so that no reader turns them into floats."""
+    items = [{"received_at": iso_utc(row.received_at), "amount": row.amount} for row in rows]
+    return json.dumps(items, indent=2) + "\n"
+
+
+# Braille: each character is a 2x4 grid of dots; bit of the dot at (column, row).
+_BRAILLE_BASE: Final = 0x2800
+_DOT_BITS: Final = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
+
+
+def render_chart(rows: Sequence[Row], *, width: int = 60, height: int = 8) -> str:
+    """The balance over time as a braille step chart (a balance holds until the next message).
+
+    Time runs left to right, linearly; the y axis spans the lowest to the highest amount shown,
+    both labelled exactly as stored. Empty for fewer than two rows.
+    """
+    if len(rows) < 2:
+        return ""
+    ordered = sorted(rows, key=lambda row: row.received_at)
+    times = [row.received_at.timestamp() for row in ordered]
+    values = [float(Decimal(row.amount)) for row in ordered]
+    low_row = min(ordered, key=lambda row: Decimal(row.amount))
+    high_row = max(ordered, key=lambda row: Decimal(row.amount))
+    low, high = float(Decimal(low_row.amount)), float(Decimal(high_row.amount))
+    dots_x, dots_y = width * 2, height * 4
+    span_t = (times[-1] - times[0]) or 1.0
+
+    def y_of(value: float) -> int:
+        if high == low:
+            return dots_y // 2
+        return round((value - low) / (high - low) * (dots_y - 1))
+
+    cells = [[0] * width for _ in range(height)]
+
+    def dot(x: int, y: int) -> None:
+        row = dots_y - 1 - y
+        cells[row // 4][x // 2] |= _DOT_BITS[x % 2][row % 4]
+
+    index, previous = 0, None
+    for x in range(dots_x):
+        moment = times[0] + span_t * x / (dots_x - 1)
+        while index + 1 < len(times) and times[index + 1] <= moment:
+            index += 1
+        y = y_of(values[index])
+        before = y if previous is None else previous
+        for step in range(min(y, before), max(y, before) + 1):
+            dot(x, step)
+        previous = y
+
+    labels = [high_row.amount, low_row.amount]
+    margin = max(len(label) for label in labels)
+    lines = []
+    for number, cell_row in enumerate(cells):
+        label = labels[0] if number == 0 else labels[1] if number == height - 1 else ""
+        tick = "┤" if label else "│"
+        lines.append(
+            f"{label:>{margin}} {tick}" + "".join(chr(_BRAILLE_BASE + c) for c in cell_row)
+        )
+    lines.append(" " * margin + " └" + "─" * width)
+    start, end = iso_utc(ordered[0].received_at), iso_utc(ordered[-1].received_at)
+    gap = max(1, width - len(start) - len(end))
+    lines.append(" " * (margin + 2) + start + " " * gap + end)
+    return "\n".join(lines) + "\n"
+
+
+def write_png(rows: Sequence[Row], path: Path, title: str) -> None:
+    """The same step chart as an image, with matplotlib's Agg backend (extra `plot`)."""
+    import numpy  # noqa: PLC0415  (comes with matplotlib)
+    from matplotlib.figure import Figure  # noqa: PLC0415  (optional, heavy)
+
+    ordered = sorted(rows, key=lambda row: row.received_at)
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    axes = figure.add_subplot()
+    # datetime64 is naive and read as UTC by matplotlib.
+    times = [row.received_at.astimezone(UTC).replace(tzinfo=None) for row in ordered]
+    axes.step(
+        numpy.array(times, dtype="datetime64[us]"),
+        [float(Decimal(row.amount)) for row in ordered],
+        where="post",
+        marker=".",
+    )
+    axes.set_title(title, fontsize=9)
+    axes.set_xlabel("received_at (UTC)")
+    axes.set_ylabel("amount")
+    axes.grid(visible=True, alpha=0.3)
+    figure.savefig(path, format="png")
+
+
+def plotting_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], run: Runner) -> None:
+    """Register `history`; `run` runs a coroutine on an engine and returns its exit code."""
+    history = commands.add_parser(
+        "history",
+        help="print one pair's balance history, newest first, with a chart",
+        description="Print one pair's balance history, newest first. Times: ISO 8601 "
+        "(naive means UTC) or a span back from now: 90s, 15m, 1h, 2d, 1w.",
+    )
+    history.add_argument("wallet", help="the wallet's address (base58)")
+    history.add_argument("token", help="the token's mint address (base58)")
+    history.add_argument("--since", help="from this time on (inclusive)")
+    history.add_argument("--until", help="up to this time (inclusive)")
+    history.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIMIT,
+        help=f"at most this many of the newest rows (default {DEFAULT_LIMIT}; 0: all)",
+    )
+    history.add_argument("--format", choices=FORMATS, default="table")
+    history.add_argument("--plot", type=Path, metavar="FILE.png", help="also write the chart")
+    history.set_defaults(command=lambda args: command(args, run))
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    since: datetime | None
+    until: datetime | None
+    limit: int | None
+
+
+def _window(args: argparse.Namespace) -> _Window:
+    """Check every argument before touching the database; UsageError names the bad one."""
+    check_pair(args.wallet, args.token)
+    now = datetime.now(UTC)
+    since = parse_time(args.since, now) if args.since else None
+    until = parse_time(args.until, now) if args.until else None
+    if since and until and since > until:
+        raise UsageError("--since is after --until")
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 (all) or more")
+    if args.plot and not plotting_available():
+        raise UsageError("--plot needs matplotlib: pip install 'balancewatch[plot]'")
+    return _Window(since, until, args.limit or None)
+
+
+def command(args: argparse.Namespace, run: Runner) -> int:
+    try:
+        window = _window(args)
+    except UsageError as exc:
+        print(f"balancewatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def show(engine: AsyncEngine) -> int:
+        rows = await fetch(
+            engine,
+            args.wallet,
+            args.token,
+            since=window.since,
+            until=window.until,
+            limit=window.limit,
+        )
+        _print(rows, args)
+        if args.plot and rows:
+            write_png(rows, args.plot, f"{args.wallet} / {args.token}")
+            print(f"chart written to {args.plot}", file=sys.stderr)
+        elif args.plot:
+            print(f"no rows, so no chart written to {args.plot}", file=sys.stderr)
+        return EXIT_OK
+
+    return run(show)
+
+
+def _print(rows: Sequence[Row], args: argparse.Namespace) -> None:
+    if args.format == "csv":
+        sys.stdout.write(render_csv(rows))
+    elif args.format == "json":
+        sys.stdout.write(render_json(rows))
+    elif not rows:
+        print(f"no balances for {args.wallet} {args.token} in that window", file=sys.stderr)
+    else:
+        sys.stdout.write(render_table(rows))
+        chart = render_chart(rows)
+        if chart:
+            sys.stdout.write("\n" + chart)

@@ -1,0 +1,173 @@
+"""The ten queries of the README's "Querying" section, taken from README.md as written and run
+on known data: each answer is checked, not just that it runs."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2
+from tests.test_readme import sql_blocks
+
+A = (WALLET, TOKEN)  # a long history, some of it before the as-of time
+B = (WALLET2, SOL)  # quiet for three hours
+C = (WALLET, SOL)  # watched, never heard of
+D = (WALLET2, TOKEN)  # first heard of two hours ago, no longer watched
+
+AS_OF = datetime(2025, 1, 1, tzinfo=UTC)  # the time written in queries 4 and 5
+
+
+def numbered_queries() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for block in sql_blocks():
+        match = re.match(r"-- (\d+)\. ", block)
+        if match:
+            found[int(match.group(1))] = block
+    return found
+
+
+QUERIES = numbered_queries()
+
+
+def test_the_readme_has_ten_numbered_queries() -> None:
+    assert sorted(QUERIES) == list(range(1, 11))
+
+
+@pytest.fixture
+async def known(db: Any) -> dict[str, Any]:
+    """The data every query runs on; returns `now` and the rows, for answers computed here."""
+    now: datetime = await db.fetchval("SELECT now()")
+    rows = [
+        (*A, "100", AS_OF - timedelta(hours=1)),
+        (*A, "150", AS_OF),  # at the as-of time exactly: included
+        (*A, "999", AS_OF + timedelta(seconds=1)),
+        (*A, "200", now - timedelta(hours=30)),
+        (*A, "260", now - timedelta(hours=20)),
+        (*A, "255.5", now - timedelta(minutes=50)),
+        (*A, "300.25", now - timedelta(minutes=10)),
+        (*B, "5", AS_OF - timedelta(hours=12)),
+        (*B, "10", now - timedelta(hours=26)),
+        (*B, "2", now - timedelta(hours=3)),
+        (*D, "42", now - timedelta(hours=2)),
+    ]
+    await db.executemany(
+        "INSERT INTO balance_history (wallet, token, amount, received_at) "
+        "VALUES ($1, $2, $3::numeric, $4)",
+        rows,
+    )
+    await db.executemany(
+        "INSERT INTO watchlist (wallet, token, enabled, label) VALUES ($1, $2, $3, $4)",
+        [(*A, True, "a"), (*B, True, "b"), (*C, True, "c"), (*D, False, "d")],
+    )
+    return {"now": now, "rows": [(w, t, Decimal(a), at) for w, t, a, at in rows]}
+
+
+async def run(db: Any, number: int) -> list[Any]:
+    return list(await db.fetch(QUERIES[number]))
+
+
+def pair(row: Any) -> tuple[str, str]:
+    return (row["wallet"], row["token"])
+
+
+async def test_1_latest_balances(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 1)
+    assert {pair(r): r["amount"] for r in rows} == {
+        A: Decimal("300.25"),
+        B: Decimal("2"),
+        D: Decimal("42"),
+    }
+
+
+async def test_2_the_history_of_one_pair_newest_first(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 2)
+    expected = sorted((r for r in known["rows"] if r[:2] == A), key=lambda r: r[3], reverse=True)
+    assert [(r["received_at"], r["amount"]) for r in rows] == [(r[3], r[2]) for r in expected]
+
+
+async def test_3_changes_in_the_last_hour_with_deltas(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 3)
+    assert [(pair(r), r["previous_amount"], r["amount"], r["delta"]) for r in rows] == [
+        (A, Decimal("260"), Decimal("255.5"), Decimal("-4.5")),
+        (A, Decimal("255.5"), Decimal("300.25"), Decimal("44.75")),
+    ]
+
+
+async def test_4_the_balance_of_one_pair_at_a_time(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 4)
+    assert [(r["amount"], r["received_at"]) for r in rows] == [(Decimal("150"), AS_OF)]
+    function = await db.fetchval("SELECT balance_at($1, $2, $3)", *A, AS_OF)
+    assert function == Decimal("150")
+
+
+async def test_5_every_pair_at_a_time(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 5)
+    assert {pair(r): r["amount"] for r in rows} == {A: Decimal("150"), B: Decimal("5")}
+
+
+async def test_6_the_biggest_movers_of_the_day(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 6)
+    assert [(pair(r), r["day_ago"], r["now"], r["change"]) for r in rows] == [
+        (A, Decimal("200"), Decimal("300.25"), Decimal("100.25")),
+        (B, Decimal("10"), Decimal("2"), Decimal("-8")),
+        (D, None, Decimal("42"), None),
+    ]
+
+
+async def test_7_the_biggest_single_changes_of_the_week(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 7)
+    # The first change in the window is measured against the last row before it (999).
+    assert [(pair(r), r["delta"]) for r in rows] == [
+        (A, Decimal("-799")),
+        (A, Decimal("60")),
+        (A, Decimal("44.75")),
+        (B, Decimal("-8")),
+        (B, Decimal("5")),
+        (A, Decimal("-4.5")),
+        (D, None),
+    ]
+
+
+async def test_8_daily_first_last_lowest_highest(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 8)
+    month_ago = known["now"] - timedelta(days=30)
+    days: dict[tuple[str, str, datetime], list[Decimal]] = {}
+    for wallet, token, amount, at in sorted(known["rows"], key=lambda r: r[3]):
+        if at >= month_ago:
+            day = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            days.setdefault((wallet, token, day.replace(tzinfo=None)), []).append(amount)
+    assert {
+        (r["wallet"], r["token"], r["day"]): (
+            r["first"],
+            r["last"],
+            r["lowest"],
+            r["highest"],
+            r["messages"],
+        )
+        for r in rows
+    } == {key: (a[0], a[-1], min(a), max(a), len(a)) for key, a in days.items()}
+    assert len(rows) == len(days) >= 3
+
+
+async def test_9_hourly_closing_balance(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 9)
+    day_ago = known["now"] - timedelta(hours=24)
+    closing: dict[datetime, Decimal] = {}
+    for wallet, token, amount, at in sorted(known["rows"], key=lambda r: r[3]):
+        if (wallet, token) == A and at > day_ago:
+            hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+            closing[hour] = amount
+    assert [(r["hour"], r["closing"]) for r in rows] == sorted(closing.items())
+    assert Decimal("300.25") in closing.values()
+
+
+async def test_10_quiet_pairs(db: Any, known: dict[str, Any]) -> None:
+    rows = await run(db, 10)
+    assert [(pair(r), r["label"], r["last_message"]) for r in rows] == [
+        (C, "c", None),
+        (B, "b", known["now"] - timedelta(hours=3)),
+    ]
