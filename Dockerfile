@@ -25,12 +25,21 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    BALANCEWATCH_SPOOL_DIR=/var/lib/balancewatch/spool
+    BALANCEWATCH_SPOOL_DIR=/var/lib/balancewatch/spool \
+    BALANCEWATCH_HTTP_HOST=0.0.0.0
 WORKDIR /var/lib/balancewatch
 # A new named volume mounted here starts as a copy of this directory, owner included.
 VOLUME ["/var/lib/balancewatch"]
 # Numeric, so an orchestrator can check runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
+# /healthz, /readyz and /metrics (BALANCEWATCH_HTTP_PORT). On all of the container's interfaces
+# (set above), so a Prometheus on the container network can scrape it; publish it with care.
+EXPOSE 8080
+# Healthy while /readyz says ready: the websocket connected, every enabled pair joined, the
+# database answering. The slim image has no curl: the daemon's own `healthcheck` command asks.
+# The start period leaves time to join a large watchlist.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["balancewatch", "healthcheck"]
 # SIGTERM makes the daemon stop reading, flush what it received and exit 0 (within
 # shutdown_timeout, 8 s by default): give it a stop grace period longer than that.
 STOPSIGNAL SIGTERM

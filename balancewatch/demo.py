@@ -69,6 +69,7 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                 datastream_url=sim.url,
                 api_key=DEMO_KEY,
                 spool_dir=spool_dir,
+                http_port=0,  # any free port (logged): the demo must not need 8080
             )
             spool = open_spool(settings)
             try:

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     spool_fsync_interval: float = Field(default=1.0, gt=0)
     write_timeout: float = Field(default=30.0, gt=0)
 
+    # The health, readiness and metrics endpoints. Loopback by default: outside a container
+    # nothing else should reach them unless asked to; the image sets 0.0.0.0, since a
+    # container's own network is private and a Prometheus scraper must reach it. Port 0: the
+    # system picks a free one (logged in `http.listening`).
+    http_host: str = Field(default="127.0.0.1", min_length=1)
+    http_port: int = Field(default=8080, ge=0, le=65535)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -3,20 +3,26 @@
 Reading stops first (the websocket and the watchlist sync); then the writer flushes what was
 read and returns. If any long-lived task dies, the others are stopped and the error reaches
 the caller, so the process exits instead of running half-alive (the container restarts it);
-the writer still drains what it holds on the way out.
+the writer still drains what it holds on the way out. The HTTP endpoints (health, readiness,
+metrics) are one more reader; their address is bound before anything starts, so a port in use
+stops the daemon before it reads a frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import migrate
 from balancewatch.datastream import DatastreamClient, StreamConfig
 from balancewatch.db import create_engine, describe
+from balancewatch.http_server import DatabaseProbe, HttpServer, Readiness
 from balancewatch.ingest import Ingest
 from balancewatch.logs import get_logger
+from balancewatch.metrics import SETTLED_STATES, DaemonCollector, PairStates, Snapshot, WriteMetrics
+from balancewatch.protocol import pair_for
 from balancewatch.settings import Settings
 from balancewatch.spool import Spool
 from balancewatch.subscriptions import RoomSender, Subscriptions
@@ -34,9 +40,14 @@ class Daemon:
     """The pieces of a running balancewatch, built from the settings."""
 
     def __init__(self, settings: Settings, engine: AsyncEngine, spool: Spool) -> None:
-        self.writer = Writer(engine, spool, writer_config(settings))
+        self.spool = spool
+        self.registry = CollectorRegistry()
+        self.write_metrics = WriteMetrics(self.registry)
+        self.writer = Writer(engine, spool, writer_config(settings), self.write_metrics.observe)
+        # Between the subscriptions and the writer: the last state of each pair, in memory.
+        self.pair_states = PairStates(self.writer)
         self.subscriptions = Subscriptions(
-            self.writer,
+            self.pair_states,
             join_ack_timeout=settings.join_ack_timeout,
             join_retry_max=settings.backoff_max,
         )
@@ -75,12 +86,55 @@ class Daemon:
             while_connected=self.subscriptions.retry_unacked_joins,
             may_read=self.writer.room,
         )
+        self.database = DatabaseProbe(engine)
+        self.registry.register(DaemonCollector(self.snapshot))
+        self.http = HttpServer(
+            settings.http_host,
+            settings.http_port,
+            readiness=self.readiness,
+            database=self.database,
+            registry=self.registry,
+        )
 
     async def _connected(self, sender: RoomSender) -> None:
         self.sync.request_reconcile()
         await self.subscriptions.connected(sender)
 
+    def readiness(self) -> Readiness:
+        wanted = self.subscriptions.wanted
+        states = self.pair_states.states
+        pending = 0
+        for room in wanted:
+            pair = pair_for(room)
+            if pair is None or states.get(pair) not in SETTLED_STATES:
+                pending += 1
+        return Readiness(
+            websocket_connected=self.client.connected,
+            watchlist_read=self.sync.reconciles > 0,
+            pairs_wanted=len(wanted),
+            pairs_pending=pending,
+        )
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            messages=self.ingest.messages,
+            rows_written=self.writer.rows_written,
+            rejected=dict(self.ingest.rejected),
+            rejected_dropped=self.writer.rejected_dropped,
+            pair_counts=dict(self.pair_states.counts),
+            connected=self.client.connected,
+            connections=self.client.connections,
+            pending_in_memory=self.writer.pending_in_memory,
+            pending_in_spool=self.writer.pending_rows - self.writer.pending_in_memory,
+            spool_bytes=self.spool.total_bytes,
+            reading_paused=not self.writer.room.is_set(),
+            newest_stored=self.write_metrics.newest_stored,
+            database_up=self.database.up,
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
+        # Bound first: an address in use stops the daemon before it reads anything.
+        await self.http.start()
         drain = asyncio.Event()
         # The writer runs outside the readers' task group: whatever ends the readers, even a
         # crash, it still gets to write what they read. A dead writer stops the readers.
@@ -90,6 +144,7 @@ class Daemon:
             async with asyncio.TaskGroup() as readers:
                 readers.create_task(self.client.run(stop))
                 readers.create_task(self.sync.run(stop))
+                readers.create_task(self.http.serve(stop))
         finally:
             drain.set()
             await writer

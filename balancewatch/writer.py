@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,6 +26,7 @@ from balancewatch.backoff import Backoff
 from balancewatch.buffer import Buffer
 from balancewatch.db import driver_connection
 from balancewatch.logs import describe_error, get_logger
+from balancewatch.progress import Progress
 from balancewatch.records import BALANCE_COLUMNS, REJECTED_COLUMNS, BalanceRow, RejectedRow
 from balancewatch.rooms import Pair
 from balancewatch.spool import Position, Spool
@@ -96,11 +97,25 @@ class Batch:
 class Written:
     rows: int
     spool_end: Position | None = None
+    newest: datetime | None = None  # received_at of the last row written
+
+
+# Told of every committed write: rows, seconds, the newest received_at (for the metrics).
+WriteObserver = Callable[[int, float, datetime | None], None]
 
 
 class Writer:
-    def __init__(self, engine: AsyncEngine, spool: Spool, config: WriterConfig) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        spool: Spool,
+        config: WriterConfig,
+        observe: WriteObserver | None = None,
+    ) -> None:
         self._engine = engine
+        self._observe = observe
+        self._replay = Progress("writer.spool_replay_progress")
+        self._replayed = 0
         self._spool = spool
         self._config = config
         self._buffer = Buffer(spool, max_memory_rows=config.max_memory_rows, durable=config.durable)
@@ -118,6 +133,10 @@ class Writer:
     @property
     def pending_rows(self) -> int:
         return len(self._buffer)
+
+    @property
+    def pending_in_memory(self) -> int:
+        return len(self._buffer.memory)
 
     def add(self, wallet: str, token: str, amount: Decimal, received_at: datetime) -> None:
         self._buffer.add((wallet, token, amount, received_at))
@@ -237,11 +256,25 @@ class Writer:
         self._buffer.spool_stored(written.rows, caught_up)
         # When reading is paused for space, a caught-up spool gives all of its space back.
         self._spool.release(written.spool_end, force_rotate=not self.room.is_set())
+        self._replay_progress(written, caught_up)
         if caught_up:
             log.info("writer.spool_replayed", rows_written=self.rows_written)
         if not self.room.is_set() and self._spool.total_bytes < self._config.spool_max_bytes * 0.9:
             log.info("writer.spool_has_room", spooled_bytes=self._spool.total_bytes)
             self.room.set()
+
+    def _replay_progress(self, written: Written, caught_up: bool) -> None:
+        if not self._replay.active:
+            self._replay.start()
+            self._replayed = 0
+        self._replayed += written.rows
+        if caught_up:
+            self._replay.finish("writer.spool_replay_done", rows_replayed=self._replayed)
+            return
+        # Older segments are gone by now: what is left is the rest of this one and the newer.
+        offset = written.spool_end.offset if written.spool_end is not None else 0
+        remaining = max(0, self._spool.total_bytes - offset)
+        self._replay.update(rows_replayed=self._replayed, remaining_bytes=remaining)
 
     def _spool_full(self) -> None:
         if self.room.is_set():
@@ -253,11 +286,12 @@ class Writer:
             self.room.clear()
 
     async def _write(self, batch: Batch) -> Written:
+        started = time.monotonic()
         timeout = self._config.write_timeout
         async with self._engine.connect() as connection:
             raw = await driver_connection(connection)
             async with raw.transaction():
-                written = Written(len(batch.rows))
+                written = Written(len(batch.rows), newest=batch.rows[-1][3] if batch.rows else None)
                 if batch.from_spool:
                     written = await self._copy_from_spool(raw)
                 elif batch.rows:
@@ -278,6 +312,8 @@ class Writer:
                     await raw.execute(
                         _UPSERT_STATUS, *_status_columns(batch.status), timeout=timeout
                     )
+        if self._observe is not None:  # committed: once per batch, never per row
+            self._observe(written.rows, time.monotonic() - started, written.newest)
         return written
 
     async def _copy_from_spool(self, raw: Any) -> Written:
@@ -297,7 +333,7 @@ class Writer:
         await raw.execute(
             _WRITE_CHECKPOINT, spool.spool_id, end.segment, end.offset, timeout=timeout
         )
-        return Written(len(rows), spool_end=end)
+        return Written(len(rows), spool_end=end, newest=rows[-1][3] if rows else None)
 
     async def _fsync_spool(self, drain: asyncio.Event) -> None:
         while not drain.is_set():

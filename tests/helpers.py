@@ -49,6 +49,7 @@ def make_settings(database_url: URL, datastream_url: str, **overrides: Any) -> S
         "connect_timeout": 2.0,
         "shutdown_timeout": 5.0,
         "spool_dir": scratch_dir("spool"),
+        "http_port": 0,  # a free port each: several daemons may run at once
     }
     values.update(overrides)
     return Settings(**values)

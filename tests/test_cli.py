@@ -24,6 +24,7 @@ def environment(url: URL | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
     env["BALANCEWATCH_LOG_FORMAT"] = "json"
     env["BALANCEWATCH_SPOOL_DIR"] = str(scratch_dir("spool"))
+    env["BALANCEWATCH_HTTP_PORT"] = "0"  # a free port: never depend on 8080 being free
     if url is not None:
         env["BALANCEWATCH_DATABASE_URL"] = url.render_as_string(hide_password=False)
     env.update({f"BALANCEWATCH_{key.upper()}": value for key, value in extra.items()})

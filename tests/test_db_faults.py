@@ -159,6 +159,7 @@ async def daemon_process(
         "BALANCEWATCH_DATASTREAM_URL": simulator.url,
         "BALANCEWATCH_API_KEY": API_KEY,
         "BALANCEWATCH_LOG_FORMAT": "json",
+        "BALANCEWATCH_HTTP_PORT": "0",
         "BALANCEWATCH_FLUSH_INTERVAL": "0.1",
         "BALANCEWATCH_BACKOFF_INITIAL": "0.1",
         "BALANCEWATCH_BACKOFF_MAX": "1.0",
@@ -209,7 +210,7 @@ async def test_database_outages_of_10_and_60_seconds_lose_nothing_and_keep_the_s
             await outage(cluster, 60)
             await asyncio.sleep(3)
         sent = sender.sent
-        await wait_until(lambda: _count_is(url, sent), timeout=60, what=f"all {sent} rows")
+        await wait_until(lambda: _count_is(url, sent), timeout=180, what=f"all {sent} rows")
         # The LISTEN connection and the sync came back by themselves.
         connection = await connect(url)
         await connection.execute("UPDATE watchlist SET enabled = false")
@@ -238,6 +239,8 @@ async def test_killed_database_connections_lose_nothing(url: URL, simulator: Sim
         async with sending(simulator, rate=200) as sender:
             for _ in range(5):
                 await asyncio.sleep(1)
+                # Wait for the daemon to have reconnected since the last kill, then kill again.
+                await wait_until(lambda: _daemon_connections(url), timeout=20, what="a reconnect")
                 killed = await scalar(
                     url,
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -253,6 +256,15 @@ async def test_killed_database_connections_lose_nothing(url: URL, simulator: Sim
         assert await daemon.terminate() == 0
     assert await stored_amounts(url) == list(range(sent))
     assert simulator.total_connections == 1
+
+
+async def _daemon_connections(url: URL) -> bool:
+    found = await scalar(
+        url,
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE application_name LIKE 'balancewatch%' AND datname = current_database()",
+    )
+    return bool(found)
 
 
 async def test_sigterm_in_the_middle_of_a_burst_stores_everything_read(

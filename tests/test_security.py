@@ -100,6 +100,7 @@ def daemon_env(url: URL, datastream_url: str, spool_dir: Path, **extra: str) -> 
         "backoff_max": str(BACKOFF_MAX),
         "connect_timeout": "3",
         "flush_interval": "0.05",
+        "http_port": "0",
         **extra,
     }
     env.update({f"BALANCEWATCH_{name.upper()}": value for name, value in settings.items()})

@@ -1,0 +1,180 @@
+"""What the daemon tells about itself: the state of every pair, and the Prometheus metrics.
+
+Nothing here runs per message. The counters the pieces keep anyway (`Ingest.messages`,
+`Writer.rows_written`, `DatastreamClient.connections`...) are read by a collector when
+`/metrics` is scraped; the write histograms are observed once per committed write. Each daemon
+has a registry of its own (never the global one), so a test can run several.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from balancewatch.models import STATES
+from balancewatch.progress import Progress
+from balancewatch.rooms import Pair
+
+# A pair in one of these states needs nothing more from the daemon (for /readyz).
+SETTLED_STATES: Final = frozenset({"joined", "error"})
+
+_BATCH_ROWS_BUCKETS: Final = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 50_000)
+_WRITE_SECONDS_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class StatusSink(Protocol):
+    def set_status(self, pairs: Iterable[Pair], state: str, error: str | None = None) -> None: ...
+
+
+class PairStates:
+    """The last state of every pair, kept as the subscriptions record it (each change is passed
+    on to the writer, which stores it in subscription_status). One dict update per state
+    change, never per message. Logs the progress of a large join."""
+
+    def __init__(self, sink: StatusSink) -> None:
+        self._sink = sink
+        self.states: dict[Pair, str] = {}
+        self.counts: Counter[str] = Counter()
+        self._joins = Progress("subscriptions.join_progress")
+
+    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+        self._sink.set_status(pairs, state, error)
+        for pair in pairs:
+            previous = self.states.get(pair)
+            if previous != state:
+                if previous is not None:
+                    self.counts[previous] -= 1
+                self.counts[state] += 1
+                self.states[pair] = state
+        self._join_progress()
+
+    def _join_progress(self) -> None:
+        joining = self.counts["joining"]
+        if not self._joins.active:
+            if joining:
+                self._joins.start()
+            return
+        settled = self.counts["joined"] + self.counts["error"]
+        if joining:
+            self._joins.update(joined=settled, of=settled + joining)
+        else:
+            self._joins.finish("subscriptions.join_done", joined=settled)
+
+
+class WriteMetrics:
+    """The write histograms and the newest stored row, observed once per committed write."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_rows = Histogram(
+            "balancewatch_write_batch_rows",
+            "Balance rows per committed write (writes of status or rejects only are left out).",
+            buckets=_BATCH_ROWS_BUCKETS,
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "balancewatch_write_seconds",
+            "Seconds per committed write transaction.",
+            buckets=_WRITE_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.newest_stored: datetime | None = None
+
+    def observe(self, rows: int, seconds: float, newest: datetime | None) -> None:
+        self.seconds.observe(seconds)
+        if rows:
+            self.batch_rows.observe(rows)
+        if newest is not None and (self.newest_stored is None or newest > self.newest_stored):
+            self.newest_stored = newest
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The daemon's plain counters at one moment (built by supervisor.Daemon.snapshot)."""
+
+    messages: int
+    rows_written: int
+    rejected: Mapping[str, int]
+    rejected_dropped: int
+    pair_counts: Mapping[str, int]
+    connected: bool
+    connections: int
+    pending_in_memory: int
+    pending_in_spool: int
+    spool_bytes: int
+    reading_paused: bool
+    newest_stored: datetime | None
+    database_up: bool | None
+
+
+class DaemonCollector(Collector):
+    """Reads the daemon's plain counters at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        c = self._snapshot()
+        yield _counter("messages_received", "Balance messages received and queued.", c.messages)
+        yield _counter("rows_written", "Balance rows committed to balance_history.", c.rows_written)
+        rejected = CounterMetricFamily(
+            "balancewatch_frames_rejected", "Frames not stored as a balance.", labels=["reason"]
+        )
+        for reason, count in sorted(c.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield _counter(
+            "rejected_frames_dropped",
+            "Rejected frames dropped unstored (too many waiting for the database).",
+            c.rejected_dropped,
+        )
+        pairs = GaugeMetricFamily(
+            "balancewatch_pairs", "Watchlist pairs by subscription state.", labels=["state"]
+        )
+        for state in STATES:
+            pairs.add_metric([state], c.pair_counts.get(state, 0))
+        yield pairs
+        yield _gauge("websocket_connected", "1 while the websocket is open.", int(c.connected))
+        yield _counter("websocket_connections", "Websocket connections opened.", c.connections)
+        yield _counter(
+            "websocket_reconnects",
+            "Websocket connections opened after the first.",
+            max(0, c.connections - 1),
+        )
+        pending = GaugeMetricFamily(
+            "balancewatch_pending_rows", "Rows received and not stored yet.", labels=["where"]
+        )
+        pending.add_metric(["memory"], c.pending_in_memory)
+        pending.add_metric(["spool"], c.pending_in_spool)
+        yield pending
+        yield _gauge("spool_bytes", "Bytes in the spool.", c.spool_bytes)
+        yield _gauge(
+            "reading_paused", "1 while reading waits for the spool to drain.", int(c.reading_paused)
+        )
+        if c.newest_stored is not None:
+            age = (datetime.now(UTC) - c.newest_stored).total_seconds()
+            yield _gauge(
+                "newest_row_age_seconds",
+                "Seconds since the newest row this process stored was received.",
+                max(0.0, age),
+            )
+        if c.database_up is not None:
+            yield _gauge(
+                "database_up", "1 if the database answered the last check.", int(c.database_up)
+            )
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"balancewatch_{name}", documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"balancewatch_{name}", documentation, value=value)

@@ -1,0 +1,383 @@
+"""The daemon's HTTP endpoints against a real daemon: a real Postgres, a real websocket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
+
+from balancewatch import status
+from balancewatch.db import asyncpg_dsn
+from balancewatch.http_server import HttpServerError
+from balancewatch.metrics import PairStates
+from balancewatch.progress import Progress
+from balancewatch.settings import Settings
+from balancewatch.simulator import Simulator
+from balancewatch.supervisor import Daemon, open_spool
+from tests.helpers import (
+    API_KEY,
+    SOL,
+    TOKEN,
+    WALLET,
+    WALLET2,
+    make_settings,
+    room,
+    running_daemon,
+    wait_until,
+)
+
+
+async def watch(db: Any, wallet: str = WALLET, token: str = TOKEN) -> None:
+    await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", wallet, token)
+
+
+async def url_of(daemon: Daemon, path: str) -> str:
+    await wait_until(lambda: daemon.http.port != 0, what="the HTTP server to listen")
+    return f"http://127.0.0.1:{daemon.http.port}{path}"
+
+
+async def get(daemon: Daemon, path: str) -> tuple[int, str]:
+    url = await url_of(daemon, path)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
+    url = await url_of(daemon, "/readyz")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response,
+    ):
+        body: dict[str, Any] = await response.json()
+        return response.status, body
+
+
+async def ready_is(daemon: Daemon, status: int, failing: set[str]) -> bool:
+    got, body = await readyz(daemon)
+    return got == status and set(body["failing"]) == failing
+
+
+def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text page, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+async def test_healthz_answers_while_the_daemon_runs(
+    engine: AsyncEngine, database_url: URL, simulator: Simulator
+) -> None:
+    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+        status, body = await get(running.daemon, "/healthz")
+        assert status == 200
+        assert '"ok"' in body
+        port = running.daemon.http.port
+    # Closed with the daemon.
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as session:
+            await session.get(f"http://127.0.0.1:{port}/healthz")
+
+
+async def test_readyz_follows_the_joins_the_websocket_and_the_database(
+    engine: AsyncEngine, database_url: URL, server_url: URL, db: Any
+) -> None:
+    await watch(db)
+    await watch(db, WALLET2, SOL)
+    settings = make_settings(database_url, "ws://127.0.0.1:1", join_ack_timeout=0.3)
+    async with (
+        Simulator(api_key=API_KEY, ping_interval=None, ack_joins=False) as simulator,
+        running_daemon(
+            engine, settings.model_copy(update={"datastream_url": simulator.url})
+        ) as running,
+    ):
+        daemon = running.daemon
+        # Connected, but the server acknowledges no join: not ready, and the body says why.
+        await simulator.wait_for(lambda: len(simulator.joined_rooms()) == 2)
+        await wait_until(lambda: ready_is(daemon, 503, {"pairs"}), what="503 for the pairs")
+        _, body = await readyz(daemon)
+        assert body["pairs"] == {"enabled": 2, "not_joined": 2}
+        assert body["websocket"] == "connected"
+        assert body["database"] == "ok"
+
+        # The server acknowledges the joins sent again: ready.
+        simulator.ack_joins = True
+        await wait_until(lambda: ready_is(daemon, 200, set()), what="200 once joined")
+
+        # The websocket drops and cannot come back: not ready.
+        simulator.refuse_status = 503
+        await simulator.drop_connections()
+        await wait_until(lambda: ready_is(daemon, 503, {"websocket", "pairs"}), what="503")
+        simulator.refuse_status = None
+        await wait_until(lambda: ready_is(daemon, 200, set()), timeout=10, what="200 again")
+
+        # The database refuses connections: not ready, and ready again once it is back.
+        name = database_url.database
+        admin = await asyncpg.connect(asyncpg_dsn(server_url))
+        try:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            await wait_until(lambda: ready_is(daemon, 503, {"database"}), what="503 for the db")
+            _, body = await readyz(daemon)
+            assert body["database"] != "ok"
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await wait_until(lambda: ready_is(daemon, 200, set()), timeout=10, what="db back")
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await admin.close()
+
+
+async def test_readyz_waits_for_the_watchlist_to_be_read(
+    engine: AsyncEngine, database_url: URL, simulator: Simulator
+) -> None:
+    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+        daemon = running.daemon
+        # An empty watchlist, once read and connected, is ready: nothing to join.
+        await wait_until(lambda: ready_is(daemon, 200, set()), what="200 with nothing to join")
+        assert daemon.sync.reconciles > 0
+
+
+async def test_metrics_count_what_the_daemon_did(
+    engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    await watch(db)
+    await watch(db, WALLET2, SOL)
+    await db.execute(
+        "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, false)", WALLET2, TOKEN
+    )
+    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+        daemon = running.daemon
+        await simulator.wait_for(lambda: simulator.joined_rooms() == {room(), room(WALLET2, SOL)})
+        await wait_until(lambda: ready_is(daemon, 200, set()), what="ready")
+        for n in range(7):
+            await simulator.send_balance(WALLET, TOKEN, f"{n}.5")
+        for n in range(3):
+            await simulator.send_balance(WALLET2, SOL, f"{n}")
+        await simulator.send_raw("not json")
+        await simulator.send_raw("[1, 2]")
+        await simulator.send_raw("{also not json")
+        await wait_until(
+            lambda: _count(db, "SELECT count(*) FROM balance_history", 10), what="10 rows"
+        )
+        await wait_until(
+            lambda: _count(db, "SELECT count(*) FROM rejected_messages", 3), what="3 rejects"
+        )
+        status, text = await get(daemon, "/metrics")
+    assert status == 200
+    samples = scrape(text)
+    assert value(samples, "balancewatch_messages_received_total") == 10
+    assert value(samples, "balancewatch_rows_written_total") == 10
+    stored = {
+        row["reason"]: row["count"]
+        for row in await db.fetch("SELECT reason, count(*) FROM rejected_messages GROUP BY 1")
+    }
+    assert stored == {"not_json": 2, "not_object": 1}
+    for reason, count in stored.items():
+        assert value(samples, "balancewatch_frames_rejected_total", reason=reason) == count
+    assert value(samples, "balancewatch_pairs", state="joined") == 2
+    assert value(samples, "balancewatch_pairs", state="joining") == 0
+    assert value(samples, "balancewatch_pairs", state="error") == 0
+    assert value(samples, "balancewatch_websocket_connected") == 1
+    assert value(samples, "balancewatch_websocket_connections_total") == 1
+    assert value(samples, "balancewatch_websocket_reconnects_total") == 0
+    assert value(samples, "balancewatch_pending_rows", where="memory") == 0
+    assert value(samples, "balancewatch_pending_rows", where="spool") == 0
+    assert value(samples, "balancewatch_spool_bytes") == 0
+    assert value(samples, "balancewatch_reading_paused") == 0
+    assert value(samples, "balancewatch_database_up") == 1
+    # Every stored row went through a batch that was observed once.
+    assert value(samples, "balancewatch_write_batch_rows_sum") == 10
+    batches = value(samples, "balancewatch_write_batch_rows_count")
+    assert 1 <= batches <= 10
+    assert value(samples, "balancewatch_write_seconds_count") >= batches
+    assert 0 < value(samples, "balancewatch_write_seconds_sum") < 10
+    assert 0 <= value(samples, "balancewatch_newest_row_age_seconds") < 30
+
+
+async def test_metrics_count_reconnects_and_pairs_in_error(
+    engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    await watch(db)
+    await watch(db, WALLET2, SOL)
+    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+        daemon = running.daemon
+        await wait_until(lambda: ready_is(daemon, 200, set()), what="ready")
+        await simulator.drop_connections()
+        await simulator.wait_for(lambda: simulator.total_connections == 2)
+        await wait_until(lambda: ready_is(daemon, 200, set()), what="ready again")
+        # The server answers a room with something else than `joined`: an error state, which
+        # is settled (still ready), and counted.
+        await simulator.send_raw(f'{{"type":"error","room":"{room(WALLET2, SOL)}"}}')
+        await wait_until(lambda: daemon.pair_states.counts["error"] == 1, what="error state")
+        await wait_until(lambda: ready_is(daemon, 200, set()), what="ready with an error pair")
+        _, text = await get(daemon, "/metrics")
+    samples = scrape(text)
+    assert value(samples, "balancewatch_websocket_connections_total") == 2
+    assert value(samples, "balancewatch_websocket_reconnects_total") == 1
+    assert value(samples, "balancewatch_pairs", state="error") == 1
+    assert value(samples, "balancewatch_pairs", state="joined") == 1
+    assert value(samples, "balancewatch_frames_rejected_total", reason="unknown_type") == 1
+
+
+async def test_two_daemons_keep_their_metrics_apart(
+    engine: AsyncEngine, database_url: URL, simulator: Simulator
+) -> None:
+    first = Daemon(make_settings(database_url, simulator.url), engine, _spool(database_url))
+    second = Daemon(make_settings(database_url, simulator.url), engine, _spool(database_url))
+    first.ingest.messages = 5
+    assert first.registry is not second.registry
+    assert first.registry.get_sample_value("balancewatch_messages_received_total") == 5
+    assert second.registry.get_sample_value("balancewatch_messages_received_total") == 0
+    first.spool.close()
+    second.spool.close()
+
+
+def _spool(database_url: URL) -> Any:
+    return open_spool(make_settings(database_url, "ws://127.0.0.1:1"))
+
+
+async def test_an_address_in_use_stops_the_daemon_before_it_reads(
+    engine: AsyncEngine, database_url: URL, simulator: Simulator
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = make_settings(database_url, simulator.url, http_port=port)
+        spool = open_spool(settings)
+        try:
+            with pytest.raises(HttpServerError, match=f"cannot listen on 127.0.0.1:{port}"):
+                await Daemon(settings, engine, spool).run(asyncio.Event())
+        finally:
+            spool.close()
+    assert simulator.total_connections == 0
+
+
+def test_the_endpoints_listen_on_loopback_unless_told_otherwise() -> None:
+    assert Settings.model_fields["http_host"].default == "127.0.0.1"
+    assert Settings.model_fields["http_port"].default == 8080
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.changes: list[tuple[list[tuple[str, str]], str]] = []
+
+    def set_status(self, pairs: Any, state: str, error: str | None = None) -> None:
+        self.changes.append((list(pairs), state))
+
+
+def test_a_long_join_logs_its_progress_at_most_once_a_second() -> None:
+    now = [0.0]
+    sink = _Sink()
+    states = PairStates(sink)
+    states._joins = Progress("subscriptions.join_progress", clock=lambda: now[0])
+    pairs = [(f"wallet{n}", TOKEN) for n in range(10)]
+    with capture_logs() as logs:
+        states.set_status(pairs, "joining")
+        for n, pair in enumerate(pairs):
+            now[0] = n * 0.4
+            states.set_status([pair], "joined" if n != 3 else "error")
+    assert len(sink.changes) == 11  # every change reaches the writer
+    assert states.counts == {"joined": 9, "error": 1, "joining": 0}
+    progress = [line for line in logs if line["event"] == "subscriptions.join_progress"]
+    # At 1.2 s (4 settled of 10) and 2.4 s (7); the last ack, at 3.6 s, ends the join.
+    assert [(line["joined"], line["of"]) for line in progress] == [(4, 10), (7, 10)]
+    done = [line for line in logs if line["event"] == "subscriptions.join_done"]
+    assert len(done) == 1
+    assert done[0]["joined"] == 10
+
+
+def test_a_quick_join_logs_nothing() -> None:
+    states = PairStates(_Sink())
+    with capture_logs() as logs:
+        states.set_status([(WALLET, TOKEN)], "joining")
+        states.set_status([(WALLET, TOKEN)], "joined")
+    assert [line["event"] for line in logs] == []
+
+
+async def _count(db: Any, sql: str, expected: int) -> bool:
+    return bool(await db.fetchval(sql) == expected)
+
+
+# -- the container's healthcheck ----------------------------------------------------------------
+
+
+def test_the_image_and_compose_check_readiness_with_the_daemons_own_command() -> None:
+    from tests.test_security import compose, final_stage, image_env  # noqa: PLC0415
+
+    instructions = final_stage()
+    (healthcheck,) = [args for word, args in instructions if word == "HEALTHCHECK"]
+    assert healthcheck.endswith('CMD ["balancewatch", "healthcheck"]')
+    assert "--start-period=" in healthcheck
+    # Reachable by a scraper on the container network; the port the settings default to.
+    assert image_env()["BALANCEWATCH_HTTP_HOST"] == "0.0.0.0"
+    port = str(Settings.model_fields["http_port"].default)
+    assert ("EXPOSE", port) in instructions
+    services = compose()["services"]
+    daemon = services["balancewatch"]
+    assert daemon["healthcheck"]["test"] == ["CMD", "balancewatch", "healthcheck"]
+    assert daemon["environment"]["BALANCEWATCH_HTTP_PORT"] == port
+    assert daemon["ports"] == [f"127.0.0.1:{port}:{port}"]  # the host's loopback only
+    # The one-shot and the simulator have no /readyz: the image's check is off for them.
+    assert services["migrate"]["healthcheck"] == {"disable": True}
+    assert services["simulate"]["healthcheck"] == {"disable": True}
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert status.healthcheck(argparse.Namespace(url=f"http://127.0.0.1:{port}")) == 1
+
+
+async def test_replaying_a_spool_logs_its_progress(engine: AsyncEngine, db: Any) -> None:
+    from tests.test_writer import make_rows, make_writer, open_test_spool  # noqa: PLC0415
+
+    spool = open_test_spool()
+    for row in make_rows(500):
+        spool.append(row)
+    writer = make_writer(engine, batch_size=100, spool=spool)
+    ticks = iter(range(1000))
+    writer._replay = Progress("writer.spool_replay_progress", clock=lambda: 0.6 * next(ticks))
+    with capture_logs() as logs:
+        while writer.rows_written < 500:
+            assert await writer.flush()
+    assert await db.fetchval("SELECT count(*) FROM balance_history") == 500
+    progress = [line for line in logs if line["event"] == "writer.spool_replay_progress"]
+    assert progress
+    replayed = [line["rows_replayed"] for line in progress]
+    remaining = [line["remaining_bytes"] for line in progress]
+    assert replayed == sorted(set(replayed))
+    assert replayed[-1] < 500
+    assert remaining == sorted(set(remaining), reverse=True)
+    assert remaining[0] < spool_bytes_of(500)
+    (done,) = [line for line in logs if line["event"] == "writer.spool_replay_done"]
+    assert done["rows_replayed"] == 500
+
+
+def spool_bytes_of(rows: int) -> int:
+    from balancewatch.spool import encode  # noqa: PLC0415
+    from tests.test_writer import make_rows  # noqa: PLC0415
+
+    return sum(len(encode(row)) for row in make_rows(rows))
