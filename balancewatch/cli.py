@@ -10,8 +10,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import __version__, logs, migrate, watchlist
+from balancewatch import __version__, history, logs, migrate, status, watchfile, watchlist
+from balancewatch.bench import add_bench_command
 from balancewatch.db import create_engine
+from balancewatch.http_server import HttpServerError
 from balancewatch.protocol import is_address
 from balancewatch.settings import ConfigError, Settings, load_settings
 from balancewatch.signals import stop_on_signals
@@ -53,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(command=_migrate)
 
     _add_watch_commands(commands)
+    history.add_command(commands, _with_engine)
+    status.add_commands(commands, _with_engine)
     _add_demo_commands(commands)
+    add_bench_command(commands)
     return parser
 
 
@@ -71,6 +76,7 @@ def _add_watch_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     remove.set_defaults(command=_watch_remove)
     show = actions.add_parser("list", help="every pair with the daemon's status for it")
     show.set_defaults(command=_watch_list)
+    watchfile.add_commands(actions, _with_engine)
 
 
 def _add_demo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -118,6 +124,9 @@ def _guarded(work: Callable[[], Awaitable[None]]) -> int:
         return EXIT_FAILURE
     except SpoolError as exc:
         log.error("daemon.spool_unusable", error=str(exc))
+        return EXIT_FAILURE
+    except HttpServerError as exc:
+        log.error("http.cannot_listen", error=str(exc))
         return EXIT_FAILURE
     except (OSError, SQLAlchemyError) as exc:
         log.error("database.unreachable", error=logs.describe_error(exc))

@@ -163,17 +163,24 @@ def _parse_amount(text: bytes) -> Decimal | Rejected:
     except (InvalidOperation, UnicodeDecodeError):
         # Valid JSON number grammar that Decimal refuses: an exponent beyond its own limits.
         return Rejected("amount_out_of_range", "data.amount has an exponent beyond any bound")
-    exponent = amount.as_tuple().exponent
-    assert isinstance(exponent, int)  # a finite Decimal always has an int exponent
     if amount.adjusted() > MAX_AMOUNT_ADJUSTED:
         return Rejected("amount_out_of_range", "data.amount is 1e39 or more, beyond any balance")
-    if -exponent > _NUMERIC_MAX_SCALE:
+    # Without an exponent, a number has fewer digits after the point than characters, so only
+    # a long one or one with an exponent needs its scale (as_tuple() copies every digit).
+    may_be_too_fine = len(text) > _NUMERIC_MAX_SCALE or b"e" in text or b"E" in text
+    if may_be_too_fine and -_exponent(amount) > _NUMERIC_MAX_SCALE:
         return Rejected(
             "amount_out_of_range", "data.amount has more digits after the point than numeric holds"
         )
     if amount.is_signed() and amount != 0:
         return Rejected("negative_amount", "data.amount is negative")
     return amount
+
+
+def _exponent(amount: Decimal) -> int:
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)  # a finite Decimal always has an int exponent
+    return exponent
 
 
 def _classify_failure(raw: str | bytes, exc: Exception) -> Rejected:

@@ -41,6 +41,10 @@ _SHUTDOWN_TIMEOUT: Final = 2.0
 _MIN_TICK: Final = 0.05
 _ZERO_CHANCE: Final = 0.03
 _MAX_STEP_PER_10K: Final = 500  # a balance moves by at most 5 % per message
+# The bench fast path's flow control: the most unsent bytes a socket may hold before a write
+# waits, and how long it waits between looks.
+_PREBUILT_HIGH_WATER: Final = 4 * 1024 * 1024
+_PREBUILT_WAIT: Final = 0.0005
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class _Connection:
     joins: int = 0  # join frames received
     cut_after_joins: int | None = None
     stalled: bool = False
+    acks: list[bytes] = field(default_factory=list)  # coalesced acks not written yet
 
 
 class Simulator:
@@ -88,6 +93,9 @@ class Simulator:
         self.cut_after_joins: list[int] = []
         # Off: the client's websocket-level pings go unanswered (only frames show life).
         self.answer_pings = True
+        # The bench's fast path for many joins: acks are written together, once per turn of
+        # the event loop, in one socket write (a balance sent meanwhile may overtake them).
+        self.coalesce_acks = False
         # Called with each event as it is recorded, to check an invariant at every step.
         self.listeners: list[Callable[[SimEvent], None]] = []
         self._connections: dict[int, _Connection] = {}
@@ -187,6 +195,24 @@ class Simulator:
 
     async def send_raw(self, data: str | bytes) -> None:
         await _send(self._connections.values(), data)
+
+    async def write_prebuilt(self, frames: bytes, *, high_water: int = _PREBUILT_HIGH_WATER) -> int:
+        """The benchmark's fast path: write ready-made websocket frames (see `text_frame`),
+        many at once, straight to every live connection's socket, past aiohttp's per-frame
+        writer; returns how many connections were written to. The caller keeps the frames
+        whole and sends nothing else meanwhile. Waits while a socket holds more than
+        `high_water` unsent bytes, so a slow reader is not buried in memory."""
+        written = 0
+        for conn in list(self._connections.values()):
+            transport = conn.transport
+            if conn.stalled or transport.is_closing():
+                continue
+            # aiohttp owns the protocol, so no drain event is ours to wait on: look again.
+            while transport.get_write_buffer_size() > high_water and not transport.is_closing():  # noqa: ASYNC110
+                await asyncio.sleep(_PREBUILT_WAIT)
+            transport.write(frames)
+            written += 1
+        return written
 
     async def ping(self) -> None:
         await _send(self._connections.values(), PING)
@@ -292,11 +318,19 @@ class Simulator:
                 return
             # Acknowledged before it counts as joined, so no message can overtake the "joined".
             if self.ack_joins and pair_for(room) is not None:
-                await _send([conn], _joined_frame(room))
+                await self._ack(conn, room)
             conn.rooms.add(room)
         elif kind == "leave" and room is not None:
             conn.rooms.discard(room)
         self._record(kind, conn.conn_id, room, text=msg.data if kind == "unknown" else None)
+
+    async def _ack(self, conn: _Connection, room: str) -> None:
+        if not self.coalesce_acks:
+            await _send([conn], _joined_frame(room))
+            return
+        if not conn.acks:
+            asyncio.get_running_loop().call_soon(_write_acks, conn)
+        conn.acks.append(text_frame(_joined_frame(room)))
 
     async def _ping_loop(self, conn: _Connection) -> None:
         assert self._ping_interval is not None
@@ -335,6 +369,12 @@ class _RandomWalk:
         amount = amount.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
         self._amounts[room] = amount
         return format(amount, "f")
+
+
+def _write_acks(conn: _Connection) -> None:
+    acks, conn.acks = conn.acks, []
+    if not conn.stalled and not conn.transport.is_closing():
+        conn.transport.write(b"".join(acks))
 
 
 def _classify(text: str) -> tuple[EventKind, str | None]:
@@ -387,3 +427,25 @@ async def serve(
         )
         await (sim.run_random_walk(rate, stop) if rate > 0 else stop.wait())
     log.info("simulator.stopped", host=host, port=bound)
+
+
+def balance_frame(wallet: str, token: str, amount: str) -> str:
+    """The text of a balance message; `amount` goes on the wire verbatim as the JSON number."""
+    room = room_for(wallet, token)
+    return (
+        f'{{"type":"message","room":"{room}","data":{{"wallet":"{wallet}",'
+        f'"token":"{token}","amount":{amount}}}}}'
+    )
+
+
+def text_frame(payload: str) -> bytes:
+    """One complete, unmasked (server to client) websocket text frame holding `payload`."""
+    data = payload.encode()
+    size = len(data)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + data

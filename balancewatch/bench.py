@@ -1,0 +1,603 @@
+"""`balancewatch bench`: how fast the daemon is, against a real Postgres and a real websocket.
+
+Four measurements, printed as one table:
+
+- ingest: N balance frames over 100 rooms, sent as fast as the simulator can, from the first
+  frame written to the socket until the daemon's writer has committed the last row; beside it,
+  the same rows COPYed straight into a twin of `balance_history` with asyncpg in batches of
+  the same size (the ceiling), and one INSERT + commit per row (the naive baseline).
+- latency: a steady rate (10,000 a second) for a while; for every message, the time from the
+  simulator writing its frame to the socket until a LISTEN connection of the bench receives
+  the NOTIFY that a statement trigger on `balance_history` sends for the COPY holding its row.
+  A NOTIFY is delivered at commit, so this is commit time plus the notification's own trip
+  (an upper bound). Also the oldest row of each batch at that moment (now - received_at).
+- sync: from a committed single-row INSERT / DELETE in `watchlist` (the bench's `execute`
+  has returned) until the simulator has read the join / leave frame; and one transaction of
+  many rows until the simulator has read the last of their joins.
+- scale: many watched pairs; `python -m balancewatch run` as a subprocess, from its start
+  until the simulator has read every join and `subscription_status` says every pair is
+  `joined` (acked, recorded and committed); the subprocess's peak RSS (VmHWM).
+
+The simulator runs in the bench's process; its fast path writes pre-built frames, many per
+socket write, and its own ceiling (to a client that reads and discards) is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from balancewatch import logs, migrate
+from balancewatch.db import asyncpg_dsn, create_engine
+from balancewatch.localpg import LocalPostgres
+from balancewatch.protocol import room_for
+from balancewatch.records import BALANCE_COLUMNS, BalanceRow
+from balancewatch.settings import Settings, parse_database_url
+from balancewatch.simulator import SimEvent, Simulator, balance_frame, text_frame
+from balancewatch.supervisor import Daemon, open_spool
+
+BENCH_KEY = "bench-key"
+MINT = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_FRAMES_PER_WRITE = 1000
+_POLL = 0.002
+_NOTIFY_CHANNEL = "balancewatch_bench_commit"
+_INSTALL_TRIGGER = """
+CREATE OR REPLACE FUNCTION bench_notify_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('balancewatch_bench_commit', (
+        SELECT min(amount)::text || ',' || max(amount)::text || ',' || count(*)::text || ','
+            || extract(epoch FROM min(received_at))::text
+        FROM bench_new));
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_notify_commit AFTER INSERT ON balance_history
+    REFERENCING NEW TABLE AS bench_new FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_commit();
+"""
+_DROP_TRIGGER = """
+DROP TRIGGER IF EXISTS bench_notify_commit ON balance_history;
+DROP FUNCTION IF EXISTS bench_notify_commit();
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    messages: int
+    rooms: int = 100
+    naive_rows: int = 2_000
+    latency_rate: float = 10_000.0
+    latency_seconds: float = 30.0
+    sync_changes: int = 1_000
+    sync_txn_rows: int = 10_000
+    scale_pairs: int = 100_000
+    flush_interval: float | None = None  # None: the daemon's default
+    uvloop: bool = False  # run the bench's process (and the in-process daemon) on uvloop
+
+    @classmethod
+    def quick(cls, messages: int, **options: Any) -> Plan:
+        return cls(
+            messages=messages,
+            **options,
+            rooms=20,
+            naive_rows=200,
+            latency_rate=1_000.0,
+            latency_seconds=2.0,
+            sync_changes=20,
+            sync_txn_rows=300,
+            scale_pairs=500,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What the in-process measurements share."""
+
+    plan: Plan
+    url: URL
+    db: Any
+    results: Results
+    sim: Simulator
+    daemon: Daemon
+    pairs: list[tuple[str, str]]
+    batch_size: int
+
+
+@dataclass(slots=True)
+class Results:
+    lines: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+    def add(self, section: str, metric: str, value: str, target: str = "") -> None:
+        self.lines.append((section, metric, value, target))
+        print(f"  {section:<8} {metric:<44} {value:>18}  {target}", flush=True)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure ingest, latency, sync and scale (see BENCHMARKS.md)"
+    )
+    bench.add_argument(
+        "--messages", type=int, default=None, help="messages for the ingest run (200000)"
+    )
+    bench.add_argument(
+        "--database-url", default=None, help="an existing server (default: a throwaway one)"
+    )
+    bench.add_argument("--quick", action="store_true", help="a small, fast run (a smoke test)")
+    bench.add_argument(
+        "--flush-interval", type=float, default=None, help="the daemon's flush_interval (0.2)"
+    )
+    bench.add_argument(
+        "--uvloop", action="store_true", help="run the in-process daemon on uvloop (installed)"
+    )
+    bench.set_defaults(command=_bench_command)
+
+
+def _bench_command(args: argparse.Namespace) -> int:
+    messages = args.messages if args.messages is not None else (3_000 if args.quick else 200_000)
+    if messages <= 0:
+        print("balancewatch bench: --messages must be positive", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {"flush_interval": args.flush_interval, "uvloop": args.uvloop}
+    plan = Plan.quick(messages, **options) if args.quick else Plan(messages=messages, **options)
+    return run_bench(plan, args.database_url)
+
+
+def run_bench(plan: Plan, database_url: str | None) -> int:
+    logs.configure(level="error")
+    print(f"balancewatch bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores")
+    if database_url is not None:
+        _run_loop(plan, parse_database_url(database_url))
+    else:
+        with LocalPostgres() as cluster:
+            _run_loop(plan, parse_database_url(cluster.url()))
+    return 0
+
+
+def _run_loop(plan: Plan, server_url: URL) -> None:
+    if plan.uvloop:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+
+        uvloop.run(_bench(plan, server_url))
+    else:
+        asyncio.run(_bench(plan, server_url))
+
+
+async def _bench(plan: Plan, server_url: URL) -> None:
+    results = Results()
+    async with _scratch_database(server_url) as url:
+        engine = create_engine(url)
+        try:
+            await migrate.upgrade(engine)
+            db = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+                print(f"  Postgres {db.get_server_version().major}; plan: {plan}", flush=True)
+                await _simulator_ceiling(plan, results)
+                await _in_process(plan, url, engine, db, results)
+                await _scale(plan, url, db, results)
+            finally:
+                await db.close()
+        finally:
+            await engine.dispose()
+    print("done", flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _scratch_database(server_url: URL) -> AsyncIterator[URL]:
+    name = f"bw_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(asyncpg_dsn(server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield server_url.set(database=name)
+    finally:
+        admin = await asyncpg.connect(asyncpg_dsn(server_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+# -- the simulator's own ceiling -----------------------------------------------------------------
+
+
+async def _simulator_ceiling(plan: Plan, results: Results) -> None:
+    """Frames a second the fast path pushes to a client that reads raw bytes and discards them."""
+    pairs = bench_pairs(plan.rooms)
+    frames = _prebuilt(pairs, plan.messages, lambda seq: f"{seq}.123456")
+    total = sum(len(chunk) for chunk in frames)
+    async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
+        reader, writer = await _raw_websocket(sim.port)
+        try:
+            await sim.wait_for(lambda: sim.live_connections == 1)
+            got = 0
+
+            async def discard() -> None:
+                nonlocal got
+                while got < total:
+                    chunk = await reader.read(1 << 20)
+                    if not chunk:
+                        raise ConnectionError("the simulator closed the connection")
+                    got += len(chunk)
+
+            started = time.perf_counter()
+            reading = asyncio.create_task(discard())
+            for chunk in frames:
+                await sim.write_prebuilt(chunk)
+            await reading
+            elapsed = time.perf_counter() - started
+        finally:
+            writer.close()
+    results.add(
+        "sim",
+        f"simulator ceiling ({plan.messages:,} frames, raw reader)",
+        f"{plan.messages / elapsed:,.0f} frames/s",
+    )
+
+
+async def _raw_websocket(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        (
+            f"GET /{BENCH_KEY} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise ConnectionError(f"no websocket handshake: {head[:80]!r}")
+    return reader, writer
+
+
+# -- ingest, latency and sync: the daemon in this process ------------------------------------------
+
+
+async def _in_process(plan: Plan, url: URL, engine: AsyncEngine, db: Any, results: Results) -> None:
+    pairs = bench_pairs(plan.rooms)
+    scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
+    await db.executemany("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", pairs)
+    async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
+        settings = Settings(
+            database_url=url.render_as_string(hide_password=False),
+            datastream_url=sim.url,
+            api_key=BENCH_KEY,
+            spool_dir=scratch / "spool",
+            http_port=0,  # any free port: the bench must not need 8080
+            log_level="error",
+            **_daemon_overrides(plan),
+        )
+        spool = open_spool(settings)
+        daemon = Daemon(settings, engine, spool)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            rooms = {room_for(*pair) for pair in pairs}
+            await sim.wait_for(lambda: rooms <= sim.joined_rooms(), timeout=30)
+            run = _Run(plan, url, db, results, sim, daemon, pairs, settings.batch_size)
+            await _ingest(run)
+            await _latency(run)
+            await _sync(plan, sim, db, results)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=60)
+            spool.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _ingest(run: _Run) -> None:
+    plan, daemon, sim, db, pairs, results = (
+        run.plan,
+        run.daemon,
+        run.sim,
+        run.db,
+        run.pairs,
+        run.results,
+    )
+    amounts = [f"{random.randint(0, 10**9)}.{random.randint(0, 999_999):06d}" for _ in range(997)]
+    frames = _prebuilt(pairs, plan.messages, lambda seq: amounts[seq % len(amounts)])
+    before = daemon.writer.rows_written
+    target = before + plan.messages
+    started = time.perf_counter()
+    for chunk in frames:
+        await sim.write_prebuilt(chunk)
+    # The writer's count of committed rows is the only sign of a commit; no event to wait on.
+    while daemon.writer.rows_written < target:  # noqa: ASYNC110
+        await asyncio.sleep(_POLL)
+    daemon_rate = plan.messages / (time.perf_counter() - started)
+
+    # The same rows, as the daemon builds them, into a twin table: the ceiling.
+    await db.execute("CREATE TABLE bench_twin (LIKE balance_history INCLUDING ALL)")
+    now = datetime.now(UTC)
+    rows: list[BalanceRow] = [
+        (*pairs[seq % len(pairs)], Decimal(amounts[seq % len(amounts)]), now)
+        for seq in range(plan.messages)
+    ]
+    batch = run.batch_size
+    started = time.perf_counter()
+    for first in range(0, len(rows), batch):
+        await db.copy_records_to_table(
+            "bench_twin", records=rows[first : first + batch], columns=BALANCE_COLUMNS
+        )
+    copy_rate = plan.messages / (time.perf_counter() - started)
+
+    sample = rows[: plan.naive_rows]
+    started = time.perf_counter()
+    for row in sample:
+        async with db.transaction():
+            await db.execute(
+                "INSERT INTO bench_twin (wallet, token, amount, received_at)"
+                " VALUES ($1, $2, $3, $4)",
+                *row,
+            )
+    naive_rate = len(sample) / (time.perf_counter() - started)
+    await db.execute("DROP TABLE bench_twin")
+
+    n = f"{plan.messages:,} msgs"
+    results.add(
+        "ingest", f"daemon end to end ({n}, {plan.rooms} rooms)", f"{daemon_rate:,.0f} rows/s"
+    )
+    results.add("ingest", f"raw asyncpg COPY, batches of {batch}", f"{copy_rate:,.0f} rows/s")
+    results.add(
+        "ingest", f"naive INSERT+commit per row ({len(sample):,})", f"{naive_rate:,.0f} rows/s"
+    )
+    results.add("ingest", "daemon / raw COPY", f"{daemon_rate / copy_rate:.2f}x", "target >= 0.6x")
+    results.add("ingest", "daemon / naive", f"{daemon_rate / naive_rate:.1f}x", "target >= 50x")
+
+
+async def _latency(run: _Run) -> None:
+    plan, sim, url, db, pairs, results = run.plan, run.sim, run.url, run.db, run.pairs, run.results
+    count = int(plan.latency_rate * plan.latency_seconds)
+    # The amount is the message's number: a committed batch names its rows by min and max.
+    frames = [text_frame(balance_frame(*pairs[seq % len(pairs)], str(seq))) for seq in range(count)]
+    sent = [0.0] * count
+    committed = [0.0] * count
+    ages: list[float] = []
+    seen = 0
+    done = asyncio.Event()
+
+    def on_commit(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        nonlocal seen
+        at, wall = time.perf_counter(), time.time()
+        lo, hi, rows, oldest = payload.split(",")
+        first, last = int(Decimal(lo)), int(Decimal(hi))
+        if last - first + 1 != int(rows):
+            raise AssertionError(f"a batch is not one run of messages: {payload}")
+        committed[first : last + 1] = [at] * (last - first + 1)
+        ages.append(wall - float(oldest))
+        seen += int(rows)
+        if seen >= count:
+            done.set()
+
+    await db.execute(_INSTALL_TRIGGER)
+    listener = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await listener.add_listener(_NOTIFY_CHANNEL, on_commit)
+        started = time.perf_counter()
+        next_seq = 0
+        tick = 0.005
+        while next_seq < count:
+            due = min(count, int((time.perf_counter() - started) * plan.latency_rate) + 1)
+            if due > next_seq:
+                at = time.perf_counter()
+                await sim.write_prebuilt(b"".join(frames[next_seq:due]))
+                sent[next_seq:due] = [at] * (due - next_seq)
+                next_seq = due
+            await asyncio.sleep(tick)
+        # A daemon that fell behind still gets to catch up: its backlog is the measurement.
+        await asyncio.wait_for(done.wait(), timeout=120)
+    finally:
+        await listener.close()
+        await db.execute(_DROP_TRIGGER)
+    latencies = sorted((c - s) * 1000 for c, s in zip(committed, sent, strict=True))
+    rate = f"{plan.latency_rate:,.0f}/s for {plan.latency_seconds:g} s"
+    results.add(
+        "latency", f"frame sent -> row committed p50 ({rate})", f"{_pct(latencies, 50):.1f} ms"
+    )
+    results.add(
+        "latency",
+        "frame sent -> row committed p99",
+        f"{_pct(latencies, 99):.1f} ms",
+        "target <= 100 ms",
+    )
+    results.add("latency", "frame sent -> row committed max", f"{latencies[-1]:.1f} ms")
+    results.add(
+        "latency",
+        "oldest row at commit (now - received_at)",
+        f"{max(ages) * 1000:.1f} ms",
+        "target <= 1000 ms",
+    )
+
+
+async def _sync(plan: Plan, sim: Simulator, db: Any, results: Results) -> None:
+    seen: dict[tuple[str, str], float] = {}
+
+    def record(event: SimEvent) -> None:
+        if event.kind in ("join", "leave") and event.room is not None:
+            seen[(event.kind, event.room)] = event.at
+
+    sim.listeners.append(record)
+    try:
+        fresh = bench_pairs(plan.sync_changes // 2 + plan.sync_txn_rows, start=1_000_000)
+        singles, bulk = fresh[: plan.sync_changes // 2], fresh[plan.sync_changes // 2 :]
+        delays: list[float] = []
+        for wallet, token in singles:
+            room = room_for(wallet, token)
+            for kind, sql in (
+                ("join", "INSERT INTO watchlist (wallet, token) VALUES ($1, $2)"),
+                ("leave", "DELETE FROM watchlist WHERE wallet = $1 AND token = $2"),
+            ):
+                await db.execute(sql, wallet, token)
+                at = time.monotonic()
+                await sim.wait_for(lambda k=kind, r=room: (k, r) in seen, timeout=10)  # type: ignore[misc]
+                delays.append((seen[(kind, room)] - at) * 1000)
+        delays.sort()
+        results.add(
+            "sync",
+            f"commit -> frame at simulator p50 ({len(delays):,} changes)",
+            f"{_pct(delays, 50):.1f} ms",
+        )
+        results.add(
+            "sync",
+            "commit -> frame at simulator p99",
+            f"{_pct(delays, 99):.1f} ms",
+            "target <= 100 ms",
+        )
+
+        rooms = {room_for(*pair) for pair in bulk}
+        async with db.transaction():
+            await db.copy_records_to_table("watchlist", records=bulk, columns=("wallet", "token"))
+        at = time.monotonic()
+        await sim.wait_for(lambda: all(("join", r) in seen for r in rooms), timeout=60)
+        last = max(seen[("join", r)] for r in rooms)
+        results.add(
+            "sync",
+            f"one txn of {len(bulk):,} rows -> last join at simulator",
+            f"{(last - at) * 1000:.0f} ms",
+            "target <= 2000 ms",
+        )
+    finally:
+        sim.listeners.remove(record)
+
+
+# -- scale: the daemon as a subprocess -------------------------------------------------------------
+
+
+async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
+    await db.execute("DELETE FROM watchlist; DELETE FROM subscription_status")
+    pairs = bench_pairs(plan.scale_pairs, start=5_000_000)
+    await db.copy_records_to_table("watchlist", records=pairs, columns=("wallet", "token"))
+    async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
+        sim.coalesce_acks = True
+        env = {
+            **os.environ,
+            "BALANCEWATCH_DATABASE_URL": url.render_as_string(hide_password=False),
+            "BALANCEWATCH_DATASTREAM_URL": sim.url,
+            "BALANCEWATCH_API_KEY": BENCH_KEY,
+            "BALANCEWATCH_SPOOL_DIR": str(scratch / "scale-spool"),
+            "BALANCEWATCH_HTTP_PORT": "0",
+            "BALANCEWATCH_LOG_LEVEL": "error",
+            "BALANCEWATCH_LOG_FORMAT": "json",
+        }
+        env.pop("BALANCEWATCH_CONFIG", None)
+        env |= {
+            f"BALANCEWATCH_{name.upper()}": str(v) for name, v in _daemon_overrides(plan).items()
+        }
+        joined: set[str] = set()
+
+        def count_join(event: SimEvent) -> None:
+            if event.kind == "join" and event.room is not None:
+                joined.add(event.room)
+
+        sim.listeners.append(count_join)
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "balancewatch", "run", env=env, stdout=subprocess.DEVNULL
+        )
+        try:
+            await sim.wait_for(lambda: len(joined) >= len(pairs), timeout=120)
+            all_sent = time.monotonic() - started
+            while True:
+                acked = await db.fetchval(
+                    "SELECT count(*) FROM subscription_status WHERE state = 'joined'"
+                )
+                if acked >= len(pairs):
+                    break
+                if process.returncode is not None:
+                    raise RuntimeError(f"the daemon exited with {process.returncode}")
+                if time.monotonic() - started > 120:
+                    raise TimeoutError(f"only {acked} of {len(pairs)} pairs joined after 120 s")
+                await asyncio.sleep(0.05)
+            all_joined = time.monotonic() - started
+            peak = _peak_rss_mb(process.pid)
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), timeout=30)
+            shutil.rmtree(scratch, ignore_errors=True)
+    results.add(
+        "scale", f"{len(pairs):,} pairs: start -> every join at simulator", f"{all_sent:.1f} s"
+    )
+    results.add(
+        "scale",
+        "start -> all 'joined' in subscription_status",
+        f"{all_joined:.1f} s",
+        "target <= 30 s",
+    )
+    results.add("scale", "daemon peak RSS (VmHWM)", f"{peak:.0f} MB", "target <= 250 MB")
+
+
+def _daemon_overrides(plan: Plan) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if plan.flush_interval is not None:
+        overrides["flush_interval"] = plan.flush_interval
+    return overrides
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/PID/status")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def bench_pairs(count: int, *, start: int = 0) -> list[tuple[str, str]]:
+    """`count` distinct (wallet, token) pairs of valid base58 addresses, the same every run."""
+    return [(_address(start + index), MINT) for index in range(count)]
+
+
+def _address(number: int) -> str:
+    digits = ""
+    while True:
+        number, digit = divmod(number, len(_ALPHABET))
+        digits = _ALPHABET[digit] + digits
+        if number == 0:
+            break
+    return "Bench" + digits.rjust(39, "1")
+
+
+def _prebuilt(
+    pairs: Sequence[tuple[str, str]], count: int, amount: Callable[[int], str]
+) -> list[bytes]:
+    """`count` frames over `pairs` in turn, joined `_FRAMES_PER_WRITE` to a socket write."""
+    frames = [
+        text_frame(balance_frame(*pairs[seq % len(pairs)], amount(seq))) for seq in range(count)
+    ]
+    return [
+        b"".join(frames[first : first + _FRAMES_PER_WRITE])
+        for first in range(0, count, _FRAMES_PER_WRITE)
+    ]
+
+
+def _pct(ordered: Sequence[float], percent: float) -> float:
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(percent) - 1]

@@ -1,0 +1,78 @@
+"""A smoke run of `balancewatch bench --quick`, so the benchmark cannot rot.
+
+It checks that every section runs and prints a number, never how fast anything was: the
+figures live in BENCHMARKS.md, measured on purpose, not in a timed test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy.engine import URL
+
+from balancewatch.simulator import text_frame
+
+pytestmark = pytest.mark.timeout(120)
+
+# section, metric, value, unit (and the target, if any, after it).
+_ROW = re.compile(
+    r"^\s+(sim|ingest|latency|sync|scale)\s+(.+?)\s([\d,.]+) ?(frames/s|rows/s|ms|s|MB|x)"
+    r"\s*(?:target.*)?$",
+    re.M,
+)
+
+
+def test_text_frame_headers() -> None:
+    assert text_frame("ab") == b"\x81\x02ab"
+    assert text_frame("x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert text_frame("x" * 70_000)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
+
+
+def test_quick_bench_prints_every_section(server_url: URL) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "balancewatch",
+            "bench",
+            "--quick",
+            "--messages",
+            "2000",
+            "--database-url",
+            server_url.render_as_string(hide_password=False),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _ROW.findall(result.stdout)
+    sections = {section for section, *_ in rows}
+    assert sections == {"sim", "ingest", "latency", "sync", "scale"}, result.stdout
+    metrics = {metric for _, metric, *_ in rows}
+    for expected in (
+        "simulator ceiling",
+        "daemon end to end",
+        "raw asyncpg COPY",
+        "naive INSERT+commit",
+        "daemon / raw COPY",
+        "daemon / naive",
+        "row committed p50",
+        "row committed p99",
+        "oldest row at commit",
+        "frame at simulator p99",
+        "last join at simulator",
+        "every join at simulator",
+        "subscription_status",
+        "peak RSS",
+    ):
+        assert any(expected in metric for metric in metrics), (expected, result.stdout)
+    for _, metric, value, _unit in rows:
+        assert float(value.replace(",", "")) >= 0, metric
+    assert result.stdout.rstrip().endswith("done")
