@@ -24,6 +24,10 @@ SOL = "So11111111111111111111111111111111111111112"
 WALLET2 = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
 
 
+async def watch(db: Any, wallet: str = WALLET, token: str = TOKEN) -> None:
+    await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", wallet, token)
+
+
 def room(wallet: str = WALLET, token: str = TOKEN) -> str:
     return f"wallet:{wallet}:{token}:balance"
 

@@ -20,11 +20,8 @@ from tests.helpers import (
     room,
     running_daemon,
     wait_until,
+    watch,
 )
-
-
-async def watch(db: Any, wallet: str = WALLET, token: str = TOKEN) -> None:
-    await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", wallet, token)
 
 
 async def history(db: Any) -> list[tuple[str, str, Decimal]]:

@@ -33,11 +33,8 @@ from tests.helpers import (
     room,
     running_daemon,
     wait_until,
+    watch,
 )
-
-
-async def watch(db: Any, wallet: str = WALLET, token: str = TOKEN) -> None:
-    await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", wallet, token)
 
 
 async def url_of(daemon: Daemon, path: str) -> str:
