@@ -352,7 +352,7 @@ async def test_a_slow_database_fills_memory_to_its_bound_then_the_spool_and_drop
     assert await stored_amounts(url) == list(range(5000))
 
 
-async def test_a_full_spool_pauses_reading_and_loses_nothing(
+async def test_a_full_spool_pauses_reading_and_loses_nothing_nor_the_connection(
     url: URL, simulator: Simulator
 ) -> None:
     connection = await connect(url)
@@ -363,6 +363,7 @@ async def test_a_full_spool_pauses_reading_and_loses_nothing(
         max_buffered_rows=100,
         spool_max_bytes=1024 * 1024,
         keepalive_interval=60,
+        idle_timeout=0.5,  # reading is paused for longer: that must not count as silence
     )
     total = 12_000  # about 1.4 MB of spool: more than it may hold
     engine = create_engine(url)
@@ -379,7 +380,7 @@ async def test_a_full_spool_pauses_reading_and_loses_nothing(
             lambda: not running.daemon.writer.room.is_set(), timeout=30, what="a full spool"
         )
         paused_at = running.daemon.ingest.messages
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)
         assert running.daemon.ingest.messages == paused_at < total
         await connection.execute("COMMIT")
         await sender
@@ -387,3 +388,4 @@ async def test_a_full_spool_pauses_reading_and_loses_nothing(
     await engine.dispose()
     await connection.close()
     assert await stored_amounts(url) == list(range(total))
+    assert simulator.total_connections == 1
