@@ -37,6 +37,11 @@ _CONNECT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # How long a deliberate close (on stop) waits for the server's half of the closing handshake.
 _CLOSE_GRACE: Final = 2.0
 
+# receive() does not give up the event loop while frames are waiting, and one socket read can
+# hold a thousand: the read loop yields after this many, so the writer's round trips to the
+# database are not held up for the whole backlog.
+_FRAMES_PER_TURN: Final = 100
+
 PerConnection = Callable[[RoomSender], Coroutine[Any, Any, None]]
 
 
@@ -229,11 +234,15 @@ class DatastreamClient:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         clock = asyncio.get_running_loop().time
+        frames = 0
         while True:
             if not self._may_read.is_set():
                 log.warning("datastream.reading_paused", reason="the spool is full")
                 await self._may_read.wait()
                 log.info("datastream.reading_resumed")
+            frames += 1
+            if frames % _FRAMES_PER_TURN == 0:
+                await asyncio.sleep(0)
             message = await ws.receive()
             self._last_frame = clock()
             if message.type is aiohttp.WSMsgType.TEXT:
