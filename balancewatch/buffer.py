@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from balancewatch.records import BalanceRow
+from balancewatch.records import BalanceLine
 from balancewatch.spool import Spool
 
 
@@ -19,7 +19,7 @@ class Buffer:
         self._spool = spool
         self._max_memory_rows = max_memory_rows
         self._durable = durable
-        self.memory: list[BalanceRow] = []
+        self.memory: list[BalanceLine] = []
         # True while the spool may hold rows that are not stored yet. A spool left by an
         # earlier run may: the first spool batch reads the checkpoint and finds out.
         self.spilled = not spool.is_empty()
@@ -27,15 +27,15 @@ class Buffer:
         # monotonic time of the oldest waiting row; a left-over spool is due at once
         self.oldest: float | None = 0.0 if self.spilled else None
 
-    def add(self, row: BalanceRow) -> None:
+    def add(self, line: BalanceLine) -> None:
         if self.oldest is None:
             self.oldest = time.monotonic()
         if self._durable or self.spilled or len(self.memory) >= self._max_memory_rows:
-            self._spool.append(row)
+            self._spool.append(line)
             self.spilled = True
             self.spool_pending += 1
         else:
-            self.memory.append(row)
+            self.memory.append(line)
 
     def __len__(self) -> int:
         return len(self.memory) + self.spool_pending
@@ -43,7 +43,7 @@ class Buffer:
     def has_rows(self) -> bool:
         return bool(self.memory) or self.spilled
 
-    def take_memory(self, limit: int) -> list[BalanceRow]:
+    def take_memory(self, limit: int) -> list[BalanceLine]:
         if len(self.memory) <= limit:
             rows, self.memory = self.memory, []
         else:
@@ -52,7 +52,7 @@ class Buffer:
         self._forget_age_if_empty()
         return rows
 
-    def restore_memory(self, rows: list[BalanceRow], oldest: float | None) -> None:
+    def restore_memory(self, rows: list[BalanceLine], oldest: float | None) -> None:
         """A memory batch that failed goes back in front, with its age."""
         self.memory[:0] = rows
         if rows:

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 APPLICATION_NAME = "balancewatch"
 
@@ -26,19 +26,14 @@ def asyncpg_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def connect_raw(url: URL, *, timeout: float = 10.0) -> Any:
-    """A plain asyncpg connection outside the pool, for LISTEN (it must stay the same one)."""
+async def connect_raw(url: URL, *, role: str, timeout: float = 10.0) -> Any:
+    """A plain asyncpg connection outside the pool, kept by one task for its `role`: LISTEN
+    (it must stay the same one) or the writer (no pool checkout per batch)."""
     return await asyncpg.connect(
         asyncpg_dsn(url),
         timeout=timeout,
-        server_settings={"application_name": f"{APPLICATION_NAME}-listen"},
+        server_settings={"application_name": f"{APPLICATION_NAME}-{role}"},
     )
-
-
-async def driver_connection(connection: AsyncConnection) -> Any:
-    """The asyncpg connection under a SQLAlchemy one: SQLAlchemy has no COPY API."""
-    raw = await connection.get_raw_connection()
-    return raw.driver_connection
 
 
 def describe(url: URL) -> str:

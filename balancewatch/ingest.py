@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Final, Protocol
 
 from balancewatch import logs
 from balancewatch.protocol import BalanceUpdate, Joined, Ping, Rejected, parse_frame
-from balancewatch.records import RejectedRow
+from balancewatch.records import BalanceLine, RejectedRow, Stamps, balance_line
 from balancewatch.subscriptions import Subscriptions
 
 log = logs.get_logger(__name__)
@@ -24,7 +23,7 @@ _SAMPLE_CHARS: Final = 200
 
 
 class RowSink(Protocol):
-    def add(self, wallet: str, token: str, amount: Decimal, received_at: datetime) -> None: ...
+    def add(self, line: BalanceLine) -> None: ...
 
     def add_rejected(self, row: RejectedRow) -> None: ...
 
@@ -42,13 +41,13 @@ class Ingest:
         self._rows = rows
         self._max_frame_bytes = max_frame_bytes
         self._rejected_frame_chars = rejected_frame_chars
+        self._stamps = Stamps()
         self.messages = 0
         self.acks = 0
         self.rejected: Counter[str] = Counter()
 
     def text(self, data: str) -> bool:
         """Handle one text frame; True when it was a ping that needs a pong."""
-        received_at = datetime.now(UTC)
         # A character is at least one UTF-8 byte, and exactly one for ASCII (an O(1) check):
         # only a long non-ASCII frame is ever encoded to be measured.
         if len(data) > self._max_frame_bytes or (
@@ -56,36 +55,37 @@ class Ingest:
         ):
             size = _utf8_size(data)
             too_large = Rejected("too_large", f"{size} bytes, over {self._max_frame_bytes}")
-            self._reject(too_large, received_at, data, size)
+            self._reject(too_large, data, size)
             return False
         frame = parse_frame(data)
         if isinstance(frame, BalanceUpdate):
-            self._balance(frame, received_at, data)
+            self._balance(frame, data)
         elif isinstance(frame, Joined):
             self.acks += 1
             self._subscriptions.joined(frame.room)
         elif isinstance(frame, Ping):
             return True
         else:
-            self._reject(frame, received_at, data, _utf8_size(data))
+            self._reject(frame, data, _utf8_size(data))
         return False
 
     def binary(self, data: bytes) -> None:
         """The Datastream speaks text only: a binary frame is kept as its Python repr."""
-        received_at = datetime.now(UTC)
         rejected = Rejected("binary_frame", f"{len(data)} bytes")
-        self._reject(rejected, received_at, repr(data), len(data))
+        self._reject(rejected, repr(data), len(data))
 
-    def _balance(self, update: BalanceUpdate, received_at: datetime, data: str) -> None:
-        if not self._subscriptions.is_held(update.room):
-            not_joined = Rejected("room_not_joined", "no join was sent for this room", update.room)
-            self._reject(not_joined, received_at, data, _utf8_size(data))
+    def _balance(self, update: BalanceUpdate, data: str) -> None:
+        room = update.room
+        if not self._subscriptions.is_held(room):
+            not_joined = Rejected("room_not_joined", "no join was sent for this room", room)
+            self._reject(not_joined, data, _utf8_size(data))
             return
         self.messages += 1
-        self._rows.add(update.wallet, update.token, update.amount, received_at)
-        self._subscriptions.delivered(update.room)
+        self._rows.add(balance_line(update.wallet, update.token, update.amount, self._stamps.now()))
+        self._subscriptions.delivered(room)
 
-    def _reject(self, rejected: Rejected, received_at: datetime, frame: str, size: int) -> None:
+    def _reject(self, rejected: Rejected, frame: str, size: int) -> None:
+        received_at = datetime.now(UTC)
         limit = self._rejected_frame_chars
         stored = _storable(frame, limit)
         detail = _storable(rejected.detail, limit)

@@ -1,10 +1,10 @@
 """The spool: an append-only local file of balance rows that could not wait in memory.
 
-Rows are appended as text lines to numbered segment files; each append is a write() system
-call, so a row in the spool survives the process being killed (fsync, in batches, adds
-survival of a machine crash). Where a replay starts is not kept here but in the database
-(`spool_checkpoint`), committed in the same transaction as the rows it covers: a replay after a
-crash starts exactly after the last stored row, so no row is lost or stored twice.
+Rows are appended, as the COPY lines they already are, to numbered segment files; each append
+is a write() system call, so a row in the spool survives the process being killed (fsync, in
+batches, adds survival of a machine crash). Where a replay starts is not kept here but in the
+database (`spool_checkpoint`), committed in the same transaction as the rows it covers: a replay
+after a crash starts exactly after the last stored row, so no row is lost or stored twice.
 
 One process per directory: a lock file refuses a second daemon on the same spool.
 """
@@ -15,15 +15,12 @@ import fcntl
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from balancewatch.records import BalanceRow
+from balancewatch.records import BalanceLine, balance_line, stamp_from_micros
 
 _SUFFIX = ".spool"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class SpoolError(RuntimeError):
@@ -38,15 +35,16 @@ class Position:
     offset: int
 
 
-def encode(row: BalanceRow) -> bytes:
-    wallet, token, amount, received_at = row
-    micros = (received_at - _EPOCH) // _MICROSECOND
-    return f"{wallet}\t{token}\t{amount}\t{micros}\n".encode()
-
-
-def decode(line: bytes) -> BalanceRow:
+def current_line(line: bytes) -> BalanceLine:
+    """A spooled line as COPY takes it. Before the spool held COPY lines, a line ended in
+    microseconds since the epoch and its amount could have an exponent (which the text input
+    of Postgres 14 and older refuses past 1000): a spool left by such a version is replayed
+    all the same."""
+    if line.endswith(b"+00:00\n"):
+        return line
     wallet, token, amount, micros = line.decode().rstrip("\n").split("\t")
-    return wallet, token, Decimal(amount), _EPOCH + int(micros) * _MICROSECOND
+    plain = format(Decimal(amount), "f")
+    return balance_line(wallet, token, plain, stamp_from_micros(int(micros)))
 
 
 class Spool:
@@ -91,10 +89,9 @@ class Spool:
     def segments(self) -> list[int]:
         return sorted(int(path.stem) for path in self._directory.glob(f"*{_SUFFIX}"))
 
-    def append(self, row: BalanceRow) -> None:
+    def append(self, line: BalanceLine) -> None:
         if self._size >= self._segment_bytes:
             self._rotate()
-        line = encode(row)
         os.write(self._fd, line)
         self._size += len(line)
         self._total += len(line)
@@ -115,13 +112,13 @@ class Spool:
     def is_empty(self) -> bool:
         return self._total == 0
 
-    def read(self, start: Position, limit: int) -> tuple[list[BalanceRow], Position]:
+    def read(self, start: Position, limit: int) -> tuple[list[BalanceLine], Position]:
         """Up to `limit` rows from `start`, and the position just after them."""
         position = max(start, self.start())
-        rows: list[BalanceRow] = []
+        rows: list[BalanceLine] = []
         while len(rows) < limit and position < self.end():
             lines, position = self._read_segment(position, limit - len(rows))
-            rows.extend(decode(line) for line in lines)
+            rows.extend(map(current_line, lines))
         return rows, position
 
     def release(

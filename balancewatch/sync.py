@@ -61,7 +61,9 @@ class WatchlistSync:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                connection = await connect_raw(self._url, timeout=self._config.connect_timeout)
+                connection = await connect_raw(
+                    self._url, role="listen", timeout=self._config.connect_timeout
+                )
             except _DB_ERRORS as exc:
                 log.warning("sync.connect_failed", error=describe_error(exc))
                 await wait_first(stop, timeout=self._backoff.next_delay())

@@ -4,10 +4,11 @@ through `Ingest`, every frame ends as exactly one row, ack, pong or rejected rec
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, get_args
 
@@ -20,6 +21,7 @@ from balancewatch.ingest import Ingest
 from balancewatch.protocol import (
     MAX_AMOUNT_ADJUSTED,
     BalanceUpdate,
+    Frame,
     Joined,
     Ping,
     Rejected,
@@ -31,7 +33,7 @@ from balancewatch.protocol import (
     parse_frame,
     room_for,
 )
-from balancewatch.records import RejectedRow
+from balancewatch.records import BalanceLine, RejectedRow, balance_line
 from balancewatch.rooms import Pair, wanted_rooms
 from balancewatch.subscriptions import Subscriptions
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room
@@ -47,26 +49,47 @@ def message(
     )
 
 
+# Postgres `numeric` input in plain notation: no exponent (a sign only for "-0" and the like).
+PLAIN_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def scale(amount: Decimal) -> int:
+    """The digits after the point, as Postgres stores them."""
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(0, -exponent)
+
+
+def assert_amount(frame: Frame, expected: Decimal) -> None:
+    """`frame` is a balance whose amount is `expected` in plain notation: the same value and
+    the same digits after the point, so Postgres stores exactly what was sent."""
+    assert isinstance(frame, BalanceUpdate)
+    assert PLAIN_NUMBER.fullmatch(frame.amount)
+    assert Decimal(frame.amount) == expected
+    assert scale(Decimal(frame.amount)) == scale(expected)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("76989.158861", "76989.158861"),
-        ("1e-7", "1E-7"),
-        ("2e+21", "2E+21"),
+        ("1e-7", "0.0000001"),
+        ("2e+21", "2000000000000000000000"),
         ("1.50", "1.50"),
         ("0", "0"),
         ("12345678901234567890123456789.123456789", "12345678901234567890123456789.123456789"),
         ("999999999999999999999999999999999999999", "999999999999999999999999999999999999999"),
-        ("9.99e38", "9.99E+38"),
-        ("1e-16383", "1E-16383"),
+        ("9.99e38", "999" + "0" * 36),
+        ("1e-16383", "0." + "0" * 16382 + "1"),
         ("-0", "-0"),
     ],
 )
-def test_amount_is_decoded_exactly_as_written_without_a_float(text: str, expected: str) -> None:
+def test_amount_keeps_its_exact_value_and_scale_in_plain_notation_without_a_float(
+    text: str, expected: str
+) -> None:
     frame = parse_frame(message(text))
-    assert frame == BalanceUpdate(WALLET, TOKEN, Decimal(text))
-    assert isinstance(frame, BalanceUpdate)
-    assert str(frame.amount) == expected
+    assert frame == BalanceUpdate(WALLET, TOKEN, expected)
+    assert_amount(frame, Decimal(text))
 
 
 def test_the_upstream_example_parses() -> None:
@@ -75,7 +98,7 @@ def test_the_upstream_example_parses() -> None:
         "data": {"wallet": WALLET, "token": TOKEN, "amount": 76989.158861},
         "room": room(),
     }
-    assert parse_frame(json.dumps(example)) == BalanceUpdate(WALLET, TOKEN, Decimal("76989.158861"))
+    assert parse_frame(json.dumps(example)) == BalanceUpdate(WALLET, TOKEN, "76989.158861")
 
 
 @pytest.mark.parametrize(
@@ -190,7 +213,9 @@ def test_any_json_value_as_amount_yields_that_number_or_a_rejection(amount: obje
     is_number = isinstance(amount, int | float) and not isinstance(amount, bool)
     in_range = is_number and within_bounds(Decimal(json.dumps(amount)))
     if in_range and amount >= 0:  # type: ignore[operator]
-        assert frame == BalanceUpdate(WALLET, TOKEN, Decimal(json.dumps(amount)))
+        assert_amount(frame, Decimal(json.dumps(amount)))
+        assert isinstance(frame, BalanceUpdate)
+        assert (frame.wallet, frame.token) == (WALLET, TOKEN)
     else:
         assert isinstance(frame, Rejected)
 
@@ -202,8 +227,7 @@ def test_any_decimal_written_as_json_text_comes_back_equal_or_out_of_range(
     text = format(amount, "f") if -30 < amount.adjusted() < 30 else str(amount)
     frame = parse_frame(message(text.replace("E", "e")))
     if within_bounds(amount):
-        assert isinstance(frame, BalanceUpdate)
-        assert frame.amount == amount
+        assert_amount(frame, amount)
     else:
         assert isinstance(frame, Rejected)
         assert frame.reason == "amount_out_of_range"
@@ -317,7 +341,16 @@ def _no_constants(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def encoded(frame: str) -> BalanceUpdate | Joined | Ping | None:
+@dataclass(frozen=True)
+class Balance:
+    """A balance message as the standard library reads it: the amount as a Decimal."""
+
+    wallet: str
+    token: str
+    amount: Decimal
+
+
+def encoded(frame: str) -> Balance | Joined | Ping | None:
     """What a frame encodes, decoded with the standard library (numbers as Decimal) and checked
     against the protocol notes by hand: independent of the parser. None: must be rejected."""
     try:
@@ -345,7 +378,7 @@ def encoded(frame: str) -> BalanceUpdate | Joined | Ping | None:
         return None
     if not isinstance(amount, Decimal) or amount < 0 or not within_bounds(amount):
         return None
-    return BalanceUpdate(wallet, token, amount)
+    return Balance(wallet, token, amount)
 
 
 REASONS = frozenset(get_args(RejectReason))
@@ -360,12 +393,13 @@ def test_any_structured_frame_yields_exactly_what_it_encodes_or_a_rejection(fram
     if expected is None:
         assert isinstance(result, Rejected)
         assert result.reason in REASONS
+    elif isinstance(expected, Balance):
+        # Equal as a Decimal is not enough: the digits after the point are kept as written.
+        assert_amount(result, expected.amount)
+        assert isinstance(result, BalanceUpdate)
+        assert (result.wallet, result.token) == (expected.wallet, expected.token)
     else:
         assert result == expected
-    if isinstance(expected, BalanceUpdate):
-        # Equal as a Decimal is not enough: the digits and the exponent are kept as written.
-        assert isinstance(result, BalanceUpdate)
-        assert result.amount.as_tuple() == expected.amount.as_tuple()
 
 
 # -- every frame through Ingest ------------------------------------------------------------------
@@ -379,12 +413,12 @@ REJECTED_FRAME_CHARS = 256
 class RecordingSink:
     """The writer as Ingest and Subscriptions see it, recording what they hand it."""
 
-    rows: list[tuple[str, str, Decimal, datetime]] = field(default_factory=list)
+    rows: list[BalanceLine] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     status: list[tuple[Pair, str]] = field(default_factory=list)
 
-    def add(self, wallet: str, token: str, amount: Decimal, received_at: datetime) -> None:
-        self.rows.append((wallet, token, amount, received_at))
+    def add(self, line: BalanceLine) -> None:
+        self.rows.append(line)
 
     def add_rejected(self, row: RejectedRow) -> None:
         self.rejected.append(row)
@@ -464,10 +498,14 @@ async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_re
         event(next(iter(ingest.rejected), "row" if sink.rows else "ack" if ingest.acks else "pong"))
         assert outcomes == 1
         if sink.rows:
-            ((wallet, token, amount, _),) = sink.rows
+            (line,) = sink.rows
             assert isinstance(raw, str)
-            assert parse_frame(raw) == BalanceUpdate(wallet, token, amount)
-            assert (wallet, token) in HELD
+            update = parse_frame(raw)
+            assert isinstance(update, BalanceUpdate)
+            assert (update.wallet, update.token) in HELD
+            stamp = line[line.rindex(b"\t") + 1 : -1].decode()
+            assert datetime.fromisoformat(stamp).utcoffset() == timedelta(0)
+            assert line == balance_line(update.wallet, update.token, update.amount, stamp)
         if not sink.rejected:
             assert ingest.rejected == Counter()
             return

@@ -1,27 +1,47 @@
-"""The spool file: rows round-trip exactly, across segments, torn tails and restarts."""
+"""The spool file: rows round-trip exactly, across segments, torn tails, restarts and the
+previous version's format."""
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancewatch.records import BalanceRow
-from balancewatch.spool import Position, Spool, SpoolError, decode, encode
-from tests.helpers import TOKEN, WALLET
+from balancewatch.records import BalanceLine, balance_line, received_at, stamp_from_micros
+from balancewatch.spool import Position, Spool, SpoolError, current_line
+from tests.helpers import TOKEN, WALLET, WALLET2
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+times = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
+# Amounts as the parser hands them on: plain notation, any scale.
+amounts = st.decimals(allow_nan=False, allow_infinity=False, min_value=0).map(
+    lambda amount: format(amount, "f")
+)
 
 
-def rows(count: int, start: int = 0) -> list[BalanceRow]:
-    return [
-        (WALLET, TOKEN, Decimal(f"{i}.5"), T0 + timedelta(seconds=i))
-        for i in range(start, start + count)
-    ]
+def micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def line(amount: str, moment: datetime, wallet: str = WALLET) -> BalanceLine:
+    return balance_line(wallet, TOKEN, amount, stamp_from_micros(micros(moment)))
+
+
+def old_line(amount: str, moment: datetime) -> bytes:
+    """A row as the previous version spooled it: the time in microseconds since the epoch."""
+    return f"{WALLET}\t{TOKEN}\t{amount}\t{micros(moment)}\n".encode()
+
+
+def rows(count: int, start: int = 0) -> list[BalanceLine]:
+    return [line(f"{i}.5", T0 + timedelta(seconds=i)) for i in range(start, start + count)]
 
 
 def opened(directory: Path, segment_bytes: int = 64 * 1024 * 1024) -> Spool:
@@ -30,17 +50,56 @@ def opened(directory: Path, segment_bytes: int = 64 * 1024 * 1024) -> Spool:
     return spool
 
 
-@given(
-    st.decimals(allow_nan=False, allow_infinity=False, min_value=0),
-    st.datetimes(
-        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
-    ),
-)
-def test_a_row_round_trips_exactly(amount: Decimal, received_at: datetime) -> None:
-    row = (WALLET, TOKEN, amount, received_at)
-    back = decode(encode(row))
-    assert back == row
-    assert str(back[2]) == str(amount)
+@given(st.sampled_from([WALLET, WALLET2]), amounts, times)
+def test_a_line_is_read_back_byte_for_byte(wallet: str, amount: str, moment: datetime) -> None:
+    written = line(amount, moment, wallet)
+    with tempfile.TemporaryDirectory() as directory:
+        spool = opened(Path(directory))
+        spool.append(written)
+        assert spool.read(spool.start(), 10) == ([written], spool.end())
+        spool.close()
+
+
+@given(times)
+def test_the_time_a_line_was_stamped_with_reads_back_exactly(moment: datetime) -> None:
+    read = received_at(balance_line(WALLET, TOKEN, "1", stamp_from_micros(micros(moment))))
+    assert read == moment
+    assert read.utcoffset() == timedelta(0)
+
+
+# An amount as the previous version spooled it (str of a Decimal), and as COPY takes it now.
+OLD_AMOUNTS = [
+    ("76989.158861", "76989.158861"),
+    ("1.50", "1.50"),
+    ("0", "0"),
+    ("1E-7", "0.0000001"),
+    ("2E+21", "2000000000000000000000"),
+    ("1E-16383", "0." + "0" * 16382 + "1"),
+]
+
+
+@given(st.sampled_from(OLD_AMOUNTS), times)
+def test_a_line_of_the_previous_format_becomes_the_line_balance_line_makes(
+    old_and_plain: tuple[str, str], moment: datetime
+) -> None:
+    old_amount, plain = old_and_plain
+    current = line(plain, moment)
+    assert current_line(old_line(old_amount, moment)) == current
+    assert current_line(current) == current
+
+
+def test_a_spool_left_by_the_previous_version_is_read_back_in_the_current_format(
+    tmp_path: Path,
+) -> None:
+    moments = [T0 + timedelta(seconds=i) for i in range(5)]
+    (tmp_path / f"{1:012d}.spool").write_bytes(
+        b"".join(old_line(f"{i}.5", moment) for i, moment in enumerate(moments[:3]))
+    )
+    spool = opened(tmp_path)
+    for i, moment in enumerate(moments[3:], start=3):
+        spool.append(line(f"{i}.5", moment))  # the new version appends to the same segment
+    assert spool.read(spool.start(), 100) == (rows(5), spool.end())
+    spool.close()
 
 
 def test_rows_are_read_back_in_order_across_segments(tmp_path: Path) -> None:
@@ -49,7 +108,7 @@ def test_rows_are_read_back_in_order_across_segments(tmp_path: Path) -> None:
     for row in written:
         spool.append(row)
     assert len(spool.segments()) > 3
-    read: list[BalanceRow] = []
+    read: list[BalanceLine] = []
     position = spool.start()
     while position < spool.end():
         batch, position = spool.read(position, 7)
