@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     api_key_file: Path | None = None
 
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
-    flush_interval: float = Field(default=0.2, gt=0, le=60)
+    flush_interval: float = Field(default=0.02, gt=0, le=60)
     reconcile_interval: float = Field(default=30.0, gt=0)
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
