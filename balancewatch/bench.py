@@ -91,6 +91,7 @@ class Plan:
     sync_changes: int = 1_000
     sync_txn_rows: int = 10_000
     scale_pairs: int = 100_000
+    scale_sync_changes: int = 100  # single-row changes with scale_pairs watched
     flush_interval: float | None = None  # None: the daemon's default
     uvloop: bool = False  # run the bench's process (and the in-process daemon) on uvloop
 
@@ -106,6 +107,7 @@ class Plan:
             sync_changes=20,
             sync_txn_rows=300,
             scale_pairs=500,
+            scale_sync_changes=10,
         )
 
 
@@ -437,29 +439,44 @@ async def _latency(run: _Run) -> None:
     )
 
 
-async def _sync(plan: Plan, sim: Simulator, db: Any, results: Results) -> None:
-    seen: dict[tuple[str, str], float] = {}
+Seen = dict[tuple[str, str], float]  # (join or leave, room) -> when the simulator read it
 
+
+def _recorder(seen: Seen) -> Callable[[SimEvent], None]:
     def record(event: SimEvent) -> None:
         if event.kind in ("join", "leave") and event.room is not None:
             seen[(event.kind, event.room)] = event.at
 
+    return record
+
+
+async def _single_row_delays(
+    sim: Simulator, db: Any, pairs: list[tuple[str, str]], seen: Seen
+) -> list[float]:
+    """Each pair INSERTed then DELETEd, one autocommit statement at a time: milliseconds from
+    each commit to its join or leave at the simulator, sorted."""
+    delays: list[float] = []
+    for wallet, token in pairs:
+        room = room_for(wallet, token)
+        for kind, sql in (
+            ("join", "INSERT INTO watchlist (wallet, token) VALUES ($1, $2)"),
+            ("leave", "DELETE FROM watchlist WHERE wallet = $1 AND token = $2"),
+        ):
+            await db.execute(sql, wallet, token)
+            at = time.monotonic()
+            await sim.wait_for(lambda k=kind, r=room: (k, r) in seen, timeout=10)  # type: ignore[misc]
+            delays.append((seen[(kind, room)] - at) * 1000)
+    return sorted(delays)
+
+
+async def _sync(plan: Plan, sim: Simulator, db: Any, results: Results) -> None:
+    seen: Seen = {}
+    record = _recorder(seen)
     sim.listeners.append(record)
     try:
         fresh = bench_pairs(plan.sync_changes // 2 + plan.sync_txn_rows, start=1_000_000)
         singles, bulk = fresh[: plan.sync_changes // 2], fresh[plan.sync_changes // 2 :]
-        delays: list[float] = []
-        for wallet, token in singles:
-            room = room_for(wallet, token)
-            for kind, sql in (
-                ("join", "INSERT INTO watchlist (wallet, token) VALUES ($1, $2)"),
-                ("leave", "DELETE FROM watchlist WHERE wallet = $1 AND token = $2"),
-            ):
-                await db.execute(sql, wallet, token)
-                at = time.monotonic()
-                await sim.wait_for(lambda k=kind, r=room: (k, r) in seen, timeout=10)  # type: ignore[misc]
-                delays.append((seen[(kind, room)] - at) * 1000)
-        delays.sort()
+        delays = await _single_row_delays(sim, db, singles, seen)
         results.add(
             "sync",
             f"commit -> frame at simulator p50 ({len(delays):,} changes)",
@@ -539,6 +556,10 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
                 await asyncio.sleep(0.05)
             all_joined = time.monotonic() - started
             peak = _peak_rss_mb(process.pid)
+            seen: Seen = {}
+            sim.listeners.append(_recorder(seen))
+            changes = bench_pairs(plan.scale_sync_changes // 2, start=9_000_000)
+            delays = await _single_row_delays(sim, db, changes, seen)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -554,6 +575,12 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
         "target <= 30 s",
     )
     results.add("scale", "daemon peak RSS (VmHWM)", f"{peak:.0f} MB", "target <= 250 MB")
+    results.add(
+        "scale",
+        f"then commit -> frame p50 ({len(delays)} single-row changes)",
+        f"{_pct(delays, 50):.1f} ms",
+    )
+    results.add("scale", "then commit -> frame p99", f"{_pct(delays, 99):.1f} ms")
 
 
 def _daemon_overrides(plan: Plan) -> dict[str, Any]:

@@ -14,16 +14,21 @@ from sqlalchemy.sql.expression import Executable
 from balancewatch.models import subscription_status, watchlist
 from balancewatch.rooms import Pair
 
+_ENABLED_PAIRS = "SELECT wallet, token FROM watchlist WHERE enabled"
+
 
 async def enabled_pairs(engine: AsyncEngine) -> list[Pair]:
     """Every enabled (wallet, token): the input of `rooms.wanted_rooms`.
 
-    A later shard filter narrows this query, nothing else.
+    Read by the driver itself: at 100,000 rows, SQLAlchemy's row objects took 0.3 s of the
+    event loop (the read loop's time), asyncpg's records 0.04-0.1 s. A later shard filter
+    narrows this query, nothing else.
     """
-    query = select(watchlist.c.wallet, watchlist.c.token).where(watchlist.c.enabled)
     async with engine.connect() as connection:
-        result = await connection.execute(query)
-        return [(row.wallet, row.token) for row in result]
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None  # a connection checked out of the pool is open
+        records = await driver.fetch(_ENABLED_PAIRS)
+    return [(wallet, token) for wallet, token in records]
 
 
 async def add(engine: AsyncEngine, wallet: str, token: str, label: str | None) -> bool:

@@ -71,6 +71,7 @@ def test_quick_bench_prints_every_section(server_url: URL) -> None:
         "every join at simulator",
         "subscription_status",
         "peak RSS",
+        "single-row changes",
     ):
         assert any(expected in metric for metric in metrics), (expected, result.stdout)
     for _, metric, value, _unit in rows:
