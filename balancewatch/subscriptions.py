@@ -18,7 +18,7 @@ from typing import Protocol
 from balancewatch.aio import wait_first
 from balancewatch.join_acks import PendingJoins
 from balancewatch.logs import get_logger
-from balancewatch.protocol import pair_for
+from balancewatch.protocol import pair_for, room_for
 from balancewatch.rooms import Pair, Wanted, diff_rooms
 
 log = get_logger(__name__)
@@ -46,7 +46,7 @@ class Subscriptions:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._status = status
-        self._wanted: Mapping[str, Pair] = {}
+        self._wanted: dict[str, Pair] = {}
         self._invalid: Mapping[Pair, str] = {}
         self._held: set[str] = set()  # join sent on the live connection (acked or not)
         self._unacked = PendingJoins(join_ack_timeout, join_retry_max)  # a subset of held
@@ -75,15 +75,27 @@ class Subscriptions:
         """The watchlist says these rooms are wanted now."""
         async with self._lock:
             previous = self._wanted
-            self._wanted = wanted.rooms
+            self._wanted = dict(wanted.rooms)
             self._record_invalid(wanted.invalid)
             if self._sender is None:
-                self._status.set_status(_pairs(previous, set(previous) - set(wanted.rooms)), "left")
-                self._status.set_status(
-                    _pairs(wanted.rooms, set(wanted.rooms) - set(previous)), "joining"
-                )
+                self._status_offline(previous, wanted.rooms)
                 return
             await self._apply(self._sender)
+
+    async def update(self, checked: Collection[Pair], wanted: Wanted) -> None:
+        """Only these pairs were read again: `wanted` is what the watchlist says of them now.
+        Every other room stays as it is, and only these rooms are diffed."""
+        async with self._lock:
+            scope = {room_for(*pair) for pair in checked} | wanted.rooms.keys()
+            previous = {room: self._wanted[room] for room in scope if room in self._wanted}
+            for room in previous:
+                del self._wanted[room]
+            self._wanted.update(wanted.rooms)
+            self._record_invalid(wanted.invalid, checked)
+            if self._sender is None:
+                self._status_offline(previous, wanted.rooms)
+                return
+            await self._apply(self._sender, scope)
 
     async def connected(self, sender: RoomSender) -> None:
         """A new connection is open: it holds nothing yet, so every wanted room is joined."""
@@ -155,8 +167,18 @@ class Subscriptions:
         if pair is not None:
             self._status.set_status([pair], "error", error)
 
-    async def _apply(self, sender: RoomSender) -> None:
-        diff = diff_rooms(set(self._wanted), self._held)
+    def _status_offline(self, before: Mapping[str, Pair], after: Mapping[str, Pair]) -> None:
+        """With no connection nothing is sent: the status says what the next one will do."""
+        self._status.set_status(_pairs(before, before.keys() - after.keys()), "left")
+        self._status.set_status(_pairs(after, after.keys() - before.keys()), "joining")
+
+    async def _apply(self, sender: RoomSender, scope: Collection[str] | None = None) -> None:
+        """Join and leave until the held rooms are the wanted ones (among `scope`, if given)."""
+        if scope is None:
+            diff = diff_rooms(set(self._wanted), self._held)
+        else:
+            in_scope = set(scope)
+            diff = diff_rooms(in_scope & self._wanted.keys(), in_scope & self._held)
         leaving = [_pair_of(room) for room in diff.leave]
         try:
             if diff.leave:
@@ -187,14 +209,21 @@ class Subscriptions:
                 held=len(self._held),
             )
 
-    def _record_invalid(self, invalid: Mapping[Pair, str]) -> None:
+    def _record_invalid(
+        self, invalid: Mapping[Pair, str], checked: Collection[Pair] | None = None
+    ) -> None:
+        """`invalid`: the rows that cannot be joined, of all rows or of those `checked`."""
         fresh = {
             pair: reason for pair, reason in invalid.items() if self._invalid.get(pair) != reason
         }
         for pair, reason in fresh.items():
             log.warning("subscriptions.invalid_row", wallet=pair[0], token=pair[1], reason=reason)
             self._status.set_status([pair], "invalid", reason)
-        self._invalid = invalid
+        if checked is None:
+            self._invalid = dict(invalid)
+        else:
+            kept = {pair: reason for pair, reason in self._invalid.items() if pair not in checked}
+            self._invalid = kept | dict(invalid)
 
 
 def _pairs(rooms: Mapping[str, Pair], subset: Collection[str]) -> list[Pair]:

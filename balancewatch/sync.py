@@ -1,8 +1,10 @@
 """Keeps the wanted rooms equal to the enabled watchlist rows.
 
 A trigger NOTIFYs on every statement that changes the table; this task LISTENs on its own
-connection (outside the pool) and re-reads the table when told. Notifications are lost while
-disconnected, so it also reconciles on a timer, after every reconnect of its own connection,
+connection (outside the pool) and re-reads when told: just the pairs the notification names
+when it names them (a statement of a few rows), else the whole table. Either way the rows
+are the truth and the notification only a hint. Notifications are lost while disconnected,
+so it also reads the whole table on a timer, after every reconnect of its own connection,
 and whenever the websocket reconnects.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import msgspec
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,10 +26,12 @@ from balancewatch.backoff import Backoff
 from balancewatch.db import connect_raw
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.models import WATCHLIST_CHANNEL
-from balancewatch.rooms import wanted_rooms
+from balancewatch.rooms import Pair, wanted_rooms
 from balancewatch.subscriptions import Subscriptions
 
 log = get_logger(__name__)
+
+_payload_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 
 _DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError)
 
@@ -52,10 +57,14 @@ class WatchlistSync:
         self._subscriptions = subscriptions
         self._config = config
         self._wake = asyncio.Event()
+        self._full = True  # the next read is of the whole table
+        self._touched: set[Pair] = set()  # else of just these pairs
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         self.reconciles = 0
+        self.rechecks = 0
 
     def request_reconcile(self) -> None:
+        self._full = True
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -82,12 +91,26 @@ class WatchlistSync:
         await self._subscriptions.want(wanted)
         self.reconciles += 1
 
+    async def recheck(self, pairs: set[Pair]) -> None:
+        """Read the current rows of these pairs only, and update just their rooms."""
+        enabled = await watchlist.enabled_among(self._engine, pairs)
+        await self._subscriptions.update(pairs, wanted_rooms(enabled))
+        self.rechecks += 1
+
+    def _notified(self, payload: str) -> None:
+        touched = touched_pairs(payload)
+        if touched is None:
+            self._full = True
+        else:
+            self._touched |= touched
+        self._wake.set()
+
     async def _listen(self, connection: Any, stop: asyncio.Event) -> None:
         lost = asyncio.Event()
-        await connection.add_listener(WATCHLIST_CHANNEL, lambda *_: self._wake.set())
+        await connection.add_listener(WATCHLIST_CHANNEL, lambda *args: self._notified(args[3]))
         connection.add_termination_listener(lambda _: lost.set())
         log.info("sync.listening", channel=WATCHLIST_CHANNEL)
-        self._wake.set()  # anything may have changed while we were not listening
+        self.request_reconcile()  # anything may have changed while we were not listening
         while True:
             await wait_first(self._wake, stop, lost, timeout=self._config.reconcile_interval)
             if stop.is_set():
@@ -97,9 +120,33 @@ class WatchlistSync:
             if not self._wake.is_set():
                 # A quiet period: prove the LISTEN connection is still alive.
                 await connection.execute("SELECT 1", timeout=self._config.connect_timeout)
-            self._wake.clear()
-            await self.reconcile()
+                self._full = True
+            await self._read_what_changed()
             self._backoff.reset()
+
+    async def _read_what_changed(self) -> None:
+        # Taken before the read: a notification that arrives during it wakes the next one.
+        self._wake.clear()
+        full, touched = self._full, self._touched
+        self._full, self._touched = False, set()
+        try:
+            if full:
+                await self.reconcile()
+            elif touched:
+                await self.recheck(touched)
+        except BaseException:
+            self._full = True  # not read: read everything next time
+            raise
+
+
+def touched_pairs(payload: str) -> set[Pair] | None:
+    """The pairs a notification names, or None for "re-read everything" (an empty payload,
+    'TRUNCATE', or one sent by an older schema)."""
+    try:
+        pairs = _payload_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return set(pairs) if pairs else None
 
 
 async def _close_quietly(connection: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,11 @@ from balancewatch.models import subscription_status, watchlist
 from balancewatch.rooms import Pair
 
 _ENABLED_PAIRS = "SELECT wallet, token FROM watchlist WHERE enabled"
+_ENABLED_AMONG = """
+SELECT w.wallet, w.token FROM watchlist AS w
+JOIN unnest($1::text[], $2::text[]) AS p(wallet, token) USING (wallet, token)
+WHERE w.enabled
+"""
 
 
 async def enabled_pairs(engine: AsyncEngine) -> list[Pair]:
@@ -24,10 +30,20 @@ async def enabled_pairs(engine: AsyncEngine) -> list[Pair]:
     event loop (the read loop's time), asyncpg's records 0.04-0.1 s. A later shard filter
     narrows this query, nothing else.
     """
+    return await _fetch_pairs(engine, _ENABLED_PAIRS)
+
+
+async def enabled_among(engine: AsyncEngine, pairs: Collection[Pair]) -> list[Pair]:
+    """Those of `pairs` that are in the watchlist and enabled."""
+    wallets, tokens = [wallet for wallet, _ in pairs], [token for _, token in pairs]
+    return await _fetch_pairs(engine, _ENABLED_AMONG, wallets, tokens)
+
+
+async def _fetch_pairs(engine: AsyncEngine, query: str, *args: object) -> list[Pair]:
     async with engine.connect() as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None  # a connection checked out of the pool is open
-        records = await driver.fetch(_ENABLED_PAIRS)
+        records = await driver.fetch(query, *args)
     return [(wallet, token) for wallet, token in records]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal
 from typing import Any
@@ -187,6 +188,41 @@ async def test_watchlist_edits_reach_the_socket_within_a_second(
         assert kinds(simulator, "leave", room()) == 2
         await wait_until(lambda: _state_is(db, "left"), what="the left state")
     assert insert_to_join < 1.0
+
+
+async def test_a_few_rows_changed_are_read_again_alone_and_their_rooms_follow_the_table(
+    engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    settings = make_settings(database_url, simulator.url, reconcile_interval=60.0)
+    async with running_daemon(engine, settings) as running:
+        await simulator.wait_for(lambda: simulator.live_connections == 1)
+        await wait_until(_sync_listening(db), what="the LISTEN connection")
+        await watch(db)
+        await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=2.0)
+        sync = running.daemon.sync
+        full_reads, rechecks = sync.reconciles, sync.rechecks
+
+        # A new token for the row: the old room is left, the new one joined.
+        await db.execute("UPDATE watchlist SET token = $1", SOL)
+        await simulator.wait_for(lambda: simulator.joined_rooms() == {room(WALLET, SOL)})
+        # Deleted and inserted again in one transaction: the notifications name the same
+        # pair twice (Postgres may fold them); what counts is the row at the end: joined.
+        async with db.transaction():
+            await db.execute("DELETE FROM watchlist")
+            await watch(db, WALLET2, TOKEN)
+            await db.execute("DELETE FROM watchlist")
+            await watch(db, WALLET2, TOKEN)
+        await simulator.wait_for(lambda: simulator.joined_rooms() == {room(WALLET2, TOKEN)})
+        await wait_until(lambda: sync.rechecks >= rechecks + 2, what="two re-reads")
+        await asyncio.sleep(0.3)  # the transaction's notifications may take a second re-read
+        # A label changed: read again, nothing to send.
+        frames, rechecks = len(simulator.events), sync.rechecks
+        await db.execute("UPDATE watchlist SET label = 'renamed'")
+        await wait_until(lambda: sync.rechecks > rechecks, what="the label's re-read")
+        assert len(simulator.events) == frames
+        assert sync.reconciles == full_reads  # never the whole table
+    assert kinds(simulator, "leave", room()) == 1
+    assert kinds(simulator, "join", room(WALLET2, TOKEN)) == 1
 
 
 def _sync_listening(db: Any) -> Any:

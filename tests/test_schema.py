@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
@@ -15,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch import migrate
 from balancewatch.db import asyncpg_dsn
 from balancewatch.models import WATCHLIST_CHANNEL, metadata
-from tests.helpers import TOKEN, WALLET
+from balancewatch.rooms import Pair
+from balancewatch.sync import touched_pairs
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 
 
 async def test_the_migrations_and_the_models_agree(engine: AsyncEngine) -> None:
@@ -57,37 +60,61 @@ async def test_a_pair_is_watched_once(db: Any) -> None:
         await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
 
 
-async def test_every_kind_of_watchlist_change_notifies_once_per_statement(
+async def test_each_watchlist_change_notifies_the_pairs_it_touched_or_to_read_all(
     db: Any, database_url: Any
 ) -> None:
     listener = await asyncpg.connect(asyncpg_dsn(database_url))
-    received: list[str] = []
-    all_in = asyncio.Event()
+    received: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(WATCHLIST_CHANNEL, lambda *args: received.put_nowait(args[3]))
 
-    def collect(*args: Any) -> None:
-        received.append(args[3])
-        if len(received) == 5:
-            all_in.set()
+    async def notified(sql: str, *args: object) -> set[Pair] | None:
+        await db.execute(sql, *args)
+        return touched_pairs(await asyncio.wait_for(received.get(), timeout=5))
 
-    await listener.add_listener(WATCHLIST_CHANNEL, collect)
+    insert = "INSERT INTO watchlist (wallet, token) VALUES ($1, $2)"
     try:
-        await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
-        await db.execute("UPDATE watchlist SET enabled = false")
-        await db.execute("DELETE FROM watchlist")
-        await db.execute("TRUNCATE watchlist")
-        async with db.transaction():
-            for i in range(3):
-                await db.execute(
-                    "INSERT INTO watchlist (wallet, token) "
-                    "VALUES ($1, translate(md5($2), '0', 'z'))",
-                    WALLET,
-                    str(i),
-                )
-        await asyncio.wait_for(all_in.wait(), timeout=5)
+        assert await notified(insert, WALLET, TOKEN) == {(WALLET, TOKEN)}
+        # An upsert that conflicts: its INSERT touched no row and says nothing; the UPDATE does.
+        upsert = f"{insert} ON CONFLICT (wallet, token) DO UPDATE SET label = 'x'"
+        assert await notified(upsert, WALLET, TOKEN) == {(WALLET, TOKEN)}
+        # A changed key names the old pair and the new one.
+        moved = await notified("UPDATE watchlist SET token = $1", SOL)
+        assert moved == {(WALLET, TOKEN), (WALLET, SOL)}
+        await db.execute("UPDATE watchlist SET enabled = false WHERE false")  # no row: silent
+        assert await notified("DELETE FROM watchlist") == {(WALLET, SOL)}
+        many = (
+            "INSERT INTO watchlist (wallet, token) "
+            "SELECT $1, translate(md5(i::text), '0', 'z') FROM generate_series(1, 40) AS i"
+        )
+        assert await notified(many, WALLET2) is None  # 40 rows: read them all
+        assert await notified("TRUNCATE watchlist") is None
+        assert received.empty()
     finally:
         await listener.close()
-    # Postgres folds identical notifications of one transaction into one.
-    assert received == ["INSERT", "UPDATE", "DELETE", "TRUNCATE", "INSERT"]
+
+
+async def test_downgrading_0004_brings_back_one_plain_notification_per_statement(
+    engine: AsyncEngine, db: Any, database_url: Any
+) -> None:
+    def downgrade(connection: Connection) -> None:
+        config = migrate.alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(downgrade)
+    listener = await asyncpg.connect(asyncpg_dsn(database_url))
+    received: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(WATCHLIST_CHANNEL, lambda *args: received.put_nowait(args[3]))
+    try:
+        await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
+        payload = await asyncio.wait_for(received.get(), timeout=5)
+    finally:
+        await listener.close()
+    assert payload == "INSERT"
+    assert touched_pairs(payload) is None  # which a daemon of today reads as "read all"
+    await migrate.upgrade(engine)
+    assert await migrate.current_revision(engine) == migrate.head_revision()
 
 
 async def test_updated_at_moves_on_update_and_created_at_stays(db: Any) -> None:

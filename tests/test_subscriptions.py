@@ -514,11 +514,74 @@ async def test_an_invalid_row_removed_and_added_again_is_recorded_again(
     assert status.states(BAD) == ["invalid", "invalid"]
 
 
+# --- updates of a few pairs ---------------------------------------------------------------------
+
+
+async def test_an_update_diffs_only_the_pairs_read_again_and_keeps_the_rest(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A, B))
+    sender.frames.clear()
+    status.changes.clear()
+
+    # B was deleted, C inserted, D read again and still absent; A was not read at all.
+    await subs.update({B, C, D}, want(C))
+    assert sender.frames == [("leave", r(B)), ("join", r(C))]
+    assert subs.wanted == subs.held == {r(A), r(C)}
+    assert status.states(A) == status.states(D) == []
+
+
+async def test_an_update_of_a_pair_still_wanted_sends_nothing(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(A))
+    sender.frames.clear()
+    status.changes.clear()
+
+    await subs.update({A}, want(A))  # its label changed, say
+    assert sender.frames == []
+    assert status.changes == []
+
+
+async def test_an_update_while_disconnected_records_joining_and_left_for_those_pairs(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.want(want(A, B))
+    status.changes.clear()
+    await subs.update({B, C}, want(C))
+    assert status.states(B) == ["left"]
+    assert status.states(C) == ["joining"]
+    assert status.states(A) == []
+
+
+async def test_an_invalid_row_read_again_stays_recorded_once_and_leaves_the_others_alone(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await subs.want(wanted_rooms([BAD, A]))
+    await subs.update({BAD}, wanted_rooms([BAD]))
+    assert status.states(BAD) == ["invalid"]
+    await subs.update({BAD}, wanted_rooms([]))  # deleted
+    await subs.update({BAD}, wanted_rooms([BAD]))  # and inserted again
+    assert status.states(BAD) == ["invalid", "invalid"]
+    assert subs.wanted == {r(A)}
+
+
 # --- property ---------------------------------------------------------------------------------
 
 _ops = st.lists(
     st.one_of(
         st.tuples(st.just("want"), st.frozensets(st.integers(0, len(POOL) - 1))),
+        st.tuples(  # (pairs read again, those of them now enabled)
+            st.just("update"),
+            st.tuples(
+                st.frozensets(st.integers(0, len(POOL) - 1), min_size=1),
+                st.frozensets(st.integers(0, len(POOL) - 1)),
+            ),
+        ),
         st.tuples(st.just("connect"), st.none()),
         st.tuples(st.just("disconnect"), st.sampled_from([None, "dropped"])),
         st.tuples(st.just("break"), st.none()),
@@ -538,10 +601,11 @@ class Session:
         self.subs = Subscriptions(self.status, clock=self.clock)
         self.senders: list[FakeSender] = []
         self.current: FakeSender | None = None
+        self.watchlist: set[Pair] = set()  # what the watchlist says, by the ops so far
 
     async def apply(self, op: str, arg: Any) -> None:
-        if op == "want":
-            await self.subs.want(wanted_rooms([POOL[i] for i in sorted(arg)]))
+        if op in ("want", "update"):
+            await self.read_watchlist(op, arg)
         elif op == "connect":
             if self.current is not None:  # the old connection closes before a new one opens
                 self.subs.disconnected(None)
@@ -559,6 +623,17 @@ class Session:
             self.clock.now += arg
             if self.current is not None:
                 await self.subs.resend_unacked(self.current)
+
+    async def read_watchlist(self, op: str, arg: Any) -> None:
+        """The sync's two reads: all of the watchlist, or a few pairs of it again."""
+        if op == "want":
+            self.watchlist = {POOL[i] for i in arg}
+            await self.subs.want(wanted_rooms([POOL[i] for i in sorted(arg)]))
+            return
+        checked = {POOL[i] for i in arg[0]}
+        enabled = {POOL[i] for i in arg[0] & arg[1]}
+        self.watchlist = (self.watchlist - checked) | enabled
+        await self.subs.update(checked, wanted_rooms(sorted(enabled)))
 
     async def connect(self) -> None:
         self.current = FakeSender()
@@ -581,6 +656,7 @@ async def test_a_room_is_joined_again_on_one_connection_only_while_unacked_and_h
     for op, arg in ops:
         await session.apply(op, arg)
     await session.settle()
+    assert session.subs.wanted == {r(pair) for pair in session.watchlist}
 
     for sender in session.senders:
         # Asserts: no leave of a room not held, no join of a held room but a re-sent join of
