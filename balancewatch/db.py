@@ -6,9 +6,23 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 APPLICATION_NAME = "balancewatch"
+
+# What a database that is away, restarting or killing our connections raises: retried, never
+# fatal. asyncpg's InternalClientError belongs here: a connection terminated by the server
+# while idle is not known to be closed yet, and the next operation on it fails with "cannot
+# switch to state ...; another operation is in progress".
+DB_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    SQLAlchemyError,
+)
 
 
 def create_engine(url: URL, *, pool_size: int = 4) -> AsyncEngine:

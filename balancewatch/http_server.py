@@ -14,18 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balancewatch.db import DB_ERRORS
 from balancewatch.logs import describe_error, get_logger, scrubber
 
 log = get_logger(__name__)
 
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError)
 DB_CHECK_TIMEOUT: Final = 2.0
 DB_CHECK_MAX_AGE: Final = 1.0
 
@@ -78,7 +76,7 @@ class DatabaseProbe:
             error = None
         except TimeoutError:
             error = f"no answer within {self._timeout:g} s"
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             error = scrubber.scrub(describe_error(exc))
         finally:
             self._running = None

@@ -14,16 +14,14 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import msgspec
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import watchlist
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
-from balancewatch.db import connect_raw
+from balancewatch.db import DB_ERRORS, connect_raw
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.models import WATCHLIST_CHANNEL
 from balancewatch.rooms import Pair, Wanted, wanted_rooms
@@ -33,8 +31,6 @@ log = get_logger(__name__)
 
 _payload_decoder = msgspec.json.Decoder(list[tuple[str, str]])
 _PAIRS_PER_STEP = 5_000
-
-_DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError)
 
 
 class ListenConnectionLost(ConnectionError):
@@ -74,13 +70,13 @@ class WatchlistSync:
                 connection = await connect_raw(
                     self._url, role="listen", timeout=self._config.connect_timeout
                 )
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 log.warning("sync.connect_failed", error=describe_error(exc))
                 await wait_first(stop, timeout=self._backoff.next_delay())
                 continue
             try:
                 await self._listen(connection, stop)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 log.warning("sync.listen_lost", error=describe_error(exc))
                 await wait_first(stop, timeout=self._backoff.next_delay())
             finally:
@@ -166,5 +162,5 @@ def touched_pairs(payload: str) -> set[Pair] | None:
 async def _close_quietly(connection: Any) -> None:
     try:
         await asyncio.wait_for(connection.close(), timeout=2.0)
-    except _DB_ERRORS:
+    except DB_ERRORS:
         connection.terminate()

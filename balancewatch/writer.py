@@ -18,14 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
 from balancewatch.buffer import Buffer
-from balancewatch.db import connect_raw
+from balancewatch.db import DB_ERRORS, connect_raw
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.progress import Progress
 from balancewatch.records import (
@@ -57,14 +55,6 @@ INSERT INTO spool_checkpoint (spool_id, segment, position, updated_at) VALUES ($
 ON CONFLICT (spool_id) DO UPDATE
 SET segment = excluded.segment, position = excluded.position, updated_at = now()
 """
-
-WRITE_ERRORS = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    SQLAlchemyError,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +167,7 @@ class Writer:
         try:
             # Connected before the first rows arrive, not in the middle of their burst. If
             # the database is away, the first flush finds out and retries, losing nothing.
-            with contextlib.suppress(*WRITE_ERRORS):
+            with contextlib.suppress(*DB_ERRORS):
                 await asyncio.wait_for(self._connect(), timeout=self._config.drain_timeout)
             while not drain.is_set():
                 if await self._wait_for_batch(drain):
@@ -212,7 +202,7 @@ class Writer:
         """Close the writer's connection (`run` does, once drained)."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            with contextlib.suppress(*WRITE_ERRORS):
+            with contextlib.suppress(*DB_ERRORS):
                 await connection.close(timeout=self._config.drain_timeout)
 
     def _has_work(self) -> bool:
@@ -258,7 +248,7 @@ class Writer:
         batch.status.update(self._status)
         self._status = batch.status
         self._rejected[:0] = batch.rejected
-        if error is not None and not isinstance(error, WRITE_ERRORS):
+        if error is not None and not isinstance(error, DB_ERRORS):
             raise error
         log.warning(
             "writer.flush_failed",

@@ -482,3 +482,26 @@ async def test_the_run_loop_retries_a_failed_batch_and_writes_it_once_the_table_
             await asyncio.sleep(0.2)  # any duplicate write would land in here
     assert await stored(db) == rows
     assert writer.rows_written == 4
+
+
+async def test_its_connection_killed_by_the_server_between_batches_costs_a_retry_not_a_row(
+    engine: AsyncEngine, db: Any
+) -> None:
+    writer = make_writer(engine, batch_size=10)
+    rows = make_rows(40)
+    for round_ in range(4):
+        add_all(writer, rows[round_ * 10 : round_ * 10 + 10])
+        # Kill the writer's idle connection, then write on at once: the client may not have
+        # noticed yet (asyncpg then fails with an InternalClientError, not a closed socket).
+        if round_:
+            killed = await db.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'balancewatch-writer'"
+            )
+            assert killed == 1
+        for _ in range(5):
+            if await writer.flush():
+                break
+        else:
+            raise AssertionError("the batch was never written")
+    assert await stored(db) == rows
