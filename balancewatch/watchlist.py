@@ -43,7 +43,13 @@ async def _fetch_pairs(engine: AsyncEngine, query: str, *args: object) -> list[P
     async with engine.connect() as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None  # a connection checked out of the pool is open
-        records = await driver.fetch(query, *args)
+        try:
+            records = await driver.fetch(query, *args)
+        except Exception:
+            # SQLAlchemy never saw this error: keep the pool from handing the connection out
+            # again, whatever state the failure left it in.
+            await connection.invalidate()
+            raise
     return [(wallet, token) for wallet, token in records]
 
 
