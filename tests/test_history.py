@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command
-from sqlalchemy.engine import URL, Connection
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import migrate
 from balancewatch.history import Row, UsageError, parse_time, render_chart
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 from tests.test_cli import balancewatch, environment
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -101,13 +100,7 @@ async def test_balance_at_is_the_newest_amount_at_or_before_the_time(
 
 
 async def test_downgrading_0003_drops_the_views_and_the_function(engine: AsyncEngine) -> None:
-    def downgrade(connection: Connection) -> None:
-        config = migrate.alembic_config()
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0002")
-
-    async with engine.begin() as connection:
-        await connection.run_sync(downgrade)
+    await downgrade(engine, "0002")
     async with engine.connect() as connection:
         left = await connection.exec_driver_sql(
             "SELECT count(*) FROM pg_class WHERE relname IN ('latest_balance', 'balance_change')"

@@ -7,7 +7,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
@@ -18,7 +17,7 @@ from balancewatch.db import asyncpg_dsn
 from balancewatch.models import WATCHLIST_CHANNEL, metadata
 from balancewatch.rooms import Pair
 from balancewatch.sync import touched_pairs
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 
 
 async def test_the_migrations_and_the_models_agree(engine: AsyncEngine) -> None:
@@ -96,13 +95,7 @@ async def test_each_watchlist_change_notifies_the_pairs_it_touched_or_to_read_al
 async def test_downgrading_0004_brings_back_one_plain_notification_per_statement(
     engine: AsyncEngine, db: Any, database_url: Any
 ) -> None:
-    def downgrade(connection: Connection) -> None:
-        config = migrate.alembic_config()
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0003")
-
-    async with engine.begin() as connection:
-        await connection.run_sync(downgrade)
+    await downgrade(engine, "0003")
     listener = await asyncpg.connect(asyncpg_dsn(database_url))
     received: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(WATCHLIST_CHANNEL, lambda *args: received.put_nowait(args[3]))

@@ -109,6 +109,16 @@ class FakeClock:
         return self.now
 
 
+async def holding(subs: Subscriptions, status: FakeStatus, *pairs: Pair) -> FakeSender:
+    """A live connection that holds `pairs`, the frames and states that got it there cleared."""
+    sender = FakeSender()
+    await subs.connected(sender)
+    await subs.want(want(*pairs))
+    sender.frames.clear()
+    status.changes.clear()
+    return sender
+
+
 @pytest.fixture
 def status() -> FakeStatus:
     return FakeStatus()
@@ -188,11 +198,7 @@ async def test_wanting_the_same_rooms_again_sends_nothing(subs: Subscriptions) -
 async def test_unwanting_rooms_leaves_them_and_records_leaving_then_left(
     subs: Subscriptions, status: FakeStatus
 ) -> None:
-    sender = FakeSender()
-    await subs.connected(sender)
-    await subs.want(want(A, B, C))
-    sender.frames.clear()
-    status.changes.clear()
+    sender = await holding(subs, status, A, B, C)
 
     await subs.want(want(A))
     assert sorted(sender.leaves()) == sorted([r(B), r(C)])
@@ -520,11 +526,7 @@ async def test_an_invalid_row_removed_and_added_again_is_recorded_again(
 async def test_an_update_diffs_only_the_pairs_read_again_and_keeps_the_rest(
     subs: Subscriptions, status: FakeStatus
 ) -> None:
-    sender = FakeSender()
-    await subs.connected(sender)
-    await subs.want(want(A, B))
-    sender.frames.clear()
-    status.changes.clear()
+    sender = await holding(subs, status, A, B)
 
     # B was deleted, C inserted, D read again and still absent; A was not read at all.
     await subs.update({B, C, D}, want(C))
@@ -536,11 +538,7 @@ async def test_an_update_diffs_only_the_pairs_read_again_and_keeps_the_rest(
 async def test_an_update_of_a_pair_still_wanted_sends_nothing(
     subs: Subscriptions, status: FakeStatus
 ) -> None:
-    sender = FakeSender()
-    await subs.connected(sender)
-    await subs.want(want(A))
-    sender.frames.clear()
-    status.changes.clear()
+    sender = await holding(subs, status, A)
 
     await subs.update({A}, want(A))  # its label changed, say
     assert sender.frames == []
