@@ -40,7 +40,7 @@ def received_at(line: BalanceLine) -> datetime:
 def stamp_from_micros(micros: int) -> str:
     """A UTC time given in microseconds since the epoch, as a timestamptz literal."""
     second, fraction = divmod(micros, _MICROS)
-    return f"{datetime.fromtimestamp(second, UTC):%Y-%m-%d %H:%M:%S}.{fraction:06d}+00:00"
+    return _second_text(second) + _fraction_text(fraction)
 
 
 class Stamps:
@@ -58,6 +58,14 @@ class Stamps:
         second, nanos = divmod(time.time_ns(), _NANOS)
         if second != self._second:
             self._second = second
-            self._prefix = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%d %H:%M:%S}"
-        millis, micros = divmod(nanos // 1000, 1000)
-        return self._prefix + _MILLIS_TEXT[millis] + _MICROS_TEXT[micros]
+            self._prefix = _second_text(second)
+        return self._prefix + _fraction_text(nanos // 1000)
+
+
+def _second_text(second: int) -> str:
+    return f"{datetime.fromtimestamp(second, UTC):%Y-%m-%d %H:%M:%S}"
+
+
+def _fraction_text(micros: int) -> str:
+    millis, rest = divmod(micros, 1000)
+    return _MILLIS_TEXT[millis] + _MICROS_TEXT[rest]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Set
 from typing import Protocol
 
 from balancewatch.aio import wait_first
@@ -172,13 +172,12 @@ class Subscriptions:
         self._status.set_status(_pairs(before, before.keys() - after.keys()), "left")
         self._status.set_status(_pairs(after, after.keys() - before.keys()), "joining")
 
-    async def _apply(self, sender: RoomSender, scope: Collection[str] | None = None) -> None:
+    async def _apply(self, sender: RoomSender, scope: Set[str] | None = None) -> None:
         """Join and leave until the held rooms are the wanted ones (among `scope`, if given)."""
         if scope is None:
             diff = diff_rooms(set(self._wanted), self._held)
         else:
-            in_scope = set(scope)
-            diff = diff_rooms(in_scope & self._wanted.keys(), in_scope & self._held)
+            diff = diff_rooms(scope & self._wanted.keys(), scope & self._held)
         leaving = [_pair_of(room) for room in diff.leave]
         try:
             if diff.leave:
