@@ -10,16 +10,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import __version__, history, logs, migrate, status, watchfile, watchlist
-from balancewatch.bench import add_bench_command
-from balancewatch.db import create_engine
-from balancewatch.http_server import HttpServerError
-from balancewatch.protocol import is_address
+from balancewatch import __version__, logs
+from balancewatch.daemon.http import HttpServerError
+from balancewatch.daemon.protocol import is_address
+from balancewatch.daemon.service import SchemaNotReady
+from balancewatch.daemon.service import run as run_daemon
+from balancewatch.daemon.signals import stop_on_signals
+from balancewatch.devtools.bench import add_bench_command
+from balancewatch.ops import history, status, watchfile
+from balancewatch.pipeline.spool import SpoolError
 from balancewatch.settings import ConfigError, Settings, load_settings
-from balancewatch.signals import stop_on_signals
-from balancewatch.spool import SpoolError
-from balancewatch.supervisor import SchemaNotReady
-from balancewatch.supervisor import run as run_daemon
+from balancewatch.store import migrate, watchlist
+from balancewatch.store.db import create_engine
 
 log = logs.get_logger(__name__)
 
@@ -216,13 +218,13 @@ def _watch_list(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from balancewatch.demo import run_demo  # noqa: PLC0415  (pulls in the simulator and localpg)
+    from balancewatch.devtools.demo import run_demo  # noqa: PLC0415  (pulls in the simulator and localpg)
 
     return run_demo(rate=args.rate, seconds=args.seconds)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from balancewatch.simulator import serve  # noqa: PLC0415
+    from balancewatch.devtools.simulator import serve  # noqa: PLC0415
 
     logs.configure()
 

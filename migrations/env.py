@@ -10,8 +10,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from balancewatch.models import metadata
 from balancewatch.settings import parse_database_url
+from balancewatch.store.models import metadata
 
 
 def run_with(connection: Connection) -> None:

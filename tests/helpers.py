@@ -15,9 +15,9 @@ from alembic import command
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import migrate
+from balancewatch.daemon.service import Daemon, open_spool
 from balancewatch.settings import Settings
-from balancewatch.supervisor import Daemon, open_spool
+from balancewatch.store import migrate
 
 API_KEY = "test-key-5f3a9c1e0b7d4e2a"
 WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"

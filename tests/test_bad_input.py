@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
-from balancewatch.simulator import Simulator
+from balancewatch.devtools.simulator import Simulator
 from tests.helpers import (
     API_KEY,
     SOL,

@@ -14,7 +14,7 @@ import sys
 import pytest
 from sqlalchemy.engine import URL
 
-from balancewatch.simulator import text_frame
+from balancewatch.devtools.simulator import text_frame
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from balancewatch.simulator import Simulator
+from balancewatch.devtools.simulator import Simulator
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, room, scratch_dir
 
 TERM_DEADLINE = 10.0

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.simulator import Simulator
+from balancewatch.devtools.simulator import Simulator
 from tests.helpers import (
     SOL,
     TOKEN,

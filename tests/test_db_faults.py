@@ -20,11 +20,11 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
-from balancewatch import migrate
-from balancewatch.db import asyncpg_dsn, create_engine
-from balancewatch.localpg import LocalPostgres
+from balancewatch.devtools.localpg import LocalPostgres
+from balancewatch.devtools.simulator import Simulator
 from balancewatch.settings import parse_database_url
-from balancewatch.simulator import Simulator
+from balancewatch.store import migrate
+from balancewatch.store.db import asyncpg_dsn, create_engine
 from tests.helpers import (
     API_KEY,
     TOKEN,

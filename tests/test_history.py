@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import migrate
-from balancewatch.history import Row, UsageError, parse_time, render_chart
+from balancewatch.ops.history import Row, UsageError, parse_time, render_chart
+from balancewatch.store import migrate
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 from tests.test_cli import balancewatch, environment
 

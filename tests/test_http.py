@@ -15,14 +15,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from balancewatch import status
-from balancewatch.db import asyncpg_dsn
-from balancewatch.http_server import HttpServerError
-from balancewatch.metrics import PairStates
+from balancewatch.daemon.http import HttpServerError
+from balancewatch.daemon.metrics import PairStates
+from balancewatch.daemon.service import Daemon, open_spool
+from balancewatch.devtools.simulator import Simulator
+from balancewatch.ops import status
 from balancewatch.progress import Progress
 from balancewatch.settings import Settings
-from balancewatch.simulator import Simulator
-from balancewatch.supervisor import Daemon, open_spool
+from balancewatch.store.db import asyncpg_dsn
 from tests.helpers import (
     API_KEY,
     SOL,

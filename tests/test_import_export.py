@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from balancewatch.watchfile import parse, render
-from balancewatch.watchlist import WatchEntry
+from balancewatch.ops.watchfile import parse, render
+from balancewatch.store.watchlist import WatchEntry
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 from tests.test_cli import balancewatch, environment
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancewatch.join_acks import PendingJoins, no_ack
+from balancewatch.daemon.join_acks import PendingJoins, no_ack
 
 A = "room-a"
 B = "room-b"

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from balancewatch.localpg import (
+from balancewatch.devtools.localpg import (
     BINDIR_ENV,
     LocalPostgres,
     LocalPostgresError,

@@ -17,8 +17,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from balancewatch import logs
-from balancewatch.ingest import Ingest
-from balancewatch.protocol import (
+from balancewatch.daemon.ingest import Ingest
+from balancewatch.daemon.protocol import (
     MAX_AMOUNT_ADJUSTED,
     BalanceUpdate,
     Frame,
@@ -33,9 +33,9 @@ from balancewatch.protocol import (
     parse_frame,
     room_for,
 )
-from balancewatch.records import BalanceLine, RejectedRow, balance_line
-from balancewatch.rooms import Pair, wanted_rooms
-from balancewatch.subscriptions import Subscriptions
+from balancewatch.daemon.rooms import Pair, wanted_rooms
+from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.pipeline.records import BalanceLine, RejectedRow, balance_line
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from balancewatch.records import Stamps
+from balancewatch.pipeline.records import Stamps
 
 
 def test_a_stamp_is_the_utc_time_it_was_taken() -> None:

@@ -12,11 +12,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import migrate
-from balancewatch.db import asyncpg_dsn
-from balancewatch.models import WATCHLIST_CHANNEL, metadata
-from balancewatch.rooms import Pair
-from balancewatch.sync import touched_pairs
+from balancewatch.daemon.rooms import Pair
+from balancewatch.daemon.sync import touched_pairs
+from balancewatch.store import migrate
+from balancewatch.store.db import asyncpg_dsn
+from balancewatch.store.models import WATCHLIST_CHANNEL, metadata
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 
 

@@ -38,11 +38,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from balancewatch import datastream
-from balancewatch.db import asyncpg_dsn, create_engine
+from balancewatch.daemon import datastream
+from balancewatch.daemon.service import check_schema
+from balancewatch.devtools.simulator import Simulator
 from balancewatch.settings import Settings
-from balancewatch.simulator import Simulator
-from balancewatch.supervisor import check_schema
+from balancewatch.store.db import asyncpg_dsn, create_engine
 from tests.helpers import API_KEY, TOKEN, WALLET, make_settings, room, running_daemon, wait_until
 
 REPO = Path(__file__).parent.parent

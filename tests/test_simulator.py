@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
-from balancewatch.protocol import (
+from balancewatch.daemon.protocol import (
     PONG,
     BalanceUpdate,
     join_frame,
@@ -22,7 +22,7 @@ from balancewatch.protocol import (
     parse_frame,
     room_for,
 )
-from balancewatch.simulator import Simulator, serve
+from balancewatch.devtools.simulator import Simulator, serve
 
 KEY = "test-key-0123"
 WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancewatch.records import BalanceLine, balance_line, received_at, stamp_from_micros
-from balancewatch.spool import Position, Spool, SpoolError, current_line
+from balancewatch.pipeline.records import BalanceLine, balance_line, received_at, stamp_from_micros
+from balancewatch.pipeline.spool import Position, Spool, SpoolError, current_line
 from tests.helpers import TOKEN, WALLET, WALLET2
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import status
-from balancewatch.simulator import Simulator
+from balancewatch.devtools.simulator import Simulator
+from balancewatch.ops import status
 from tests.helpers import (
     SOL,
     TOKEN,

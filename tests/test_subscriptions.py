@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from balancewatch.rooms import Pair, Wanted, wanted_rooms
-from balancewatch.subscriptions import Subscriptions
+from balancewatch.daemon.rooms import Pair, Wanted, wanted_rooms
+from balancewatch.daemon.subscriptions import Subscriptions
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, wait_until
 
 A: Pair = (WALLET, TOKEN)

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import watchlist
+from balancewatch.store import watchlist
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, watch
 
 

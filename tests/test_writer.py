@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from balancewatch.records import BalanceLine, balance_line, stamp_from_micros
-from balancewatch.spool import Spool
-from balancewatch.writer import Writer, WriterConfig
+from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
+from balancewatch.pipeline.spool import Spool
+from balancewatch.pipeline.writer import Writer, WriterConfig
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, scratch_dir, wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -25,10 +25,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.backoff import Backoff
-from balancewatch.datastream import WebSocketSender
-from balancewatch.rooms import Pair, wanted_rooms
-from balancewatch.simulator import SimEvent, Simulator
-from balancewatch.subscriptions import Subscriptions
+from balancewatch.daemon.datastream import WebSocketSender
+from balancewatch.daemon.rooms import Pair, wanted_rooms
+from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.devtools.simulator import SimEvent, Simulator
 from tests.helpers import (
     API_KEY,
     SOL,

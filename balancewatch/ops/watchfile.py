@@ -19,9 +19,9 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import watchlist
-from balancewatch.protocol import is_address
-from balancewatch.watchlist import ImportRow, WatchEntry
+from balancewatch.daemon.protocol import is_address
+from balancewatch.store import watchlist
+from balancewatch.store.watchlist import ImportRow, WatchEntry
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2

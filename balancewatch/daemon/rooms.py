@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
-from balancewatch.protocol import is_address, room_for
+from balancewatch.daemon.protocol import is_address, room_for
 
 Pair = tuple[str, str]  # (wallet, token)
 

@@ -48,14 +48,15 @@ import asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import logs, migrate
-from balancewatch.db import asyncpg_dsn, create_engine
-from balancewatch.localpg import LocalPostgres
-from balancewatch.protocol import room_for
-from balancewatch.records import BALANCE_COLUMNS
+from balancewatch import logs
+from balancewatch.daemon.protocol import room_for
+from balancewatch.daemon.service import Daemon, open_spool
+from balancewatch.devtools.localpg import LocalPostgres
+from balancewatch.devtools.simulator import SimEvent, Simulator, balance_frame, text_frame
+from balancewatch.pipeline.records import BALANCE_COLUMNS
 from balancewatch.settings import Settings, parse_database_url
-from balancewatch.simulator import SimEvent, Simulator, balance_frame, text_frame
-from balancewatch.supervisor import Daemon, open_spool
+from balancewatch.store import migrate
+from balancewatch.store.db import asyncpg_dsn, create_engine
 
 BENCH_KEY = "bench-key"
 MINT = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"

@@ -18,14 +18,15 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import URL
 
-from balancewatch import logs, migrate
-from balancewatch.db import asyncpg_dsn, create_engine
-from balancewatch.localpg import LocalPostgres, PostgresNotFound
-from balancewatch.protocol import room_for
+from balancewatch import logs
+from balancewatch.daemon.protocol import room_for
+from balancewatch.daemon.service import Daemon, open_spool
+from balancewatch.daemon.signals import stop_on_signals
+from balancewatch.devtools.localpg import LocalPostgres, PostgresNotFound
+from balancewatch.devtools.simulator import Simulator
 from balancewatch.settings import Settings, parse_database_url
-from balancewatch.signals import stop_on_signals
-from balancewatch.simulator import Simulator
-from balancewatch.supervisor import Daemon, open_spool
+from balancewatch.store import migrate
+from balancewatch.store.db import asyncpg_dsn, create_engine
 
 DEMO_KEY = "demo-key"
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"

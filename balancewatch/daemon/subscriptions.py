@@ -16,10 +16,10 @@ from collections.abc import Callable, Collection, Mapping, Set
 from typing import Protocol
 
 from balancewatch.aio import wait_first
-from balancewatch.join_acks import PendingJoins
+from balancewatch.daemon.join_acks import PendingJoins
+from balancewatch.daemon.protocol import pair_for, room_for
+from balancewatch.daemon.rooms import Pair, Wanted, diff_rooms
 from balancewatch.logs import get_logger
-from balancewatch.protocol import pair_for, room_for
-from balancewatch.rooms import Pair, Wanted, diff_rooms
 
 log = get_logger(__name__)
 

@@ -22,19 +22,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
-from balancewatch.buffer import Buffer
-from balancewatch.db import DB_ERRORS, connect_raw
+from balancewatch.daemon.rooms import Pair
 from balancewatch.logs import describe_error, get_logger
-from balancewatch.progress import Progress
-from balancewatch.records import (
+from balancewatch.pipeline.buffer import Buffer
+from balancewatch.pipeline.records import (
     BALANCE_COLUMNS,
     REJECTED_COLUMNS,
     BalanceLine,
     RejectedRow,
     received_at,
 )
-from balancewatch.rooms import Pair
-from balancewatch.spool import Position, Spool
+from balancewatch.pipeline.spool import Position, Spool
+from balancewatch.progress import Progress
+from balancewatch.store.db import DB_ERRORS, connect_raw
 
 log = get_logger(__name__)
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
     true,
 )
 
-from balancewatch.protocol import BASE58_PATTERN
+from balancewatch.daemon.protocol import BASE58_PATTERN
 
 # NOTIFY channel of the watchlist trigger (created by the migrations, not here).
 WATCHLIST_CHANNEL: Final = "balancewatch_watchlist"

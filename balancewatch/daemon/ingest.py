@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Final, Protocol
 
 from balancewatch import logs
-from balancewatch.protocol import BalanceUpdate, Joined, Ping, Rejected, parse_frame
-from balancewatch.records import BalanceLine, RejectedRow, Stamps, balance_line
-from balancewatch.subscriptions import Subscriptions
+from balancewatch.daemon.protocol import BalanceUpdate, Joined, Ping, Rejected, parse_frame
+from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.pipeline.records import BalanceLine, RejectedRow, Stamps, balance_line
 
 log = logs.get_logger(__name__)
 

@@ -19,8 +19,9 @@ _MIGRATION_LOCK_KEY = 0x62616C77  # "balw"
 
 def migrations_dir() -> Path:
     """Installed wheels carry the scripts inside the package; a source checkout has them on top."""
-    packaged = Path(__file__).parent / "_migrations"
-    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "migrations"
+    package = Path(__file__).parents[1]
+    packaged = package / "_migrations"
+    return packaged if packaged.is_dir() else package.parent / "migrations"
 
 
 def alembic_config() -> Config:

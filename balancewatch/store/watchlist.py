@@ -12,8 +12,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from balancewatch.models import subscription_status, watchlist
-from balancewatch.rooms import Pair
+from balancewatch.daemon.rooms import Pair
+from balancewatch.store.models import subscription_status, watchlist
 
 _ENABLED_PAIRS = "SELECT wallet, token FROM watchlist WHERE enabled"
 _ENABLED_AMONG = """

@@ -25,10 +25,10 @@ import aiohttp
 
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
-from balancewatch.ingest import Ingest
+from balancewatch.daemon.ingest import Ingest
+from balancewatch.daemon.protocol import PONG, join_frame, leave_frame
+from balancewatch.daemon.subscriptions import RoomSender
 from balancewatch.logs import describe_error, get_logger, scrubber
-from balancewatch.protocol import PONG, join_frame, leave_frame
-from balancewatch.subscriptions import RoomSender
 
 log = get_logger(__name__)
 

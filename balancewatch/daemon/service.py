@@ -15,19 +15,25 @@ import asyncio
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import migrate
-from balancewatch.datastream import DatastreamClient, StreamConfig
-from balancewatch.db import create_engine, describe
-from balancewatch.http_server import DatabaseProbe, HttpServer, Readiness
-from balancewatch.ingest import Ingest
+from balancewatch.daemon.datastream import DatastreamClient, StreamConfig
+from balancewatch.daemon.http import DatabaseProbe, HttpServer, Readiness
+from balancewatch.daemon.ingest import Ingest
+from balancewatch.daemon.metrics import (
+    SETTLED_STATES,
+    DaemonCollector,
+    PairStates,
+    Snapshot,
+    WriteMetrics,
+)
+from balancewatch.daemon.protocol import pair_for
+from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
+from balancewatch.daemon.sync import SyncConfig, WatchlistSync
 from balancewatch.logs import get_logger
-from balancewatch.metrics import SETTLED_STATES, DaemonCollector, PairStates, Snapshot, WriteMetrics
-from balancewatch.protocol import pair_for
+from balancewatch.pipeline.spool import Spool
+from balancewatch.pipeline.writer import Writer, WriterConfig
 from balancewatch.settings import Settings
-from balancewatch.spool import Spool
-from balancewatch.subscriptions import RoomSender, Subscriptions
-from balancewatch.sync import SyncConfig, WatchlistSync
-from balancewatch.writer import Writer, WriterConfig
+from balancewatch.store import migrate
+from balancewatch.store.db import create_engine, describe
 
 log = get_logger(__name__)
 

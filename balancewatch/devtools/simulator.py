@@ -28,7 +28,7 @@ from typing import Final, Literal, Self
 import structlog
 from aiohttp import WSMessage, WSMsgType, web
 
-from balancewatch.protocol import PING, pair_for, room_for
+from balancewatch.daemon.protocol import PING, pair_for, room_for
 
 log = structlog.get_logger(__name__)
 

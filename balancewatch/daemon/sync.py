@@ -18,14 +18,14 @@ import msgspec
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch import watchlist
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
-from balancewatch.db import DB_ERRORS, connect_raw
+from balancewatch.daemon.rooms import Pair, Wanted, wanted_rooms
+from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.logs import describe_error, get_logger
-from balancewatch.models import WATCHLIST_CHANNEL
-from balancewatch.rooms import Pair, Wanted, wanted_rooms
-from balancewatch.subscriptions import Subscriptions
+from balancewatch.store import watchlist
+from balancewatch.store.db import DB_ERRORS, connect_raw
+from balancewatch.store.models import WATCHLIST_CHANNEL
 
 log = get_logger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Final
 from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.models import balance_history
-from balancewatch.protocol import is_address
+from balancewatch.daemon.protocol import is_address
+from balancewatch.store.models import balance_history
 
 EXIT_OK: Final = 0
 EXIT_USAGE: Final = 2

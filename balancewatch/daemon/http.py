@@ -19,8 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.db import DB_ERRORS
 from balancewatch.logs import describe_error, get_logger, scrubber
+from balancewatch.store.db import DB_ERRORS
 
 log = get_logger(__name__)
 

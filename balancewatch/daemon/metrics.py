@@ -18,9 +18,9 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from balancewatch.models import STATES
+from balancewatch.daemon.rooms import Pair
 from balancewatch.progress import Progress
-from balancewatch.rooms import Pair
+from balancewatch.store.models import STATES
 
 # A pair in one of these states needs nothing more from the daemon (for /readyz).
 SETTLED_STATES: Final = frozenset({"joined", "error"})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from balancewatch.records import BalanceLine, balance_line, stamp_from_micros
+from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
 
 _SUFFIX = ".spool"
 

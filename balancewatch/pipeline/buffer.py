@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from balancewatch.records import BalanceLine
-from balancewatch.spool import Spool
+from balancewatch.pipeline.records import BalanceLine
+from balancewatch.pipeline.spool import Spool
 
 
 class Buffer:
