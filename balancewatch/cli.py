@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import __version__, logs
 from balancewatch.daemon.http import HttpServerError
-from balancewatch.daemon.protocol import is_address
 from balancewatch.daemon.service import SchemaNotReady
 from balancewatch.daemon.service import run as run_daemon
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.devtools.bench import add_bench_command
+from balancewatch.domain import is_address
 from balancewatch.ops import history, status, watchfile
 from balancewatch.pipeline.spool import SpoolError
 from balancewatch.settings import ConfigError, Settings, load_settings

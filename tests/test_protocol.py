@@ -26,15 +26,13 @@ from balancewatch.daemon.protocol import (
     Ping,
     Rejected,
     RejectReason,
-    is_address,
     join_frame,
     leave_frame,
-    pair_for,
     parse_frame,
-    room_for,
 )
-from balancewatch.daemon.rooms import Pair, wanted_rooms
+from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.domain import Pair, is_address, pair_for, room_for
 from balancewatch.pipeline.records import BalanceLine, RejectedRow, balance_line
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room
 

@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.daemon.rooms import Pair
 from balancewatch.daemon.sync import touched_pairs
+from balancewatch.domain import Pair
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn
 from balancewatch.store.models import WATCHLIST_CHANNEL, metadata

@@ -14,15 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
 
-from balancewatch.daemon.protocol import (
-    PONG,
-    BalanceUpdate,
-    join_frame,
-    leave_frame,
-    parse_frame,
-    room_for,
-)
+from balancewatch.daemon.protocol import PONG, BalanceUpdate, join_frame, leave_frame, parse_frame
 from balancewatch.devtools.simulator import Simulator, serve
+from balancewatch.domain import room_for
 
 KEY = "test-key-0123"
 WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"

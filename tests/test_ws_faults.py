@@ -26,9 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.backoff import Backoff
 from balancewatch.daemon.datastream import WebSocketSender
-from balancewatch.daemon.rooms import Pair, wanted_rooms
+from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.devtools.simulator import SimEvent, Simulator
+from balancewatch.domain import Pair
 from tests.helpers import (
     API_KEY,
     SOL,

@@ -18,12 +18,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from balancewatch.daemon.rooms import Pair
+from balancewatch.domain import PAIR_STATES, Pair, PairState
 from balancewatch.progress import Progress
-from balancewatch.store.models import STATES
-
-# A pair in one of these states needs nothing more from the daemon (for /readyz).
-SETTLED_STATES: Final = frozenset({"joined", "error"})
 
 _BATCH_ROWS_BUCKETS: Final = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 50_000)
 _WRITE_SECONDS_BUCKETS: Final = (
@@ -32,7 +28,9 @@ _WRITE_SECONDS_BUCKETS: Final = (
 
 
 class StatusSink(Protocol):
-    def set_status(self, pairs: Iterable[Pair], state: str, error: str | None = None) -> None: ...
+    def set_status(
+        self, pairs: Iterable[Pair], state: PairState, error: str | None = None
+    ) -> None: ...
 
 
 class PairStates:
@@ -42,11 +40,13 @@ class PairStates:
 
     def __init__(self, sink: StatusSink) -> None:
         self._sink = sink
-        self.states: dict[Pair, str] = {}
-        self.counts: Counter[str] = Counter()
+        self.states: dict[Pair, PairState] = {}
+        self.counts: Counter[PairState] = Counter()
         self._joins = Progress("subscriptions.join_progress")
 
-    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+    def set_status(
+        self, pairs: Collection[Pair], state: PairState, error: str | None = None
+    ) -> None:
         self._sink.set_status(pairs, state, error)
         for pair in pairs:
             previous = self.states.get(pair)
@@ -104,7 +104,7 @@ class Snapshot:
     rows_written: int
     rejected: Mapping[str, int]
     rejected_dropped: int
-    pair_counts: Mapping[str, int]
+    pair_counts: Mapping[PairState, int]
     connected: bool
     connections: int
     pending_in_memory: int
@@ -139,7 +139,7 @@ class DaemonCollector(Collector):
         pairs = GaugeMetricFamily(
             "balancewatch_pairs", "Watchlist pairs by subscription state.", labels=["state"]
         )
-        for state in STATES:
+        for state in PAIR_STATES:
             pairs.add_metric([state], c.pair_counts.get(state, 0))
         yield pairs
         yield _gauge("websocket_connected", "1 while the websocket is open.", int(c.connected))

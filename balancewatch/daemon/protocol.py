@@ -6,17 +6,13 @@ from a frame, only a `Rejected` with a reason.
 
 from __future__ import annotations
 
-import functools
-import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Final, Literal
 
 import msgspec
 
-BASE58_PATTERN: Final = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"
-_BASE58 = re.compile(BASE58_PATTERN)
-_ROOM = re.compile(r"^wallet:([1-9A-HJ-NP-Za-km-z]{32,44}):([1-9A-HJ-NP-Za-km-z]{32,44}):balance$")
+from balancewatch.domain import is_address, is_room, room_for
 
 # A sanity bound on the size of an amount: at most 39 digits before the point (adjusted
 # exponent 38), so anything from 1e39 up is refused. An SPL token amount is a u64 count of base
@@ -31,27 +27,6 @@ _DETAIL_CHARS: Final = 200
 
 PING: Final = '{"type":"ping"}'
 PONG: Final = '{"type":"pong"}'
-
-
-def is_address(text: str) -> bool:
-    """True for a base58 string of 32 to 44 characters, the shape of a Solana address."""
-    return _BASE58.fullmatch(text) is not None
-
-
-# The same few rooms come back in message after message: their check is remembered.
-@functools.lru_cache(maxsize=16_384)
-def _is_room(text: str) -> bool:
-    return _ROOM.fullmatch(text) is not None
-
-
-def room_for(wallet: str, token: str) -> str:
-    return f"wallet:{wallet}:{token}:balance"
-
-
-def pair_for(room: str) -> tuple[str, str] | None:
-    """The (wallet, token) of a balance room, or None if the text is not such a room."""
-    match = _ROOM.fullmatch(room)
-    return (match.group(1), match.group(2)) if match else None
 
 
 def join_frame(room: str) -> str:
@@ -159,7 +134,7 @@ def _balance_update(frame: _MessageFrame) -> BalanceUpdate | Rejected:
         return Rejected(amount.reason, amount.detail, frame.room)
     matches = frame.room == room_for(data.wallet, data.token)
     # A room that matches spells out both addresses: one pattern checks the two at once.
-    valid = _is_room(frame.room) if matches else is_address(data.wallet) and is_address(data.token)
+    valid = is_room(frame.room) if matches else is_address(data.wallet) and is_address(data.token)
     if not valid:
         return Rejected(
             "invalid_fields", "data.wallet or data.token is not a base58 address", frame.room

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
-from balancewatch.daemon.protocol import is_address, room_for
-
-Pair = tuple[str, str]  # (wallet, token)
+from balancewatch.domain import Pair, address_problems, room_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +34,9 @@ def wanted_rooms(enabled_pairs: Iterable[Pair]) -> Wanted:
     rooms: dict[str, Pair] = {}
     invalid: dict[Pair, str] = {}
     for wallet, token in enabled_pairs:
-        if not is_address(wallet):
-            invalid[(wallet, token)] = "wallet is not a base58 address of 32 to 44 characters"
-        elif not is_address(token):
-            invalid[(wallet, token)] = "token is not a base58 address of 32 to 44 characters"
+        problems = address_problems(wallet=wallet, token=token)
+        if problems:
+            invalid[(wallet, token)] = "; ".join(problems)
         else:
             rooms[room_for(wallet, token)] = (wallet, token)
     return Wanted(rooms=rooms, invalid=invalid)

@@ -18,16 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.daemon.datastream import DatastreamClient, StreamConfig
 from balancewatch.daemon.http import DatabaseProbe, HttpServer, Readiness
 from balancewatch.daemon.ingest import Ingest
-from balancewatch.daemon.metrics import (
-    SETTLED_STATES,
-    DaemonCollector,
-    PairStates,
-    Snapshot,
-    WriteMetrics,
-)
-from balancewatch.daemon.protocol import pair_for
+from balancewatch.daemon.metrics import DaemonCollector, PairStates, Snapshot, WriteMetrics
 from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
 from balancewatch.daemon.sync import SyncConfig, WatchlistSync
+from balancewatch.domain import SETTLED_STATES, pair_for
 from balancewatch.logs import get_logger
 from balancewatch.pipeline.spool import Spool
 from balancewatch.pipeline.writer import Writer, WriterConfig

@@ -17,8 +17,8 @@ from typing import Protocol
 
 from balancewatch.aio import wait_first
 from balancewatch.daemon.join_acks import PendingJoins
-from balancewatch.daemon.protocol import pair_for, room_for
-from balancewatch.daemon.rooms import Pair, Wanted, diff_rooms
+from balancewatch.daemon.rooms import Wanted, diff_rooms
+from balancewatch.domain import Pair, PairState, pair_for, room_for
 from balancewatch.logs import get_logger
 
 log = get_logger(__name__)
@@ -33,7 +33,9 @@ class RoomSender(Protocol):
 
 
 class StatusSink(Protocol):
-    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None: ...
+    def set_status(
+        self, pairs: Collection[Pair], state: PairState, error: str | None = None
+    ) -> None: ...
 
 
 class Subscriptions:

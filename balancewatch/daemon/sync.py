@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
-from balancewatch.daemon.rooms import Pair, Wanted, wanted_rooms
+from balancewatch.daemon.rooms import Wanted, wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.domain import Pair
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.store import watchlist
 from balancewatch.store.db import DB_ERRORS, connect_raw

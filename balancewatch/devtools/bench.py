@@ -49,10 +49,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
-from balancewatch.daemon.protocol import room_for
 from balancewatch.daemon.service import Daemon, open_spool
 from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.devtools.simulator import SimEvent, Simulator, balance_frame, text_frame
+from balancewatch.domain import room_for
 from balancewatch.pipeline.records import BALANCE_COLUMNS
 from balancewatch.settings import Settings, parse_database_url
 from balancewatch.store import migrate

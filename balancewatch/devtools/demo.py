@@ -19,11 +19,11 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from balancewatch import logs
-from balancewatch.daemon.protocol import room_for
 from balancewatch.daemon.service import Daemon, open_spool
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.devtools.localpg import LocalPostgres, PostgresNotFound
 from balancewatch.devtools.simulator import Simulator
+from balancewatch.domain import room_for
 from balancewatch.settings import Settings, parse_database_url
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn, create_engine

@@ -28,7 +28,8 @@ from typing import Final, Literal, Self
 import structlog
 from aiohttp import WSMessage, WSMsgType, web
 
-from balancewatch.daemon.protocol import PING, pair_for, room_for
+from balancewatch.daemon.protocol import PING
+from balancewatch.domain import pair_for, room_for
 
 log = structlog.get_logger(__name__)
 

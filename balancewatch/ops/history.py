@@ -23,7 +23,7 @@ from typing import Final
 from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.daemon.protocol import is_address
+from balancewatch.domain import address_problems
 from balancewatch.store.models import balance_history
 
 EXIT_OK: Final = 0
@@ -73,9 +73,9 @@ def iso_utc(moment: datetime) -> str:
 
 
 def check_pair(wallet: str, token: str) -> None:
-    for name, value in (("WALLET", wallet), ("TOKEN", token)):
-        if not is_address(value):
-            raise UsageError(f"{name} {value!r} is not a base58 address of 32 to 44 characters")
+    problems = address_problems(WALLET=wallet, TOKEN=token)
+    if problems:
+        raise UsageError("; ".join(problems))
 
 
 # --- the query ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.daemon.protocol import is_address
+from balancewatch.domain import address_problems
 from balancewatch.store import watchlist
 from balancewatch.store.watchlist import ImportRow, WatchEntry
 
@@ -98,11 +98,7 @@ def _row(
         )
         return
     cells = {name: value.strip() for name, value in zip(columns, record, strict=True)}
-    reasons = [
-        f"{name} {cells[name]!r} is not a base58 address of 32 to 44 characters"
-        for name in REQUIRED
-        if not is_address(cells[name])
-    ]
+    reasons = address_problems(wallet=cells["wallet"], token=cells["token"])
     enabled = _enabled(cells.get("enabled", ""))
     if enabled is None:
         reasons.append(f"enabled {cells['enabled']!r} is not true/false (or yes/no, 1/0)")

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import wait_first
 from balancewatch.backoff import Backoff
-from balancewatch.daemon.rooms import Pair
+from balancewatch.domain import Pair, PairState
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.pipeline.buffer import Buffer
 from balancewatch.pipeline.records import (
@@ -59,7 +59,7 @@ SET segment = excluded.segment, position = excluded.position, updated_at = now()
 
 @dataclass(frozen=True, slots=True)
 class StatusChange:
-    state: str
+    state: PairState
     since: datetime
     error: str | None
 
@@ -152,7 +152,7 @@ class Writer:
         self._rejected.append(row)
         self._work.set()
 
-    def set_status(self, pairs: Iterable[Pair], state: str, error: str | None = None) -> None:
+    def set_status(self, pairs: Iterable[Pair], state: PairState, error: str | None = None) -> None:
         """Record a state change; of several for one pair before a flush, the last one wins."""
         change = StatusChange(state, datetime.now(UTC), error)
         for pair in pairs:

@@ -24,12 +24,10 @@ from sqlalchemy import (
     true,
 )
 
-from balancewatch.daemon.protocol import BASE58_PATTERN
+from balancewatch.domain import BASE58_PATTERN, PAIR_STATES
 
 # NOTIFY channel of the watchlist trigger (created by the migrations, not here).
 WATCHLIST_CHANNEL: Final = "balancewatch_watchlist"
-
-STATES: Final = ("joining", "joined", "leaving", "left", "error", "invalid")
 
 metadata = MetaData()
 
@@ -76,7 +74,7 @@ subscription_status = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("wallet", "token", name="subscription_status_pkey"),
     CheckConstraint(
-        "state IN ('joining', 'joined', 'leaving', 'left', 'error', 'invalid')",
+        f"state IN ({', '.join(repr(state) for state in PAIR_STATES)})",
         name="subscription_status_state_known",
     ),
 )

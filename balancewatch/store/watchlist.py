@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from balancewatch.daemon.rooms import Pair
+from balancewatch.domain import Pair, PairState
 from balancewatch.store.models import subscription_status, watchlist
 
 _ENABLED_PAIRS = "SELECT wallet, token FROM watchlist WHERE enabled"
@@ -79,7 +79,7 @@ class WatchEntry:
     token: str
     enabled: bool
     label: str | None
-    state: str | None
+    state: PairState | None
     since: datetime | None
     last_error: str | None
 

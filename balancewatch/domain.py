@@ -1,0 +1,53 @@
+"""The words every layer shares: a pair, the states of its subscription, a Solana address, a room.
+
+Pure and cheap to import: no I/O and no third-party package, so the CLI, the store and the
+daemon can all name these without pulling in each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Final, Literal, get_args
+
+Pair = tuple[str, str]  # (wallet, token)
+
+# What the daemon last did with a pair's room; stored in subscription_status.state.
+PairState = Literal["joining", "joined", "leaving", "left", "error", "invalid"]
+PAIR_STATES: Final[tuple[PairState, ...]] = get_args(PairState)
+# A pair in one of these needs nothing more from the daemon: the server answered its join.
+SETTLED_STATES: Final[frozenset[PairState]] = frozenset({"joined", "error"})
+
+BASE58_PATTERN: Final = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"
+_BASE58 = re.compile(BASE58_PATTERN)
+_ROOM = re.compile(r"^wallet:([1-9A-HJ-NP-Za-km-z]{32,44}):([1-9A-HJ-NP-Za-km-z]{32,44}):balance$")
+
+
+def is_address(text: str) -> bool:
+    """True for a base58 string of 32 to 44 characters, the shape of a Solana address."""
+    return _BASE58.fullmatch(text) is not None
+
+
+def address_problems(**named: str) -> list[str]:
+    """Why each named value is not an address (`wallet=..., token=...`); empty if all are."""
+    return [
+        f"{name} {value!r} is not a base58 address of 32 to 44 characters"
+        for name, value in named.items()
+        if not is_address(value)
+    ]
+
+
+def room_for(wallet: str, token: str) -> str:
+    return f"wallet:{wallet}:{token}:balance"
+
+
+def pair_for(room: str) -> Pair | None:
+    """The (wallet, token) of a balance room, or None if the text is not such a room."""
+    match = _ROOM.fullmatch(room)
+    return (match.group(1), match.group(2)) if match else None
+
+
+# The same few rooms come back in message after message: their check is remembered.
+@functools.lru_cache(maxsize=16_384)
+def is_room(text: str) -> bool:
+    return _ROOM.fullmatch(text) is not None
