@@ -72,7 +72,12 @@ def configure(
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(
+            colors=out.isatty(),
+            # Not rich's traceback, even where rich is installed: it wraps long lines, and a
+            # secret cut in two by a line break would slip past the scrub of the rendered line.
+            exception_formatter=structlog.dev.plain_traceback,
+        )
     )
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
