@@ -1,8 +1,23 @@
-"""Small asyncio helpers shared by the long-running loops."""
+"""asyncio helpers shared by the long-running loops and the commands: waiting for the first of
+several events, backoff between retries, and running a command's coroutine to an exit code."""
 
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from balancewatch import logs
+from balancewatch.errors import EXIT_FAILURE, EXIT_OK, StartupError
+
+log = logs.get_logger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 async def wait_first(*events: asyncio.Event, timeout: float | None) -> None:
@@ -15,3 +30,65 @@ async def wait_first(*events: asyncio.Event, timeout: float | None) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+async def finish_despite_cancel(
+    work: Coroutine[Any, Any, T], grace: float, settle: Callable[[asyncio.Future[T]], R]
+) -> R:
+    """Run `work` to its end even if the caller is cancelled meanwhile (for up to `grace` more
+    seconds, then it is cancelled too). `settle` sees how it ended either way, before a
+    cancellation is re-raised: what was taken out for a write is never forgotten."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait([task])  # unlike awaiting it, a cancellation leaves it running
+    except asyncio.CancelledError:
+        await asyncio.wait([task], timeout=grace)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        settle(task)
+        raise
+    return settle(task)
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with full jitter, as a pure object the retry loops consult."""
+
+    initial: float
+    maximum: float
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def ceiling(self) -> float:
+        # Capping the exponent keeps 2**attempt from overflowing after days of failures.
+        return min(self.maximum, self.initial * 2.0 ** min(self.attempt, 32))
+
+    def next_delay(self) -> float:
+        """Full jitter: uniform in [0, ceiling], so many clients never retry in lockstep."""
+        delay = self.rng.uniform(0, self.ceiling())
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def run_to_exit_code(work: Callable[[], Awaitable[None]]) -> int:
+    """Run a command's coroutine; the failures it expects become one log line and exit 1."""
+
+    async def body() -> None:
+        await work()
+
+    try:
+        asyncio.run(body())
+    except StartupError as exc:
+        log.error(exc.event, error=str(exc))
+        return EXIT_FAILURE
+    except (OSError, SQLAlchemyError) as exc:
+        log.error("database.unreachable", error=logs.describe_error(exc))
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("daemon.crashed")
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -1,39 +1,34 @@
-"""The `balancewatch` command line: run, migrate, watch, demo, simulate."""
+"""The `balancewatch` command line.
+
+Every command is defined here, and its code is imported only when it runs: `watch list` never
+loads the daemon, the daemon never loads the simulator or the benchmark, and `--help` loads
+next to nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeAlias
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from balancewatch import __version__
+from balancewatch.errors import EXIT_FAILURE, EXIT_USAGE, ConfigError
 
-from balancewatch import __version__, logs
-from balancewatch.daemon.http import HttpServerError
-from balancewatch.daemon.service import SchemaNotReady
-from balancewatch.daemon.service import run as run_daemon
-from balancewatch.daemon.signals import stop_on_signals
-from balancewatch.devtools.bench import add_bench_command
-from balancewatch.domain import is_address
-from balancewatch.ops import history, status, watchfile
-from balancewatch.pipeline.spool import SpoolError
-from balancewatch.settings import ConfigError, Settings, load_settings
-from balancewatch.store import migrate, watchlist
-from balancewatch.store.db import create_engine
+Command = Callable[[argparse.Namespace], int]
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-log = logs.get_logger(__name__)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+HISTORY_LIMIT = 50
+HISTORY_FORMATS = ("table", "csv", "json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command: Callable[[argparse.Namespace], int] = args.command
+    module, _, name = args.command.partition(":")
     try:
+        command: Command = getattr(importlib.import_module(module), name)
         return command(args)
     except ConfigError as exc:
         print(f"balancewatch: configuration error: {exc}", file=sys.stderr)
@@ -49,188 +44,151 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"balancewatch {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    run = commands.add_parser("run", help="run the daemon in the foreground until SIGTERM/SIGINT")
-    run.set_defaults(command=_run)
-
-    upgrade = commands.add_parser("migrate", help="upgrade the schema to the newest revision")
-    upgrade.set_defaults(command=_migrate)
-
+    _command(
+        commands,
+        "run",
+        "balancewatch.daemon.service:run_command",
+        help="run the daemon in the foreground until SIGTERM/SIGINT",
+    )
+    _command(
+        commands,
+        "migrate",
+        "balancewatch.ops.commands:migrate",
+        help="upgrade the schema to the newest revision",
+    )
     _add_watch_commands(commands)
-    history.add_command(commands, _with_engine)
-    status.add_commands(commands, _with_engine)
-    _add_demo_commands(commands)
-    add_bench_command(commands)
+    _add_history_command(commands)
+    _add_status_commands(commands)
+    _add_devtools_commands(commands)
     return parser
 
 
-def _add_watch_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _command(
+    commands: Commands, name: str, target: str, *, help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose code, `module:function`, is imported only when it runs."""
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(command=target)
+    return parser
+
+
+def _add_watch_commands(commands: Commands) -> None:
     watch = commands.add_parser("watch", help="edit or show the watchlist")
     actions = watch.add_subparsers(required=True, metavar="ACTION")
-    add = actions.add_parser("add", help="watch a (wallet, token) pair, or re-enable it")
+    ops = "balancewatch.ops.commands"
+    add = _command(
+        actions, "add", f"{ops}:watch_add", help="watch a (wallet, token) pair, or re-enable it"
+    )
     add.add_argument("wallet")
     add.add_argument("token")
     add.add_argument("--label")
-    add.set_defaults(command=_watch_add)
-    remove = actions.add_parser("remove", help="stop watching a pair (its history stays)")
+    remove = _command(
+        actions, "remove", f"{ops}:watch_remove", help="stop watching a pair (its history stays)"
+    )
     remove.add_argument("wallet")
     remove.add_argument("token")
-    remove.set_defaults(command=_watch_remove)
-    show = actions.add_parser("list", help="every pair with the daemon's status for it")
-    show.set_defaults(command=_watch_list)
-    watchfile.add_commands(actions, _with_engine)
+    _command(
+        actions, "list", f"{ops}:watch_list", help="every pair with the daemon's status for it"
+    )
+    load = _command(
+        actions,
+        "import",
+        "balancewatch.ops.watchfile:import_command",
+        help="add or update pairs from a CSV file (wallet,token,enabled,label); all or nothing",
+    )
+    load.add_argument("file", type=Path, metavar="FILE.csv")
+    dump = _command(
+        actions,
+        "export",
+        "balancewatch.ops.watchfile:export_command",
+        help="write the watchlist as CSV (to stdout without FILE)",
+    )
+    dump.add_argument("file", type=Path, nargs="?", metavar="FILE")
 
 
-def _add_demo_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = commands.add_parser(
-        "demo", help="everything on a throwaway local Postgres and a simulated Datastream"
+def _add_history_command(commands: Commands) -> None:
+    history = _command(
+        commands,
+        "history",
+        "balancewatch.ops.history:command",
+        help="print one pair's balance history, newest first, with a chart",
+        description="Print one pair's balance history, newest first. Times: ISO 8601 "
+        "(naive means UTC) or a span back from now: 90s, 15m, 1h, 2d, 1w.",
+    )
+    history.add_argument("wallet", help="the wallet's address (base58)")
+    history.add_argument("token", help="the token's mint address (base58)")
+    history.add_argument("--since", help="from this time on (inclusive)")
+    history.add_argument("--until", help="up to this time (inclusive)")
+    history.add_argument(
+        "--limit",
+        type=int,
+        default=HISTORY_LIMIT,
+        help=f"at most this many of the newest rows (default {HISTORY_LIMIT}; 0: all)",
+    )
+    history.add_argument("--format", choices=HISTORY_FORMATS, default="table")
+    history.add_argument("--plot", type=Path, metavar="FILE.png", help="also write the chart")
+
+
+def _add_status_commands(commands: Commands) -> None:
+    status = _command(
+        commands,
+        "status",
+        "balancewatch.ops.status:command",
+        help="is it working? pairs, rows, rejected frames, and the daemon's own view",
+    )
+    status.add_argument(
+        "--http",
+        metavar="URL",
+        default=None,
+        help="the daemon's HTTP endpoint (default http://127.0.0.1:$BALANCEWATCH_HTTP_PORT, "
+        "port 8080; 'none' to skip it)",
+    )
+    health = _command(
+        commands,
+        "healthcheck",
+        "balancewatch.ops.status:healthcheck",
+        help="exit 0 if the daemon's /readyz says it is ready (for containers)",
+    )
+    health.add_argument("--url", metavar="URL", default=None, help="default: as for status")
+
+
+def _add_devtools_commands(commands: Commands) -> None:
+    demo = _command(
+        commands,
+        "demo",
+        "balancewatch.devtools.demo:command",
+        help="everything on a throwaway local Postgres and a simulated Datastream",
     )
     demo.add_argument("--rate", type=float, default=5.0, help="messages per second (default 5)")
     demo.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    demo.set_defaults(command=_demo)
 
-    simulate = commands.add_parser("simulate", help="serve a simulated Datastream")
+    simulate = _command(
+        commands,
+        "simulate",
+        "balancewatch.devtools.simulator:command",
+        help="serve a simulated Datastream",
+    )
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
     simulate.add_argument("--key", default=None, help="refuse connections without this key")
     simulate.add_argument("--rate", type=float, default=10.0, help="messages per second")
-    simulate.set_defaults(command=_simulate)
 
-
-def _configure_logs(settings: Settings) -> None:
-    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
-
-
-def _run(_: argparse.Namespace) -> int:
-    settings = load_settings(need_key=True)
-    _configure_logs(settings)
-
-    async def daemon() -> None:
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
-            await run_daemon(settings, stop)
-
-    return _guarded(daemon)
-
-
-def _guarded(work: Callable[[], Awaitable[None]]) -> int:
-    """Run a coroutine; turn the expected failures into one log line and exit code 1."""
-
-    async def body() -> None:
-        await work()
-
-    try:
-        asyncio.run(body())
-    except SchemaNotReady as exc:
-        log.error("daemon.schema_not_ready", error=str(exc))
-        return EXIT_FAILURE
-    except SpoolError as exc:
-        log.error("daemon.spool_unusable", error=str(exc))
-        return EXIT_FAILURE
-    except HttpServerError as exc:
-        log.error("http.cannot_listen", error=str(exc))
-        return EXIT_FAILURE
-    except (OSError, SQLAlchemyError) as exc:
-        log.error("database.unreachable", error=logs.describe_error(exc))
-        return EXIT_FAILURE
-    except Exception:
-        log.exception("daemon.crashed")
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-def _migrate(_: argparse.Namespace) -> int:
-    settings = load_settings(need_key=False)
-    _configure_logs(settings)
-
-    async def upgrade() -> None:
-        engine = create_engine(settings.sqlalchemy_url, pool_size=1)
-        try:
-            await migrate.upgrade(engine)
-            log.info("migrate.done", revision=await migrate.current_revision(engine))
-        finally:
-            await engine.dispose()
-
-    return _guarded(upgrade)
-
-
-def _check_pair(wallet: str, token: str) -> None:
-    for name, value in (("WALLET", wallet), ("TOKEN", token)):
-        if not is_address(value):
-            raise ConfigError(f"{name} {value!r} is not a base58 address of 32 to 44 characters")
-
-
-def _with_engine(work: Callable[[AsyncEngine], Awaitable[int]]) -> int:
-    """Run `work` with an engine on the configured database; its result is the exit code."""
-    settings = load_settings(need_key=False)
-    _configure_logs(settings)
-    result = EXIT_FAILURE
-
-    async def body() -> None:
-        nonlocal result
-        engine = create_engine(settings.sqlalchemy_url, pool_size=1)
-        try:
-            result = await work(engine)
-        finally:
-            await engine.dispose()
-
-    if _guarded(body) != EXIT_OK:
-        return EXIT_FAILURE
-    return result
-
-
-def _watch_add(args: argparse.Namespace) -> int:
-    _check_pair(args.wallet, args.token)
-
-    async def add(engine: AsyncEngine) -> int:
-        created = await watchlist.add(engine, args.wallet, args.token, args.label)
-        print(f"{'added' if created else 'enabled'} {args.wallet} {args.token}")
-        return EXIT_OK
-
-    return _with_engine(add)
-
-
-def _watch_remove(args: argparse.Namespace) -> int:
-    async def remove(engine: AsyncEngine) -> int:
-        removed = await watchlist.remove(engine, args.wallet, args.token)
-        if not removed:
-            print(f"not watched: {args.wallet} {args.token}", file=sys.stderr)
-            return EXIT_FAILURE
-        print(f"removed {args.wallet} {args.token} (its history is kept)")
-        return EXIT_OK
-
-    return _with_engine(remove)
-
-
-def _watch_list(_: argparse.Namespace) -> int:
-    async def show(engine: AsyncEngine) -> int:
-        rows = await watchlist.entries(engine)
-        print(f"{'WALLET':44}  {'TOKEN':44}  {'ENABLED':7}  {'STATE':8}  LABEL")
-        for row in rows:
-            state = row.state or "-"
-            print(
-                f"{row.wallet:44}  {row.token:44}  {'yes' if row.enabled else 'no':7}  "
-                f"{state:8}  {row.label or ''}"
-            )
-        return EXIT_OK
-
-    return _with_engine(show)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from balancewatch.devtools.demo import run_demo  # noqa: PLC0415  (pulls in the simulator and localpg)
-
-    return run_demo(rate=args.rate, seconds=args.seconds)
-
-
-def _simulate(args: argparse.Namespace) -> int:
-    from balancewatch.devtools.simulator import serve  # noqa: PLC0415
-
-    logs.configure()
-
-    async def simulate() -> None:
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
-            await serve(args.host, args.port, args.key, args.rate, stop)
-
-    return _guarded(simulate)
+    bench = _command(
+        commands,
+        "bench",
+        "balancewatch.devtools.bench:command",
+        help="measure ingest, latency, sync and scale (see BENCHMARKS.md)",
+    )
+    bench.add_argument(
+        "--messages", type=int, default=None, help="messages for the ingest run (200000)"
+    )
+    bench.add_argument(
+        "--database-url", default=None, help="an existing server (default: a throwaway one)"
+    )
+    bench.add_argument("--quick", action="store_true", help="a small, fast run (a smoke test)")
+    bench.add_argument(
+        "--flush-interval", type=float, default=None, help="the daemon's flush_interval (0.02)"
+    )
+    bench.add_argument(
+        "--uvloop", action="store_true", help="run the in-process daemon on uvloop (installed)"
+    )

@@ -21,13 +21,11 @@ from pydantic_settings import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from balancewatch.errors import ConfigError
+
 ENV_PREFIX = "BALANCEWATCH_"
 CONFIG_ENV = "BALANCEWATCH_CONFIG"
 _DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message names it and hides its value."""
 
 
 def parse_database_url(raw: str) -> URL:
@@ -42,6 +40,15 @@ def parse_database_url(raw: str) -> URL:
     if not url.database:
         raise ValueError("names no database (postgresql://user:pass@host:port/DATABASE)")
     return url.set(drivername=drivername)
+
+
+def default_spool_dir() -> Path:
+    """The per-user state directory (XDG), so the default never depends on where the process
+    was started (under systemd that is `/`); the image sets /var/lib/balancewatch/spool."""
+    state = os.environ.get("XDG_STATE_HOME", "")
+    # The XDG spec says a relative value is invalid and is to be ignored.
+    base = Path(state) if Path(state).is_absolute() else Path.home() / ".local" / "state"
+    return base / "balancewatch" / "spool"
 
 
 class Settings(BaseSettings):
@@ -66,7 +73,7 @@ class Settings(BaseSettings):
     join_ack_timeout: float = Field(default=10.0, gt=0)
     shutdown_timeout: float = Field(default=8.0, gt=0, le=60)
 
-    spool_dir: Path = Path("spool")
+    spool_dir: Path = Field(default_factory=default_spool_dir)
     spool_mode: Literal["overflow", "durable"] = "overflow"
     max_buffered_rows: int = Field(default=100_000, ge=1)
     spool_max_bytes: int = Field(default=1024**3, ge=1024 * 1024)
@@ -117,6 +124,17 @@ class Settings(BaseSettings):
         if value < info.data.get("backoff_initial", 0):
             raise ValueError("must not be smaller than backoff_initial")
         return value
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir_expanded(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def drain_timeout(self) -> float:
+        """Seconds the writers get to store what they hold on the way out: the websocket's
+        closing handshake takes up to 2 s of the same shutdown budget."""
+        return max(1.0, self.shutdown_timeout - 2.0)
 
     @property
     def sqlalchemy_url(self) -> URL:

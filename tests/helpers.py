@@ -15,7 +15,7 @@ from alembic import command
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.daemon.service import Daemon, open_spool
+from balancewatch.daemon.service import Daemon
 from balancewatch.settings import Settings
 from balancewatch.store import migrate
 
@@ -73,21 +73,18 @@ class RunningDaemon:
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(engine: AsyncEngine, settings: Settings) -> AsyncIterator[RunningDaemon]:
-    spool = open_spool(settings)
-    daemon = Daemon(settings, engine, spool)
-    stop = asyncio.Event()
-    running = RunningDaemon(daemon, stop, asyncio.create_task(daemon.run(stop)))
-    try:
-        yield running
-    finally:
+async def running_daemon(settings: Settings) -> AsyncIterator[RunningDaemon]:
+    """A daemon built as `balancewatch run` builds it, running in this process."""
+    async with Daemon.open(settings) as daemon:
+        stop = asyncio.Event()
+        running = RunningDaemon(daemon, stop, asyncio.create_task(daemon.run(stop)))
         try:
+            yield running
+        finally:
             if not running.task.done():
                 await running.stop()
             else:
                 running.task.result()  # surface a crash
-        finally:
-            spool.close()
 
 
 async def wait_until(predicate: Any, timeout: float = 5.0, what: str = "condition") -> None:

@@ -138,7 +138,7 @@ async def test_a_malformed_frame_is_kept_in_rejected_messages_never_stored_and_t
         max_frame_bytes=MAX_FRAME_BYTES,
         rejected_frame_chars=FRAME_CHARS,
     )
-    async with running_daemon(engine, settings) as running:
+    async with running_daemon(settings) as running:
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         await simulator.send_raw(case.frame)
         await simulator.send_balance(WALLET, TOKEN, "42")
@@ -162,7 +162,7 @@ async def test_the_detail_and_arrival_time_of_a_rejected_frame_are_kept(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         before = await db.fetchval("SELECT now()")
         await simulator.send_raw(message("-3"))

@@ -49,7 +49,7 @@ async def test_enabled_watchlist_rows_are_joined_at_start_and_acknowledged(
     await db.execute(
         "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, false)", WALLET2, TOKEN
     )
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: simulator.joined_rooms() == {room(), room(WALLET2, SOL)})
         await wait_until(lambda: status_of(db), what="status row")
         await wait_until(lambda: _all_joined(db, 2), what="both pairs to reach the joined state")
@@ -74,7 +74,7 @@ async def test_every_balance_message_becomes_one_row_with_the_amount_exactly_as_
         "1.50",
         "123456789012345678901.123456789",
     ]
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         for amount in amounts:
             assert await simulator.send_balance(WALLET, TOKEN, amount) == 1
@@ -96,7 +96,7 @@ async def test_received_at_is_the_utc_time_the_frame_arrived(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     await watch(db)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         before = await db.fetchval("SELECT now()")
         await simulator.send_balance(WALLET, TOKEN, "5")
@@ -133,7 +133,7 @@ async def test_an_invalid_frame_is_counted_and_never_stored_and_the_stream_goes_
     frame = frame.replace("wallet:W:T:balance", room()).replace(
         "wallet:W:S:balance", room(WALLET, SOL)
     )
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         await simulator.send_raw(frame)
         await simulator.send_balance(WALLET, TOKEN, "42")
@@ -146,7 +146,7 @@ async def test_a_binary_frame_is_rejected(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     await watch(db)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         await simulator.send_raw(b'{"type":"ping"}')
         await wait_until(lambda: running.daemon.ingest.rejected["binary_frame"] == 1)
@@ -156,7 +156,7 @@ async def test_a_binary_frame_is_rejected(
 async def test_a_server_ping_is_answered_with_a_pong(
     engine: AsyncEngine, database_url: URL, simulator: Simulator
 ) -> None:
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: simulator.live_connections == 1)
         await simulator.ping()
         await simulator.wait_for(lambda: any(e.kind == "pong" for e in simulator.events))
@@ -166,7 +166,7 @@ async def test_watchlist_edits_reach_the_socket_within_a_second(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     settings = make_settings(database_url, simulator.url, reconcile_interval=60.0)
-    async with running_daemon(engine, settings):
+    async with running_daemon(settings):
         await simulator.wait_for(lambda: simulator.live_connections == 1)
         await wait_until(_sync_listening(db), what="the LISTEN connection")
 
@@ -194,7 +194,7 @@ async def test_a_few_rows_changed_are_read_again_alone_and_their_rooms_follow_th
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     settings = make_settings(database_url, simulator.url, reconcile_interval=60.0)
-    async with running_daemon(engine, settings) as running:
+    async with running_daemon(settings) as running:
         await simulator.wait_for(lambda: simulator.live_connections == 1)
         await wait_until(_sync_listening(db), what="the LISTEN connection")
         await watch(db)
@@ -244,7 +244,7 @@ async def _state_is(db: Any, state: str) -> bool:
 async def test_a_large_insert_in_one_transaction_is_joined_as_one_diff(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: simulator.live_connections == 1)
         # md5 hex with '0' swapped for 'z' is a valid 32-character base58 string.
         await db.execute(
@@ -262,7 +262,7 @@ async def test_a_dropped_connection_reconnects_and_rejoins_every_pair_once(
 ) -> None:
     await watch(db)
     await watch(db, WALLET2, SOL)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: len(simulator.joined_rooms()) == 2)
         for _ in range(3):
             await simulator.drop_connections()
@@ -279,7 +279,7 @@ async def test_a_message_for_a_room_never_joined_is_rejected(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     await watch(db)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         frame = (
             f'{{"type":"message","room":"{room(WALLET2, SOL)}",'
@@ -294,7 +294,7 @@ async def test_an_error_frame_about_a_room_is_recorded_against_its_pair(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     await watch(db)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         await simulator.send_raw(f'{{"type":"error","room":"{room()}","message":"no such room"}}')
         await wait_until(lambda: _state_is(db, "error"), what="the error state")
@@ -315,7 +315,7 @@ async def test_a_row_that_slipped_past_the_check_is_never_joined_and_is_marked_i
     await watch(db, "not-a-wallet-0OIl", TOKEN)
     await db.execute(many, WALLET2, 6_001, 11_999)
     await watch(db)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(lambda: len(simulator.joined_rooms()) == 12_000, timeout=10)
         await wait_until(lambda: _state_is_for(db, "not-a-wallet-0OIl", "invalid"))
     joins = [event.room for event in simulator.events if event.kind == "join"]
@@ -334,7 +334,7 @@ async def test_stopping_flushes_every_message_already_received(
     await watch(db)
     # A flush age and batch size that would never flush on their own: only the drain can.
     settings = make_settings(database_url, simulator.url, flush_interval=60.0, batch_size=100_000)
-    async with running_daemon(engine, settings) as running:
+    async with running_daemon(settings) as running:
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         for i in range(300):
             await simulator.send_balance(WALLET, TOKEN, str(i))
@@ -348,7 +348,7 @@ async def test_a_killed_listen_connection_comes_back_and_catches_up_on_changes(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:
     settings = make_settings(database_url, simulator.url, reconcile_interval=60.0)
-    async with running_daemon(engine, settings) as running:
+    async with running_daemon(settings) as running:
         await wait_until(_sync_listening(db), what="the LISTEN connection")
         reconciles = running.daemon.sync.reconciles
         # Kill it and change the table at once: the NOTIFY may well be lost, the re-read is not.

@@ -333,7 +333,7 @@ async def test_a_slow_database_fills_memory_to_its_bound_then_the_spool_and_drop
     settings = make_settings(url, simulator.url, max_buffered_rows=bound, batch_size=200)
     engine = create_engine(url)
     peak_memory = 0
-    async with running_daemon(engine, settings) as running:
+    async with running_daemon(settings) as running:
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         for i in range(5000):
             await simulator.send_balance(WALLET, TOKEN, str(i))
@@ -367,7 +367,7 @@ async def test_a_full_spool_pauses_reading_and_loses_nothing_nor_the_connection(
     )
     total = 12_000  # about 1.4 MB of spool: more than it may hold
     engine = create_engine(url)
-    async with running_daemon(engine, settings) as running:
+    async with running_daemon(settings) as running:
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         await connection.execute("BEGIN; LOCK TABLE balance_history IN EXCLUSIVE MODE")
 
@@ -377,7 +377,7 @@ async def test_a_full_spool_pauses_reading_and_loses_nothing_nor_the_connection(
 
         sender = asyncio.create_task(send_all())
         await wait_until(
-            lambda: not running.daemon.writer.room.is_set(), timeout=30, what="a full spool"
+            lambda: not running.daemon.writer.may_read.is_set(), timeout=30, what="a full spool"
         )
         paused_at = running.daemon.ingest.messages
         await asyncio.sleep(1.0)

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from balancewatch.daemon.http import HttpServerError
 from balancewatch.daemon.metrics import PairStates
-from balancewatch.daemon.service import Daemon, open_spool
+from balancewatch.daemon.service import Daemon
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
 from balancewatch.progress import Progress
@@ -84,7 +84,7 @@ def value(
 async def test_healthz_answers_while_the_daemon_runs(
     engine: AsyncEngine, database_url: URL, simulator: Simulator
 ) -> None:
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         status, body = await get(running.daemon, "/healthz")
         assert status == 200
         assert '"ok"' in body
@@ -103,9 +103,7 @@ async def test_readyz_follows_the_joins_the_websocket_and_the_database(
     settings = make_settings(database_url, "ws://127.0.0.1:1", join_ack_timeout=0.3)
     async with (
         Simulator(api_key=API_KEY, ping_interval=None, ack_joins=False) as simulator,
-        running_daemon(
-            engine, settings.model_copy(update={"datastream_url": simulator.url})
-        ) as running,
+        running_daemon(settings.model_copy(update={"datastream_url": simulator.url})) as running,
     ):
         daemon = running.daemon
         # Connected, but the server acknowledges no join: not ready, and the body says why.
@@ -148,7 +146,7 @@ async def test_readyz_follows_the_joins_the_websocket_and_the_database(
 async def test_readyz_waits_for_the_watchlist_to_be_read(
     engine: AsyncEngine, database_url: URL, simulator: Simulator
 ) -> None:
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         daemon = running.daemon
         # An empty watchlist, once read and connected, is ready: nothing to join.
         await wait_until(lambda: ready_is(daemon, 200, set()), what="200 with nothing to join")
@@ -163,7 +161,7 @@ async def test_metrics_count_what_the_daemon_did(
     await db.execute(
         "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, false)", WALLET2, TOKEN
     )
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         daemon = running.daemon
         await simulator.wait_for(lambda: simulator.joined_rooms() == {room(), room(WALLET2, SOL)})
         await wait_until(lambda: ready_is(daemon, 200, set()), what="ready")
@@ -217,7 +215,7 @@ async def test_metrics_count_reconnects_and_pairs_in_error(
 ) -> None:
     await watch(db)
     await watch(db, WALLET2, SOL)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         daemon = running.daemon
         await wait_until(lambda: ready_is(daemon, 200, set()), what="ready")
         await simulator.drop_connections()
@@ -240,18 +238,13 @@ async def test_metrics_count_reconnects_and_pairs_in_error(
 async def test_two_daemons_keep_their_metrics_apart(
     engine: AsyncEngine, database_url: URL, simulator: Simulator
 ) -> None:
-    first = Daemon(make_settings(database_url, simulator.url), engine, _spool(database_url))
-    second = Daemon(make_settings(database_url, simulator.url), engine, _spool(database_url))
-    first.ingest.messages = 5
-    assert first.registry is not second.registry
-    assert first.registry.get_sample_value("balancewatch_messages_received_total") == 5
-    assert second.registry.get_sample_value("balancewatch_messages_received_total") == 0
-    first.spool.close()
-    second.spool.close()
-
-
-def _spool(database_url: URL) -> Any:
-    return open_spool(make_settings(database_url, "ws://127.0.0.1:1"))
+    settings = make_settings(database_url, simulator.url)
+    other = make_settings(database_url, simulator.url)
+    async with Daemon.open(settings) as first, Daemon.open(other) as second:
+        first.ingest.messages = 5
+        assert first.registry is not second.registry
+        assert first.registry.get_sample_value("balancewatch_messages_received_total") == 5
+        assert second.registry.get_sample_value("balancewatch_messages_received_total") == 0
 
 
 async def test_an_address_in_use_stops_the_daemon_before_it_reads(
@@ -262,12 +255,9 @@ async def test_an_address_in_use_stops_the_daemon_before_it_reads(
         taken.listen()
         port = taken.getsockname()[1]
         settings = make_settings(database_url, simulator.url, http_port=port)
-        spool = open_spool(settings)
-        try:
+        async with Daemon.open(settings) as daemon:
             with pytest.raises(HttpServerError, match=f"cannot listen on 127.0.0.1:{port}"):
-                await Daemon(settings, engine, spool).run(asyncio.Event())
-        finally:
-            spool.close()
+                await daemon.run(asyncio.Event())
     assert simulator.total_connections == 0
 
 
@@ -354,9 +344,8 @@ async def test_replaying_a_spool_logs_its_progress(engine: AsyncEngine, db: Any)
     spool = open_test_spool()
     for line in make_rows(500):
         spool.append(line)
-    writer = make_writer(engine, batch_size=100, spool=spool)
     ticks = iter(range(1000))
-    writer._replay = Progress("writer.spool_replay_progress", clock=lambda: 0.6 * next(ticks))
+    writer = make_writer(engine, batch_size=100, spool=spool, clock=lambda: 0.6 * next(ticks))
     with capture_logs() as logs:
         while writer.rows_written < 500:
             assert await writer.flush()

@@ -33,7 +33,8 @@ from balancewatch.daemon.protocol import (
 from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair, is_address, pair_for, room_for
-from balancewatch.pipeline.records import BalanceLine, RejectedRow, balance_line
+from balancewatch.pipeline.records import BalanceLine, balance_line
+from balancewatch.store.writes import RejectedRow
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room
 
 
@@ -483,6 +484,7 @@ async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_re
         sink = RecordingSink()
         ingest = Ingest(
             subscriptions,
+            sink,
             sink,
             max_frame_bytes=MAX_FRAME_BYTES,
             rejected_frame_chars=REJECTED_FRAME_CHARS,

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancewatch.backoff import Backoff
+from balancewatch.aio import Backoff
 from balancewatch.daemon.rooms import diff_rooms, wanted_rooms
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room
 

@@ -250,7 +250,7 @@ async def test_reprs_and_a_refused_handshake_reveal_no_secret(
     settings = make_settings(secret_url, simulator.url, spool_dir=tmp_path / "spool")
     simulator.refuse_status = 401
     with capture_logs() as logs:
-        async with running_daemon(engine, settings) as running:
+        async with running_daemon(settings) as running:
             await wait_until(
                 lambda: sum(e["event"] == "datastream.key_rejected" for e in logs) >= 2,
                 what="two refused handshakes",
@@ -646,7 +646,7 @@ async def test_the_daemon_works_with_only_the_readme_grants(
             daemon_url, simulator.url, spool_dir=tmp_path / "spool", spool_mode=spool_mode
         )
         with capture_logs() as logs:
-            async with running_daemon(engine, settings):
+            async with running_daemon(settings):
                 await simulator.wait_for(lambda: room() in simulator.joined_rooms())
                 await wait_until(lambda: _is(state_of(db), "joined"), what="state joined")
                 for amount in ("1", "2.5", "0"):
@@ -662,6 +662,28 @@ async def test_the_daemon_works_with_only_the_readme_grants(
     assert [e for e in logs if e["event"] == "writer.flush_failed"] == []
     if spool_mode == "durable":  # every row went through the spool and its checkpoint
         assert await db.fetchval("SELECT count(*) FROM spool_checkpoint") == 1
+
+
+async def test_without_its_grant_on_subscription_status_balance_rows_are_still_stored(
+    daemon_url: URL, db: Any, simulator: Simulator, tmp_path: Path
+) -> None:
+    await db.execute(f'REVOKE ALL ON subscription_status FROM "{daemon_url.username}"')
+    await watch(db)
+    settings = make_settings(daemon_url, simulator.url, spool_dir=tmp_path / "spool")
+    async with running_daemon(settings) as running:
+        await simulator.wait_for(lambda: room() in simulator.joined_rooms())
+        for amount in ("1", "2.5", "0"):
+            await simulator.send_balance(WALLET, TOKEN, amount)
+        await wait_until(lambda: _is(history_count(db), 3), what="three rows")
+        book = running.daemon.bookkeeping
+        await wait_until(lambda: book.failures["subscription_status"] >= 2, what="retries")
+        failures = running.daemon.registry.get_sample_value(
+            "balancewatch_bookkeeping_write_failures_total", {"table": "subscription_status"}
+        )
+        assert failures is not None
+        assert failures >= 2
+        assert running.daemon.writer.rows_written == 3
+    assert await db.fetchval("SELECT count(*) FROM subscription_status") == 0
 
 
 DENIED = [

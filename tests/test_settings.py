@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from balancewatch.settings import ConfigError, load_settings
+from balancewatch.errors import ConfigError
+from balancewatch.settings import load_settings
 
 SECRET = "hunter2-secret-key"
 PASSWORD = "pa55-word-xyz"

@@ -141,7 +141,7 @@ async def test_status_shows_the_running_daemon_and_healthcheck_follows_readyz(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)) as running:
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
         daemon = running.daemon
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         await wait_until(lambda: daemon.http.port != 0, what="the HTTP server")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,12 +18,10 @@ from structlog.testing import capture_logs
 from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
 from balancewatch.pipeline.spool import Spool
 from balancewatch.pipeline.writer import Writer, WriterConfig
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, scratch_dir, wait_until
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, make_settings, scratch_dir, wait_until
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-PAIR = (WALLET, TOKEN)
-PAIR2 = (WALLET2, SOL)
 
 
 _spools: list[Spool] = []
@@ -52,13 +50,18 @@ def make_writer(
     batch_size: int = 1000,
     flush_interval: float = 60.0,
     spool: Spool | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **extra: Any,
 ) -> Writer:
-    writer = Writer(
-        engine,
-        spool or open_test_spool(),
-        WriterConfig(batch_size=batch_size, flush_interval=flush_interval, **extra),
+    """A writer configured as the daemon's, but for the batching under test."""
+    settings = make_settings(engine.url, "ws://127.0.0.1:1")
+    config = replace(
+        WriterConfig.from_settings(settings),
+        batch_size=batch_size,
+        flush_interval=flush_interval,
+        **extra,
     )
+    writer = Writer(engine.url, spool or open_test_spool(), config, clock=clock)
     _writers.append(writer)
     return writer
 
@@ -92,14 +95,6 @@ async def stored(db: Any) -> list[BalanceLine]:
 async def count(db: Any) -> int:
     value: int = await db.fetchval("SELECT count(*) FROM balance_history")
     return value
-
-
-async def status_row(db: Any, pair: tuple[str, str] = PAIR) -> Any:
-    return await db.fetchrow(
-        "SELECT state, since, last_error, updated_at FROM subscription_status "
-        "WHERE wallet = $1 AND token = $2",
-        *pair,
-    )
 
 
 @dataclass
@@ -261,16 +256,12 @@ async def test_cancelling_run_drains_the_buffer_before_the_task_ends(
     assert writer.pending_rows == 5
     assert writer.rows_written == 0
 
-    # A status change would start a flush at once; made together with the cancel, it only
-    # joins what the drain must write (a write already in flight is another matter, below).
-    writer.set_status([PAIR], "joined")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, timeout=5)
 
     assert task.cancelled()
     assert await stored(db) == rows
-    assert (await status_row(db))["state"] == "joined"
     assert writer.pending_rows == 0
 
 
@@ -343,100 +334,15 @@ async def test_a_drain_that_cannot_write_spools_the_rows_and_the_next_writer_rep
     assert await count(db) == 4
 
 
-# --- subscription status ----------------------------------------------------------------------
-
-
-async def test_the_first_state_of_a_pair_sets_since(engine: AsyncEngine, db: Any) -> None:
-    writer = make_writer(engine)
-    before = datetime.now(UTC)
-    writer.set_status([PAIR, PAIR2], "joining")
-    after = datetime.now(UTC)
-    assert await writer.flush()
-    for pair in (PAIR, PAIR2):
-        row = await status_row(db, pair)
-        assert row["state"] == "joining"
-        assert before <= row["since"] <= after
-        assert row["last_error"] is None
-
-
-async def test_a_repeated_state_keeps_since_and_a_new_state_moves_it(
-    engine: AsyncEngine, db: Any
-) -> None:
-    writer = make_writer(engine)
-    writer.set_status([PAIR], "joining")
-    assert await writer.flush()
-    first = await status_row(db)
-
-    writer.set_status([PAIR], "joining")
-    assert await writer.flush()
-    repeated = await status_row(db)
-    assert repeated["since"] == first["since"]
-    assert repeated["updated_at"] > first["updated_at"]
-
-    before = datetime.now(UTC)
-    writer.set_status([PAIR], "joined")
-    assert await writer.flush()
-    moved = await status_row(db)
-    assert moved["state"] == "joined"
-    assert moved["since"] >= before > first["since"]
-
-
-async def test_last_error_keeps_the_previous_error_when_a_later_change_has_none(
-    engine: AsyncEngine, db: Any
-) -> None:
-    writer = make_writer(engine)
-    writer.set_status([PAIR], "error", "no such room")
-    assert await writer.flush()
-    writer.set_status([PAIR], "joining")
-    assert await writer.flush()
-    row = await status_row(db)
-    assert (row["state"], row["last_error"]) == ("joining", "no such room")
-
-    writer.set_status([PAIR], "joining", "connection reset")
-    assert await writer.flush()
-    row = await status_row(db)
-    assert (row["state"], row["last_error"]) == ("joining", "connection reset")
-
-
-async def test_the_last_of_several_changes_to_a_pair_before_a_flush_wins(
-    engine: AsyncEngine, db: Any
-) -> None:
-    writer = make_writer(engine)
-    writer.set_status([PAIR, PAIR2], "joining")
-    writer.set_status([PAIR], "joined")
-    before_last = datetime.now(UTC)
-    writer.set_status([PAIR], "error", "kicked")
-    writer.set_status([PAIR2], "leaving")
-    writer.set_status([PAIR2], "left")
-    assert await writer.flush()
-
-    row = await status_row(db)
-    assert (row["state"], row["last_error"]) == ("error", "kicked")
-    assert row["since"] >= before_last
-    assert (await status_row(db, PAIR2))["state"] == "left"
-    assert await db.fetchval("SELECT count(*) FROM subscription_status") == 2
-
-
-async def test_status_changes_alone_are_flushed_by_the_run_loop(
-    engine: AsyncEngine, db: Any
-) -> None:
-    writer = make_writer(engine, flush_interval=60.0)
-    async with running(writer):
-        writer.set_status([PAIR], "joined")
-        await wait_until(lambda: status_row(db), what="the status row")
-    assert (await status_row(db))["state"] == "joined"
-
-
 # --- failed writes ------------------------------------------------------------------------------
 
 
-async def test_a_failed_write_keeps_rows_and_status_buffered_in_order_until_the_table_is_back(
+async def test_a_failed_write_keeps_rows_buffered_in_order_until_the_table_is_back(
     engine: AsyncEngine, db: Any
 ) -> None:
     writer = make_writer(engine, batch_size=3)
     rows = make_rows(7)
     add_all(writer, rows[:5])
-    writer.set_status([PAIR], "joining")
     await table_away(db)
 
     assert await writer.flush() is False
@@ -444,10 +350,8 @@ async def test_a_failed_write_keeps_rows_and_status_buffered_in_order_until_the_
     assert await writer.flush() is False  # a second failure does not duplicate the batch
     assert writer.pending_rows == 5
     assert writer.rows_written == 0
-    assert await status_row(db) is None  # the status upsert was in the failed transaction
 
     add_all(writer, rows[5:])
-    writer.set_status([PAIR], "joined")  # newer than the failed change: it must win
     await table_back(db)
     flushes = 0
     while writer.pending_rows:
@@ -457,7 +361,6 @@ async def test_a_failed_write_keeps_rows_and_status_buffered_in_order_until_the_
     assert flushes == 3  # 3 + 3 + 1
     assert await stored(db) == rows
     assert writer.rows_written == 7
-    assert (await status_row(db))["state"] == "joined"
 
 
 async def test_the_run_loop_retries_a_failed_batch_and_writes_it_once_the_table_is_back(

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.backoff import Backoff
+from balancewatch.aio import Backoff
 from balancewatch.daemon.datastream import WebSocketSender
 from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
@@ -153,7 +153,7 @@ async def test_cuts_in_the_middle_of_rejoining_a_large_watchlist_lose_no_room(
     sampler = SubscriberSampler(simulator)
     cuts = [120, 1, 299, 40]
     simulator.cut_after_joins = list(cuts)
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         await simulator.wait_for(
             lambda: (
                 simulator.total_connections == len(cuts) + 1
@@ -183,7 +183,7 @@ async def test_repeated_drops_store_every_message_sent_after_each_reconnect_exac
     pairs = await watch_many(db, 20)
     sampler = SubscriberSampler(simulator)
     sent: set[tuple[str, str, Decimal]] = set()
-    async with running_daemon(engine, make_settings(database_url, simulator.url)):
+    async with running_daemon(make_settings(database_url, simulator.url)):
         for drop in range(5):
             await simulator.wait_for(lambda: simulator.joined_rooms() == rooms_of(pairs))
             sent |= await send_to_each(simulator, pairs, tag=drop)
@@ -207,7 +207,7 @@ async def test_a_server_that_accepts_and_drops_at_once_is_retried_with_growing_b
     settings = make_settings(
         database_url, simulator.url, backoff_initial=initial, backoff_max=maximum
     )
-    async with running_daemon(engine, settings) as running:
+    async with running_daemon(settings) as running:
         # Seeded before the daemon first runs, so the delays it will draw are known here.
         running.daemon.client.backoff.rng = random.Random(seed)
         expected = Backoff(initial, maximum, rng=random.Random(seed))
@@ -259,7 +259,7 @@ async def test_a_silent_dead_connection_is_detected_dropped_and_rejoined(
     settings = make_settings(
         database_url, simulator.url, keepalive_interval=keepalive, idle_timeout=idle
     )
-    async with running_daemon(engine, settings):
+    async with running_daemon(settings):
         await simulator.wait_for(lambda: simulator.joined_rooms() == rooms_of(pairs))
         await wait_until(states_are(db, "joined", 2), what="both pairs joined")
 
@@ -291,7 +291,7 @@ async def test_server_json_pings_keep_a_quiet_connection_alive_past_the_idle_tim
         settings = make_settings(
             database_url, simulator.url, keepalive_interval=0.2, idle_timeout=0.4
         )
-        async with running_daemon(engine, settings):
+        async with running_daemon(settings):
             await simulator.wait_for(lambda: room() in simulator.joined_rooms())
             # 1.5 s of pings only: almost four idle timeouts, seven keepalive intervals.
             await simulator.wait_for(lambda: len(events(simulator, "pong")) >= 15, timeout=5.0)
@@ -311,7 +311,7 @@ async def test_an_unacknowledged_join_is_sent_again_with_growing_delays_until_ac
     simulator.ack_joins = False
     await watch(db, (WALLET, TOKEN))
     settings = make_settings(database_url, simulator.url, join_ack_timeout=0.2, backoff_max=0.8)
-    async with running_daemon(engine, settings):
+    async with running_daemon(settings):
         await simulator.wait_for(lambda: len(joins_of(simulator, room())) >= 3, timeout=5.0)
         await wait_until(
             _last_error_matches(db, r"no ack after 0\.\d s \(attempt 3\)"),
@@ -349,7 +349,7 @@ async def test_only_a_room_still_unacknowledged_is_joined_again(
 ) -> None:
     await watch(db, (WALLET, TOKEN))
     settings = make_settings(database_url, simulator.url, join_ack_timeout=0.2, backoff_max=0.4)
-    async with running_daemon(engine, settings):
+    async with running_daemon(settings):
         await wait_until(states_are(db, "joined", 1), what="the first pair joined")
         simulator.ack_joins = False
         await watch(db, (WALLET2, SOL))
@@ -366,7 +366,7 @@ async def test_an_error_frame_about_an_unacknowledged_room_ends_its_retries_and_
     simulator.ack_joins = False
     await watch(db, (WALLET, TOKEN))
     settings = make_settings(database_url, simulator.url, join_ack_timeout=0.5)
-    async with running_daemon(engine, settings):
+    async with running_daemon(settings):
         await simulator.wait_for(lambda: room() in simulator.joined_rooms())
         await simulator.send_raw(f'{{"type":"error","room":"{room()}","message":"not allowed"}}')
         await wait_until(states_are(db, "error", 1), what="the error state")

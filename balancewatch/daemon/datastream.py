@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from balancewatch.aio import wait_first
-from balancewatch.backoff import Backoff
+from balancewatch.aio import Backoff, wait_first
 from balancewatch.daemon.ingest import Ingest
 from balancewatch.daemon.protocol import PONG, join_frame, leave_frame
 from balancewatch.daemon.subscriptions import RoomSender
 from balancewatch.logs import describe_error, get_logger, scrubber
+from balancewatch.settings import Settings
 
 log = get_logger(__name__)
 
@@ -55,6 +55,19 @@ class StreamConfig:
     keepalive_interval: float
     idle_timeout: float
     max_frame_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StreamConfig:
+        return cls(
+            base_url=settings.datastream_url,
+            backoff_initial=settings.backoff_initial,
+            backoff_max=settings.backoff_max,
+            backoff_reset_after=settings.backoff_reset_after,
+            connect_timeout=settings.connect_timeout,
+            keepalive_interval=settings.keepalive_interval,
+            idle_timeout=settings.idle_timeout,
+            max_frame_bytes=settings.max_frame_bytes,
+        )
 
 
 class TextSocket(Protocol):

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balancewatch.errors import StartupError
 from balancewatch.logs import describe_error, get_logger, scrubber
 from balancewatch.store.db import DB_ERRORS
 
@@ -28,8 +29,10 @@ DB_CHECK_TIMEOUT: Final = 2.0
 DB_CHECK_MAX_AGE: Final = 1.0
 
 
-class HttpServerError(RuntimeError):
+class HttpServerError(StartupError):
     """The HTTP server cannot listen on the configured address."""
+
+    event = "http.cannot_listen"
 
 
 class DatabaseProbe:

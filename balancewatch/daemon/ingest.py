@@ -14,7 +14,8 @@ from typing import Final, Protocol
 from balancewatch import logs
 from balancewatch.daemon.protocol import BalanceUpdate, Joined, Ping, Rejected, parse_frame
 from balancewatch.daemon.subscriptions import Subscriptions
-from balancewatch.pipeline.records import BalanceLine, RejectedRow, Stamps, balance_line
+from balancewatch.pipeline.records import BalanceLine, Stamps, balance_line
+from balancewatch.store.writes import RejectedRow
 
 log = logs.get_logger(__name__)
 
@@ -25,6 +26,8 @@ _SAMPLE_CHARS: Final = 200
 class RowSink(Protocol):
     def add(self, line: BalanceLine) -> None: ...
 
+
+class RejectSink(Protocol):
     def add_rejected(self, row: RejectedRow) -> None: ...
 
 
@@ -33,12 +36,14 @@ class Ingest:
         self,
         subscriptions: Subscriptions,
         rows: RowSink,
+        rejects: RejectSink,
         *,
         max_frame_bytes: int,
         rejected_frame_chars: int,
     ) -> None:
         self._subscriptions = subscriptions
         self._rows = rows
+        self._rejects = rejects
         self._max_frame_bytes = max_frame_bytes
         self._rejected_frame_chars = rejected_frame_chars
         self._stamps = Stamps()
@@ -91,7 +96,7 @@ class Ingest:
         detail = _storable(rejected.detail, limit)
         room = None if rejected.room is None else _storable(rejected.room, limit)
         self.rejected[rejected.reason] += 1
-        self._rows.add_rejected((received_at, rejected.reason, detail, room, stored, size))
+        self._rejects.add_rejected((received_at, rejected.reason, detail, room, stored, size))
         log.warning(
             "ingest.frame_rejected",
             reason=rejected.reason,

@@ -19,6 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from balancewatch.domain import PAIR_STATES, Pair, PairState
+from balancewatch.pipeline.bookkeeping import TABLES as BOOKKEEPING_TABLES
+from balancewatch.pipeline.bookkeeping import Table
 from balancewatch.progress import Progress
 
 _BATCH_ROWS_BUCKETS: Final = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 50_000)
@@ -104,6 +106,8 @@ class Snapshot:
     rows_written: int
     rejected: Mapping[str, int]
     rejected_dropped: int
+    bookkeeping_failures: Mapping[Table, int]
+    bookkeeping_pending: Mapping[Table, int]
     pair_counts: Mapping[PairState, int]
     connected: bool
     connections: int
@@ -135,6 +139,19 @@ class DaemonCollector(Collector):
             "rejected_frames_dropped",
             "Rejected frames dropped unstored (too many waiting for the database).",
             c.rejected_dropped,
+        )
+        yield _by_table(
+            CounterMetricFamily,
+            "bookkeeping_write_failures",
+            "Failed writes of subscription states or rejected frames (retried; balance rows "
+            "are written regardless).",
+            c.bookkeeping_failures,
+        )
+        yield _by_table(
+            GaugeMetricFamily,
+            "bookkeeping_pending",
+            "Subscription states or rejected frames waiting to be written.",
+            c.bookkeeping_pending,
         )
         pairs = GaugeMetricFamily(
             "balancewatch_pairs", "Watchlist pairs by subscription state.", labels=["state"]
@@ -170,6 +187,18 @@ class DaemonCollector(Collector):
             yield _gauge(
                 "database_up", "1 if the database answered the last check.", int(c.database_up)
             )
+
+
+def _by_table(
+    family: type[CounterMetricFamily | GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    values: Mapping[Table, int],
+) -> Metric:
+    metric = family(f"balancewatch_{name}", documentation, labels=["table"])
+    for table in BOOKKEEPING_TABLES:
+        metric.add_metric([table], values.get(table, 0))
+    return metric
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -10,81 +10,91 @@ stops the daemon before it reads a frame.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balancewatch import logs
+from balancewatch.aio import run_to_exit_code
 from balancewatch.daemon.datastream import DatastreamClient, StreamConfig
 from balancewatch.daemon.http import DatabaseProbe, HttpServer, Readiness
 from balancewatch.daemon.ingest import Ingest
 from balancewatch.daemon.metrics import DaemonCollector, PairStates, Snapshot, WriteMetrics
+from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
 from balancewatch.daemon.sync import SyncConfig, WatchlistSync
 from balancewatch.domain import SETTLED_STATES, pair_for
+from balancewatch.errors import StartupError
 from balancewatch.logs import get_logger
+from balancewatch.pipeline.bookkeeping import Bookkeeping, BookkeepingConfig
 from balancewatch.pipeline.spool import Spool
 from balancewatch.pipeline.writer import Writer, WriterConfig
-from balancewatch.settings import Settings
+from balancewatch.settings import Settings, load_settings
 from balancewatch.store import migrate
 from balancewatch.store.db import create_engine, describe
 
 log = get_logger(__name__)
 
 
-class SchemaNotReady(RuntimeError):
-    pass
+class SchemaNotReady(StartupError):
+    event = "daemon.schema_not_ready"
 
 
 class Daemon:
-    """The pieces of a running balancewatch, built from the settings."""
+    """The pieces of a running balancewatch, wired together; built by `Daemon.open`."""
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Daemon]:
+        """The one way to build a daemon (`run`, the demo, the bench and the tests all use it):
+        its engine and spool opened, the schema checked, the start logged; closed on exit."""
+        engine = create_engine(settings.sqlalchemy_url)
+        try:
+            await check_schema(engine)
+            with open_spool(settings) as spool:
+                _log_start(settings, spool)
+                yield cls(settings, engine, spool)
+        finally:
+            await engine.dispose()
 
     def __init__(self, settings: Settings, engine: AsyncEngine, spool: Spool) -> None:
+        url = settings.sqlalchemy_url
         self.spool = spool
         self.registry = CollectorRegistry()
         self.write_metrics = WriteMetrics(self.registry)
-        self.writer = Writer(engine, spool, writer_config(settings), self.write_metrics.observe)
-        # Between the subscriptions and the writer: the last state of each pair, in memory.
-        self.pair_states = PairStates(self.writer)
+        self.writer = Writer(
+            url, spool, WriterConfig.from_settings(settings), self.write_metrics.observe
+        )
+        self.bookkeeping = Bookkeeping(url, BookkeepingConfig.from_settings(settings))
+        # Between the subscriptions and the bookkeeping: the last state of each pair, in memory.
+        self.pair_states = PairStates(self.bookkeeping)
         self.subscriptions = Subscriptions(
             self.pair_states,
             join_ack_timeout=settings.join_ack_timeout,
             join_retry_max=settings.backoff_max,
         )
         self.sync = WatchlistSync(
-            engine,
-            settings.sqlalchemy_url,
-            self.subscriptions,
-            SyncConfig(
-                reconcile_interval=settings.reconcile_interval,
-                backoff_initial=settings.backoff_initial,
-                backoff_max=settings.backoff_max,
-                connect_timeout=settings.connect_timeout,
-            ),
+            engine, url, self.subscriptions, SyncConfig.from_settings(settings)
         )
         self.ingest = Ingest(
             self.subscriptions,
             self.writer,
+            self.bookkeeping,
             max_frame_bytes=settings.max_frame_bytes,
             rejected_frame_chars=settings.rejected_frame_chars,
         )
         self.client = DatastreamClient(
-            StreamConfig(
-                base_url=settings.datastream_url,
-                backoff_initial=settings.backoff_initial,
-                backoff_max=settings.backoff_max,
-                backoff_reset_after=settings.backoff_reset_after,
-                connect_timeout=settings.connect_timeout,
-                keepalive_interval=settings.keepalive_interval,
-                idle_timeout=settings.idle_timeout,
-                max_frame_bytes=settings.max_frame_bytes,
-            ),
+            StreamConfig.from_settings(settings),
             settings.datastream_key,
             self.ingest,
             on_connected=self._connected,
             on_disconnected=self.subscriptions.disconnected,
             while_connected=self.subscriptions.retry_unacked_joins,
-            may_read=self.writer.room,
+            may_read=self.writer.may_read,
         )
         self.database = DatabaseProbe(engine)
         self.registry.register(DaemonCollector(self.snapshot))
@@ -120,14 +130,16 @@ class Daemon:
             messages=self.ingest.messages,
             rows_written=self.writer.rows_written,
             rejected=dict(self.ingest.rejected),
-            rejected_dropped=self.writer.rejected_dropped,
+            rejected_dropped=self.bookkeeping.rejected_dropped,
+            bookkeeping_failures=dict(self.bookkeeping.failures),
+            bookkeeping_pending=self.bookkeeping.pending,
             pair_counts=dict(self.pair_states.counts),
             connected=self.client.connected,
             connections=self.client.connections,
             pending_in_memory=self.writer.pending_in_memory,
             pending_in_spool=self.writer.pending_rows - self.writer.pending_in_memory,
             spool_bytes=self.spool.total_bytes,
-            reading_paused=not self.writer.room.is_set(),
+            reading_paused=not self.writer.may_read.is_set(),
             newest_stored=self.write_metrics.newest_stored,
             database_up=self.database.up,
         )
@@ -136,10 +148,14 @@ class Daemon:
         # Bound first: an address in use stops the daemon before it reads anything.
         await self.http.start()
         drain = asyncio.Event()
-        # The writer runs outside the readers' task group: whatever ends the readers, even a
-        # crash, it still gets to write what they read. A dead writer stops the readers.
-        writer = asyncio.create_task(self.writer.run(drain))
-        writer.add_done_callback(lambda _: stop.set())
+        # The writers run outside the readers' task group: whatever ends the readers, even a
+        # crash, they still get to write what was read. A dead writer stops the readers.
+        writers = [
+            asyncio.create_task(self.writer.run(drain)),
+            asyncio.create_task(self.bookkeeping.run(drain)),
+        ]
+        for writer in writers:
+            writer.add_done_callback(lambda _: stop.set())
         try:
             async with asyncio.TaskGroup() as readers:
                 readers.create_task(self.client.run(stop))
@@ -147,7 +163,7 @@ class Daemon:
                 readers.create_task(self.http.serve(stop))
         finally:
             drain.set()
-            await writer
+            await asyncio.gather(*writers)
         log.info(
             "daemon.stopped",
             messages=self.ingest.messages,
@@ -156,50 +172,23 @@ class Daemon:
         )
 
 
-def writer_config(settings: Settings) -> WriterConfig:
-    return WriterConfig(
-        batch_size=settings.batch_size,
-        flush_interval=settings.flush_interval,
-        # The websocket's closing handshake takes up to 2 s of the same budget.
-        drain_timeout=max(1.0, settings.shutdown_timeout - 2.0),
-        write_timeout=settings.write_timeout,
-        max_memory_rows=settings.max_buffered_rows,
-        durable=settings.spool_mode == "durable",
-        spool_max_bytes=settings.spool_max_bytes,
-        spool_fsync_interval=settings.spool_fsync_interval,
-    )
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run a daemon built from `settings` until `stop` is set: what `balancewatch run` does."""
+    async with Daemon.open(settings) as daemon:
+        await daemon.run(stop)
 
 
-def open_spool(settings: Settings) -> Spool:
-    # Several segments fit in the bound, so a replay frees space as it goes.
-    spool = Spool(
-        settings.spool_dir, segment_bytes=min(64 * 1024 * 1024, settings.spool_max_bytes // 8)
-    )
-    spool.open()
-    return spool
+def run_command(_: argparse.Namespace) -> int:
+    """`balancewatch run`: the daemon in the foreground until SIGTERM or SIGINT."""
+    settings = load_settings(need_key=True)
+    logs.configure(settings.log_level, settings.log_format, secrets=settings.secrets())
 
+    async def daemon() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await serve(settings, stop)
 
-async def run(settings: Settings, stop: asyncio.Event) -> None:
-    engine = create_engine(settings.sqlalchemy_url)
-    spool = open_spool(settings)
-    try:
-        await check_schema(engine)
-        if settings.datastream_url.startswith("ws://"):
-            log.warning(
-                "daemon.plaintext_datastream",
-                message="datastream_url is ws://, not wss://: the key travels unencrypted",
-            )
-        log.info(
-            "daemon.starting",
-            database=describe(settings.sqlalchemy_url),
-            spool=str(settings.spool_dir),
-            spool_mode=settings.spool_mode,
-            spooled_bytes=spool.total_bytes,
-        )
-        await Daemon(settings, engine, spool).run(stop)
-    finally:
-        spool.close()
-        await engine.dispose()
+    return run_to_exit_code(daemon)
 
 
 async def check_schema(engine: AsyncEngine) -> None:
@@ -210,3 +199,31 @@ async def check_schema(engine: AsyncEngine) -> None:
             f"the database schema is at revision {current or 'none'}, not {head}: "
             "run `balancewatch migrate` first"
         )
+
+
+@contextlib.contextmanager
+def open_spool(settings: Settings) -> Iterator[Spool]:
+    # Several segments fit in the bound, so a replay frees space as it goes.
+    spool = Spool(
+        settings.spool_dir, segment_bytes=min(64 * 1024 * 1024, settings.spool_max_bytes // 8)
+    )
+    spool.open()
+    try:
+        yield spool
+    finally:
+        spool.close()
+
+
+def _log_start(settings: Settings, spool: Spool) -> None:
+    if settings.datastream_url.startswith("ws://"):
+        log.warning(
+            "daemon.plaintext_datastream",
+            message="datastream_url is ws://, not wss://: the key travels unencrypted",
+        )
+    log.info(
+        "daemon.starting",
+        database=describe(settings.sqlalchemy_url),
+        spool=str(settings.spool_dir),
+        spool_mode=settings.spool_mode,
+        spooled_bytes=spool.total_bytes,
+    )

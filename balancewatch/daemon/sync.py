@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.aio import wait_first
-from balancewatch.backoff import Backoff
+from balancewatch.aio import Backoff, wait_first
 from balancewatch.daemon.rooms import Wanted, wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair
 from balancewatch.logs import describe_error, get_logger
+from balancewatch.settings import Settings
 from balancewatch.store import watchlist
-from balancewatch.store.db import DB_ERRORS, connect_raw
+from balancewatch.store.db import DB_ERRORS, RawConnection, connect_raw
 from balancewatch.store.models import WATCHLIST_CHANNEL
 
 log = get_logger(__name__)
@@ -43,7 +42,16 @@ class SyncConfig:
     reconcile_interval: float
     backoff_initial: float
     backoff_max: float
-    connect_timeout: float = 10.0
+    connect_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SyncConfig:
+        return cls(
+            reconcile_interval=settings.reconcile_interval,
+            backoff_initial=settings.backoff_initial,
+            backoff_max=settings.backoff_max,
+            connect_timeout=settings.connect_timeout,
+        )
 
 
 class WatchlistSync:
@@ -95,6 +103,9 @@ class WatchlistSync:
         await self._subscriptions.update(pairs, wanted_rooms(enabled))
         self.rechecks += 1
 
+    def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        self._notified(payload if isinstance(payload, str) else "")
+
     def _notified(self, payload: str) -> None:
         touched = touched_pairs(payload)
         if touched is None:
@@ -103,9 +114,9 @@ class WatchlistSync:
             self._touched |= touched
         self._wake.set()
 
-    async def _listen(self, connection: Any, stop: asyncio.Event) -> None:
+    async def _listen(self, connection: RawConnection, stop: asyncio.Event) -> None:
         lost = asyncio.Event()
-        await connection.add_listener(WATCHLIST_CHANNEL, lambda *args: self._notified(args[3]))
+        await connection.add_listener(WATCHLIST_CHANNEL, self._on_notify)
         connection.add_termination_listener(lambda _: lost.set())
         log.info("sync.listening", channel=WATCHLIST_CHANNEL)
         self.request_reconcile()  # anything may have changed while we were not listening
@@ -160,7 +171,7 @@ def touched_pairs(payload: str) -> set[Pair] | None:
     return set(pairs) if pairs else None
 
 
-async def _close_quietly(connection: Any) -> None:
+async def _close_quietly(connection: RawConnection) -> None:
     try:
         await asyncio.wait_for(connection.close(), timeout=2.0)
     except DB_ERRORS:

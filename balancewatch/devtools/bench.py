@@ -46,17 +46,16 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
-from balancewatch.daemon.service import Daemon, open_spool
+from balancewatch.daemon.service import Daemon
 from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.devtools.simulator import SimEvent, Simulator, balance_frame, text_frame
 from balancewatch.domain import room_for
-from balancewatch.pipeline.records import BALANCE_COLUMNS
 from balancewatch.settings import Settings, parse_database_url
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn, create_engine
+from balancewatch.store.writes import BALANCE_COLUMNS
 
 BENCH_KEY = "bench-key"
 MINT = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
@@ -138,27 +137,8 @@ class Results:
 # -- the command -------------------------------------------------------------------------------
 
 
-def add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bench = commands.add_parser(
-        "bench", help="measure ingest, latency, sync and scale (see BENCHMARKS.md)"
-    )
-    bench.add_argument(
-        "--messages", type=int, default=None, help="messages for the ingest run (200000)"
-    )
-    bench.add_argument(
-        "--database-url", default=None, help="an existing server (default: a throwaway one)"
-    )
-    bench.add_argument("--quick", action="store_true", help="a small, fast run (a smoke test)")
-    bench.add_argument(
-        "--flush-interval", type=float, default=None, help="the daemon's flush_interval (0.02)"
-    )
-    bench.add_argument(
-        "--uvloop", action="store_true", help="run the in-process daemon on uvloop (installed)"
-    )
-    bench.set_defaults(command=_bench_command)
-
-
-def _bench_command(args: argparse.Namespace) -> int:
+def command(args: argparse.Namespace) -> int:
+    """`balancewatch bench`."""
     messages = args.messages if args.messages is not None else (3_000 if args.quick else 200_000)
     if messages <= 0:
         print("balancewatch bench: --messages must be positive", file=sys.stderr)
@@ -202,7 +182,7 @@ async def _bench(plan: Plan, server_url: URL) -> None:
             try:
                 print(f"  Postgres {db.get_server_version().major}; plan: {plan}", flush=True)
                 await _simulator_ceiling(plan, results)
-                await _in_process(plan, url, engine, db, results)
+                await _in_process(plan, url, db, results)
                 await _scale(plan, url, db, results)
             finally:
                 await db.close()
@@ -284,7 +264,7 @@ async def _raw_websocket(port: int) -> tuple[asyncio.StreamReader, asyncio.Strea
 # -- ingest, latency and sync: the daemon in this process ------------------------------------------
 
 
-async def _in_process(plan: Plan, url: URL, engine: AsyncEngine, db: Any, results: Results) -> None:
+async def _in_process(plan: Plan, url: URL, db: Any, results: Results) -> None:
     pairs = bench_pairs(plan.rooms)
     scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
     await db.executemany("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", pairs)
@@ -298,21 +278,21 @@ async def _in_process(plan: Plan, url: URL, engine: AsyncEngine, db: Any, result
             log_level="error",
             **_daemon_overrides(plan),
         )
-        spool = open_spool(settings)
-        daemon = Daemon(settings, engine, spool)
         stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
         try:
-            rooms = {room_for(*pair) for pair in pairs}
-            await sim.wait_for(lambda: rooms <= sim.joined_rooms(), timeout=30)
-            run = _Run(plan, url, db, results, sim, daemon, pairs, settings.batch_size)
-            await _ingest(run)
-            await _latency(run)
-            await _sync(plan, sim, db, results)
+            async with Daemon.open(settings) as daemon:
+                task = asyncio.create_task(daemon.run(stop))
+                try:
+                    rooms = {room_for(*pair) for pair in pairs}
+                    await sim.wait_for(lambda: rooms <= sim.joined_rooms(), timeout=30)
+                    run = _Run(plan, url, db, results, sim, daemon, pairs, settings.batch_size)
+                    await _ingest(run)
+                    await _latency(run)
+                    await _sync(plan, sim, db, results)
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(task, timeout=60)
         finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=60)
-            spool.close()
             shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -387,7 +367,8 @@ async def _latency(run: _Run) -> None:
     seen = 0
     done = asyncio.Event()
 
-    def on_commit(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def on_commit(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+        assert isinstance(payload, str)
         nonlocal seen
         at, wall = time.perf_counter(), time.time()
         lo, hi, rows, oldest = payload.split(",")

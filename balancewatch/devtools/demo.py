@@ -7,6 +7,7 @@ watchlist sync. Ctrl-C (or --seconds) stops all of it and deletes the cluster.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
@@ -19,7 +20,7 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from balancewatch import logs
-from balancewatch.daemon.service import Daemon, open_spool
+from balancewatch.daemon.service import serve
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.devtools.localpg import LocalPostgres, PostgresNotFound
 from balancewatch.devtools.simulator import Simulator
@@ -39,6 +40,11 @@ SEED = [
 ]
 LATE_PAIR = ("7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", WSOL, "added while running")
 _FEED_POLL = 0.25
+
+
+def command(args: argparse.Namespace) -> int:
+    """`balancewatch demo`."""
+    return run_demo(rate=args.rate, seconds=args.seconds)
 
 
 def run_demo(rate: float, seconds: float | None) -> int:
@@ -72,19 +78,15 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                 spool_dir=spool_dir,
                 http_port=0,  # any free port (logged): the demo must not need 8080
             )
-            spool = open_spool(settings)
-            try:
-                with stop_on_signals(stop):
-                    say("running; rows appear as they are committed (Ctrl-C to stop)")
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(Daemon(settings, engine, spool).run(stop))
-                        tasks.create_task(sim.run_random_walk(rate, stop))
-                        tasks.create_task(_feed(db, stop))
-                        tasks.create_task(_add_late_pair(db, sim, stop))
-                        if seconds is not None:
-                            tasks.create_task(_stop_after(seconds, stop))
-            finally:
-                spool.close()
+            with stop_on_signals(stop):
+                say("running; rows appear as they are committed (Ctrl-C to stop)")
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(serve(settings, stop))
+                    tasks.create_task(sim.run_random_walk(rate, stop))
+                    tasks.create_task(_feed(db, stop))
+                    tasks.create_task(_add_late_pair(db, sim, stop))
+                    if seconds is not None:
+                        tasks.create_task(_stop_after(seconds, stop))
     finally:
         await engine.dispose()
 

@@ -11,6 +11,7 @@ silent as a dead peer would (`stall_connections`), and ignore websocket-level pi
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -28,7 +29,10 @@ from typing import Final, Literal, Self
 import structlog
 from aiohttp import WSMessage, WSMsgType, web
 
+from balancewatch import logs
+from balancewatch.aio import run_to_exit_code
 from balancewatch.daemon.protocol import PING
+from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.domain import pair_for, room_for
 
 log = structlog.get_logger(__name__)
@@ -412,6 +416,18 @@ async def _send(connections: Iterable[_Connection], data: str | bytes) -> int:
             continue
         sent += 1
     return sent
+
+
+def command(args: argparse.Namespace) -> int:
+    """`balancewatch simulate`: a simulated Datastream until SIGTERM or SIGINT."""
+    logs.configure()
+
+    async def simulate() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await serve(args.host, args.port, args.key, args.rate, stop)
+
+    return run_to_exit_code(simulate)
 
 
 async def serve(

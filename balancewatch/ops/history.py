@@ -13,7 +13,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,18 +24,14 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.domain import address_problems
+from balancewatch.errors import EXIT_OK, EXIT_USAGE
+from balancewatch.ops.commands import with_engine
 from balancewatch.store.models import balance_history
 
-EXIT_OK: Final = 0
-EXIT_USAGE: Final = 2
-
 DEFAULT_LIMIT: Final = 50
-FORMATS: Final = ("table", "csv", "json")
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-Runner = Callable[[Callable[[AsyncEngine], Awaitable[int]]], int]
 
 
 class UsageError(ValueError):
@@ -225,29 +221,6 @@ def plotting_available() -> bool:
 # --- the command ----------------------------------------------------------------------------
 
 
-def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], run: Runner) -> None:
-    """Register `history`; `run` runs a coroutine on an engine and returns its exit code."""
-    history = commands.add_parser(
-        "history",
-        help="print one pair's balance history, newest first, with a chart",
-        description="Print one pair's balance history, newest first. Times: ISO 8601 "
-        "(naive means UTC) or a span back from now: 90s, 15m, 1h, 2d, 1w.",
-    )
-    history.add_argument("wallet", help="the wallet's address (base58)")
-    history.add_argument("token", help="the token's mint address (base58)")
-    history.add_argument("--since", help="from this time on (inclusive)")
-    history.add_argument("--until", help="up to this time (inclusive)")
-    history.add_argument(
-        "--limit",
-        type=int,
-        default=DEFAULT_LIMIT,
-        help=f"at most this many of the newest rows (default {DEFAULT_LIMIT}; 0: all)",
-    )
-    history.add_argument("--format", choices=FORMATS, default="table")
-    history.add_argument("--plot", type=Path, metavar="FILE.png", help="also write the chart")
-    history.set_defaults(command=lambda args: command(args, run))
-
-
 @dataclass(frozen=True, slots=True)
 class _Window:
     since: datetime | None
@@ -270,7 +243,7 @@ def _window(args: argparse.Namespace) -> _Window:
     return _Window(since, until, args.limit or None)
 
 
-def command(args: argparse.Namespace, run: Runner) -> int:
+def command(args: argparse.Namespace) -> int:
     try:
         window = _window(args)
     except UsageError as exc:
@@ -294,7 +267,7 @@ def command(args: argparse.Namespace, run: Runner) -> int:
             print(f"no rows, so no chart written to {args.plot}", file=sys.stderr)
         return EXIT_OK
 
-    return run(show)
+    return with_engine(show)
 
 
 def _print(rows: Sequence[Row], args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -31,38 +31,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-EXIT_OK: Final = 0
-EXIT_NOT_READY: Final = 1
+from balancewatch.errors import EXIT_FAILURE, EXIT_OK
+from balancewatch.ops.commands import with_engine
+
+EXIT_NOT_READY: Final = EXIT_FAILURE
 HTTP_TIMEOUT: Final = 3.0
 PROBLEMS_SHOWN: Final = 20
 
-Runner = Callable[[Callable[[AsyncEngine], Awaitable[int]]], int]
+
+def command(args: argparse.Namespace) -> int:
+    return with_engine(lambda engine: show(engine, args.http))
 
 
 def default_http_url() -> str:
     return f"http://127.0.0.1:{os.environ.get('BALANCEWATCH_HTTP_PORT', '8080')}"
-
-
-def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], run: Runner
-) -> None:
-    """Register `status` and `healthcheck`; `run` runs a coroutine on an engine."""
-    status = commands.add_parser(
-        "status", help="is it working? pairs, rows, rejected frames, and the daemon's own view"
-    )
-    status.add_argument(
-        "--http",
-        metavar="URL",
-        default=None,
-        help="the daemon's HTTP endpoint (default http://127.0.0.1:$BALANCEWATCH_HTTP_PORT, "
-        "port 8080; 'none' to skip it)",
-    )
-    status.set_defaults(command=lambda args: run(lambda engine: show(engine, args.http)))
-    health = commands.add_parser(
-        "healthcheck", help="exit 0 if the daemon's /readyz says it is ready (for containers)"
-    )
-    health.add_argument("--url", metavar="URL", default=None, help="default: as for status")
-    health.set_defaults(command=healthcheck)
 
 
 # -- healthcheck -----------------------------------------------------------------------------

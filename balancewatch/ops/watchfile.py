@@ -12,7 +12,7 @@ import argparse
 import csv
 import io
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -20,18 +20,15 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.domain import address_problems
+from balancewatch.errors import EXIT_OK, EXIT_USAGE
+from balancewatch.ops.commands import with_engine
 from balancewatch.store import watchlist
 from balancewatch.store.watchlist import ImportRow, WatchEntry
-
-EXIT_OK: Final = 0
-EXIT_USAGE: Final = 2
 
 COLUMNS: Final = ("wallet", "token", "enabled", "label")
 REQUIRED: Final = ("wallet", "token")
 _TRUE: Final = frozenset({"true", "t", "yes", "y", "1", "on"})
 _FALSE: Final = frozenset({"false", "f", "no", "n", "0", "off"})
-
-Runner = Callable[[Callable[[AsyncEngine], Awaitable[int]]], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,20 +143,7 @@ def render(entries: Sequence[WatchEntry]) -> str:
 # --- the commands ---------------------------------------------------------------------------
 
 
-def add_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser], run: Runner) -> None:
-    """Register `watch import` and `watch export` under `watch`."""
-    load = actions.add_parser(
-        "import",
-        help="add or update pairs from a CSV file (wallet,token,enabled,label); all or nothing",
-    )
-    load.add_argument("file", type=Path, metavar="FILE.csv")
-    load.set_defaults(command=lambda args: import_command(args, run))
-    dump = actions.add_parser("export", help="write the watchlist as CSV (to stdout without FILE)")
-    dump.add_argument("file", type=Path, nargs="?", metavar="FILE")
-    dump.set_defaults(command=lambda args: export_command(args, run))
-
-
-def import_command(args: argparse.Namespace, run: Runner) -> int:
+def import_command(args: argparse.Namespace) -> int:
     path: Path = args.file
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -182,10 +166,10 @@ def import_command(args: argparse.Namespace, run: Runner) -> int:
         print(f"imported {path}: {result.added} added, {result.updated} updated")
         return EXIT_OK
 
-    return run(apply)
+    return with_engine(apply)
 
 
-def export_command(args: argparse.Namespace, run: Runner) -> int:
+def export_command(args: argparse.Namespace) -> int:
     path: Path | None = args.file
     entries: list[WatchEntry] = []
 
@@ -193,7 +177,7 @@ def export_command(args: argparse.Namespace, run: Runner) -> int:
         entries.extend(await watchlist.entries(engine))
         return EXIT_OK
 
-    code = run(read)
+    code = with_engine(read)
     if code != EXIT_OK:
         return code
     text = render(entries)

@@ -15,10 +15,6 @@ from datetime import UTC, datetime
 from typing import Final
 
 BalanceLine = bytes
-BALANCE_COLUMNS = ("wallet", "token", "amount", "received_at")
-
-RejectedRow = tuple[datetime, str, str, str | None, str, int]
-REJECTED_COLUMNS = ("received_at", "reason", "detail", "room", "frame", "frame_size")
 
 _MICROS: Final = 1_000_000
 _NANOS: Final = 1_000_000_000

@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from balancewatch.errors import StartupError
 from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
 
 _SUFFIX = ".spool"
 
 
-class SpoolError(RuntimeError):
+class SpoolError(StartupError):
     """The spool directory cannot be used (unwritable, locked by another process...)."""
+
+    event = "daemon.spool_unusable"
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -1,0 +1,195 @@
+"""Subscription states and rejected frames: written beside the balance rows, never in their way.
+
+They have a connection and a retry loop of their own, and each table is written on its own:
+a failure here (a role without its grant on `subscription_status`, say) is logged, counted by
+table and retried with backoff, while the balance rows' writer goes on committing. Of several
+state changes of one pair before a write, the last one wins; rejected frames wait up to a
+bound, past which the oldest are dropped and counted (they are evidence, not data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from sqlalchemy.engine import URL
+
+from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
+from balancewatch.domain import Pair, PairState
+from balancewatch.logs import describe_error, get_logger
+from balancewatch.settings import Settings
+from balancewatch.store import writes
+from balancewatch.store.db import DB_ERRORS, DedicatedConnection, RawConnection
+from balancewatch.store.writes import RejectedRow, StatusChange
+
+log = get_logger(__name__)
+
+Table = Literal["subscription_status", "rejected_messages"]
+TABLES: Final[tuple[Table, ...]] = ("subscription_status", "rejected_messages")
+
+
+@dataclass(frozen=True, slots=True)
+class BookkeepingConfig:
+    # A short wait before a write lets a burst (the joins of a large watchlist) go as one.
+    gather: float
+    drain_timeout: float
+    write_timeout: float
+    retry_initial: float = 0.2
+    retry_max: float = 30.0
+    max_rejected_pending: int = 10_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BookkeepingConfig:
+        return cls(
+            gather=settings.flush_interval,
+            drain_timeout=settings.drain_timeout,
+            write_timeout=settings.write_timeout,
+        )
+
+
+class Bookkeeping:
+    def __init__(self, url: URL, config: BookkeepingConfig) -> None:
+        self._config = config
+        self._connection = DedicatedConnection(
+            url, role="bookkeeping", timeout=config.write_timeout
+        )
+        self._status: dict[Pair, StatusChange] = {}
+        self._rejected: list[RejectedRow] = []
+        self._work = asyncio.Event()
+        self._retry = Backoff(config.retry_initial, config.retry_max)
+        self.rejected_dropped = 0
+        self.failures: Counter[Table] = Counter()
+
+    @property
+    def pending(self) -> dict[Table, int]:
+        return {"subscription_status": len(self._status), "rejected_messages": len(self._rejected)}
+
+    def set_status(self, pairs: Iterable[Pair], state: PairState, error: str | None = None) -> None:
+        """Record a state change; of several for one pair before a write, the last one wins."""
+        change = StatusChange(state, datetime.now(UTC), error)
+        for pair in pairs:
+            self._status[pair] = change
+        if self._status:
+            self._work.set()
+
+    def add_rejected(self, row: RejectedRow) -> None:
+        """Keep a rejected frame for the rejected_messages table."""
+        if len(self._rejected) >= self._config.max_rejected_pending:
+            del self._rejected[0]
+            self.rejected_dropped += 1
+        self._rejected.append(row)
+        self._work.set()
+
+    async def run(self, drain: asyncio.Event) -> None:
+        """Write until `drain` is set, then what is left, within the drain timeout."""
+        try:
+            while not drain.is_set():
+                if not self._has_work():
+                    self._work.clear()
+                    await wait_first(self._work, drain, timeout=None)
+                    continue
+                await wait_first(drain, timeout=self._config.gather)
+                if await self.flush():
+                    self._retry.reset()
+                else:
+                    await wait_first(drain, timeout=self._retry.next_delay())
+        finally:
+            await self._drain()
+            await self._connection.close()
+
+    async def flush(self) -> bool:
+        """Write what waits, each table on its own; False if either write failed (what it
+        held waits for the next one, before anything newer)."""
+        rejected_ok = await self._flush_rejected()
+        status_ok = await self._flush_status()
+        return rejected_ok and status_ok
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+    def _has_work(self) -> bool:
+        return bool(self._status) or bool(self._rejected)
+
+    async def _flush_rejected(self) -> bool:
+        rows, self._rejected = self._rejected, []
+        if not rows:
+            return True
+
+        def restore() -> None:
+            self._rejected[:0] = rows
+
+        timeout = self._config.write_timeout
+        return await self._write(
+            "rejected_messages", lambda raw: writes.copy_rejected(raw, rows, timeout), restore
+        )
+
+    async def _flush_status(self) -> bool:
+        changes, self._status = self._status, {}
+        if not changes:
+            return True
+
+        def restore() -> None:
+            changes.update(self._status)  # a change made meanwhile is newer: it wins
+            self._status = changes
+
+        timeout = self._config.write_timeout
+        return await self._write(
+            "subscription_status", lambda raw: writes.upsert_status(raw, changes, timeout), restore
+        )
+
+    async def _write(
+        self,
+        table: Table,
+        statement: Callable[[RawConnection], Awaitable[None]],
+        restore: Callable[[], None],
+    ) -> bool:
+        """Run one table's statement; on failure `restore` puts what it held back."""
+
+        async def write() -> None:
+            raw = await self._connection.get()
+            try:
+                await statement(raw)
+            except BaseException:
+                self._connection.discard()
+                raise
+
+        def settle(done: asyncio.Future[None]) -> bool:
+            return self._settle(done, table, restore)
+
+        return await finish_despite_cancel(write(), self._config.drain_timeout, settle)
+
+    def _settle(
+        self, done: asyncio.Future[None], table: Table, restore: Callable[[], None]
+    ) -> bool:
+        error = None if done.cancelled() else done.exception()
+        if not done.cancelled() and error is None:
+            return True
+        restore()
+        if error is not None and not isinstance(error, DB_ERRORS):
+            raise error
+        self.failures[table] += 1
+        log.warning(
+            "bookkeeping.write_failed",
+            table=table,
+            error="cancelled" if error is None else describe_error(error),
+            pending=self.pending[table],
+            failures=self.failures[table],
+        )
+        return False
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self._config.drain_timeout
+        while self._has_work() and time.monotonic() < deadline:
+            if not await self.flush():
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        if self._has_work():
+            log.warning(
+                "bookkeeping.not_stored_on_exit",
+                status_changes=len(self._status),
+                rejected_frames=len(self._rejected),
+            )

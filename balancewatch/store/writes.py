@@ -1,0 +1,97 @@
+"""Every statement of the write path, on the write path's own asyncpg connections.
+
+Balance rows travel as COPY text lines (see pipeline/records.py); rejected frames as records;
+subscription states as one upsert of arrays; the spool checkpoint is read and moved in the
+transaction of the rows it covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from balancewatch.domain import Pair, PairState
+from balancewatch.store.db import RawConnection
+
+BALANCE_COLUMNS: Final = ("wallet", "token", "amount", "received_at")
+
+# A frame that was not stored as a balance: received_at, reason, detail, room, frame, size.
+RejectedRow = tuple[datetime, str, str, str | None, str, int]
+REJECTED_COLUMNS: Final = ("received_at", "reason", "detail", "room", "frame", "frame_size")
+
+_UPSERT_STATUS: Final = """
+INSERT INTO subscription_status AS s (wallet, token, state, since, last_error, updated_at)
+SELECT u.wallet, u.token, u.state, u.since, u.last_error, now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+    AS u(wallet, token, state, since, last_error)
+ON CONFLICT (wallet, token) DO UPDATE SET
+    state = excluded.state,
+    since = CASE WHEN s.state = excluded.state THEN s.since ELSE excluded.since END,
+    last_error = COALESCE(excluded.last_error, s.last_error),
+    updated_at = excluded.updated_at
+"""
+_READ_CHECKPOINT: Final = (
+    "SELECT segment, position FROM spool_checkpoint WHERE spool_id = $1 FOR UPDATE"
+)
+_WRITE_CHECKPOINT: Final = """
+INSERT INTO spool_checkpoint (spool_id, segment, position, updated_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (spool_id) DO UPDATE
+SET segment = excluded.segment, position = excluded.position, updated_at = now()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    state: PairState
+    since: datetime
+    error: str | None
+
+
+async def copy_balance_lines(raw: RawConnection, lines: Sequence[bytes], timeout: float) -> None:
+    """COPY rows given as text lines into balance_history: one statement, atomic by itself."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"".join(lines)
+
+    await raw.copy_to_table(
+        "balance_history", source=chunks(), columns=BALANCE_COLUMNS, timeout=timeout
+    )
+
+
+async def copy_rejected(raw: RawConnection, rows: Sequence[RejectedRow], timeout: float) -> None:
+    await raw.copy_records_to_table(
+        "rejected_messages", records=rows, columns=REJECTED_COLUMNS, timeout=timeout
+    )
+
+
+async def upsert_status(
+    raw: RawConnection, changes: Mapping[Pair, StatusChange], timeout: float
+) -> None:
+    """Each pair's newest state; `since` moves only when the state changes."""
+    pairs = list(changes)
+    states = [changes[pair] for pair in pairs]
+    await raw.execute(
+        _UPSERT_STATUS,
+        [wallet for wallet, _ in pairs],
+        [token for _, token in pairs],
+        [change.state for change in states],
+        [change.since for change in states],
+        [change.error for change in states],
+        timeout=timeout,
+    )
+
+
+async def read_checkpoint(
+    raw: RawConnection, spool_id: object, timeout: float
+) -> tuple[int, int] | None:
+    """(segment, offset) after the last stored row of a spool, locked for this transaction."""
+    found = await raw.fetchrow(_READ_CHECKPOINT, spool_id, timeout=timeout)
+    return None if found is None else (found["segment"], found["position"])
+
+
+async def write_checkpoint(
+    raw: RawConnection, spool_id: object, segment: int, offset: int, timeout: float
+) -> None:
+    await raw.execute(_WRITE_CHECKPOINT, spool_id, segment, offset, timeout=timeout)
