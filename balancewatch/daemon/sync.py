@@ -117,7 +117,10 @@ class WatchlistSync:
     async def _listen(self, connection: RawConnection, stop: asyncio.Event) -> None:
         lost = asyncio.Event()
         await connection.add_listener(WATCHLIST_CHANNEL, self._on_notify)
-        connection.add_termination_listener(lambda _: lost.set())
+        def closed(_: object) -> None:
+            lost.set()
+
+        connection.add_termination_listener(closed)
         log.info("sync.listening", channel=WATCHLIST_CHANNEL)
         self.request_reconcile()  # anything may have changed while we were not listening
         while True:

@@ -88,7 +88,7 @@ async def read_checkpoint(
 ) -> tuple[int, int] | None:
     """(segment, offset) after the last stored row of a spool, locked for this transaction."""
     found = await raw.fetchrow(_READ_CHECKPOINT, spool_id, timeout=timeout)
-    return None if found is None else (found["segment"], found["position"])
+    return None if found is None else (int(found["segment"]), int(found["position"]))
 
 
 async def write_checkpoint(
