@@ -373,9 +373,7 @@ class Writer:
             if await self.flush():
                 continue
             await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        unstored = self._buffer.take_memory(len(self._buffer.memory))
-        for row in unstored:
-            self._spool.append(row)
+        unstored = self._buffer.spool_memory()
         if unstored:
             log.warning("writer.spooled_on_exit", rows=len(unstored))
         if self._status or self._rejected:
