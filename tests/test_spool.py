@@ -176,3 +176,99 @@ def test_an_unusable_spool_directory_is_refused_clearly(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(SpoolError, match="cannot use the spool directory"):
         opened(blocker / "spool")
+
+
+def read_all(spool: Spool, start: Position | None = None, batch: int = 3) -> list[BalanceLine]:
+    read: list[BalanceLine] = []
+    position = spool.start() if start is None else start
+    while position < spool.end():
+        rows_read, position = spool.read(position, batch)
+        read.extend(rows_read)
+    return read
+
+
+def test_rows_filled_into_a_reserved_segment_are_read_before_the_rows_appended_after_it(
+    tmp_path: Path,
+) -> None:
+    spool = opened(tmp_path, segment_bytes=500)
+    for row in rows(5):
+        spool.append(row)
+    stored_upto = spool.end()  # where a checkpoint would be: these five are stored
+    reserved = spool.reserve()
+    assert reserved > stored_upto.segment
+    for row in rows(20, start=15):  # newer rows, over several segments
+        spool.append(row)
+    assert read_all(spool, stored_upto) == rows(20, start=15), "a free number is skipped"
+    before = spool.total_bytes
+    spool.fill(reserved, rows(10, start=5))  # older rows, still in memory at exit
+    assert spool.total_bytes == before + sum(map(len, rows(10, start=5)))
+    assert read_all(spool) == rows(35)
+    assert read_all(spool, stored_upto) == rows(30, start=5)
+    assert not list(tmp_path.glob("*.tmp"))
+    spool.close()
+
+    again = opened(tmp_path, segment_bytes=500)
+    assert again.total_bytes == before + sum(map(len, rows(10, start=5)))
+    assert read_all(again, stored_upto) == rows(30, start=5)
+    again.append(rows(1, start=35)[0])
+    assert read_all(again, stored_upto) == rows(31, start=5)
+    again.close()
+
+
+def test_reserving_on_an_empty_segment_takes_its_number_and_leaves_no_empty_file(
+    tmp_path: Path,
+) -> None:
+    spool = opened(tmp_path)
+    caught_up = spool.end()  # a checkpoint at the very start of an empty spool
+    reserved = spool.reserve()
+    assert reserved == caught_up.segment
+    assert spool.segments() == [reserved + 1]
+    spool.append(rows(1, start=1)[0])
+    spool.fill(reserved, rows(1))
+    assert spool.read(caught_up, 10) == (rows(2), spool.end())
+    spool.close()
+
+
+def test_an_unfilled_reservation_is_a_gap_that_reading_and_releasing_pass_over(
+    tmp_path: Path,
+) -> None:
+    spool = opened(tmp_path)
+    spool.append(rows(1)[0])
+    spool.reserve()
+    spool.append(rows(1, start=1)[0])
+    spool.reserve()
+    spool.append(rows(1, start=2)[0])
+    assert read_all(spool, batch=1) == rows(3)
+    spool.close()
+    again = opened(tmp_path)
+    assert read_all(again, batch=1) == rows(3)
+    again.release(again.end(), force_rotate=True)
+    assert again.is_empty()
+    again.close()
+
+
+def test_only_a_free_segment_before_the_current_one_can_be_filled(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    spool.append(rows(1)[0])
+    reserved = spool.reserve()
+    spool.fill(reserved, rows(1, start=1))
+    for taken in (1, reserved, spool.end().segment, spool.end().segment + 1):
+        with pytest.raises(ValueError, match="not a free one"):
+            spool.fill(taken, rows(1, start=2))
+    spool.close()
+
+
+def test_a_fill_cut_short_by_a_crash_is_no_segment_and_is_removed_on_reopen(
+    tmp_path: Path,
+) -> None:
+    spool = opened(tmp_path)
+    spool.append(rows(1)[0])
+    reserved = spool.reserve()
+    spool.append(rows(1, start=1)[0])
+    spool.close()
+    unfinished = tmp_path / f"{reserved:012d}.spool.tmp"
+    unfinished.write_bytes(b"".join(rows(2, start=5)))
+    again = opened(tmp_path)
+    assert not unfinished.exists()
+    assert read_all(again) == rows(2)
+    again.close()

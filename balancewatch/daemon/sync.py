@@ -117,6 +117,7 @@ class WatchlistSync:
     async def _listen(self, connection: RawConnection, stop: asyncio.Event) -> None:
         lost = asyncio.Event()
         await connection.add_listener(WATCHLIST_CHANNEL, self._on_notify)
+
         def closed(_: object) -> None:
             lost.set()
 

@@ -4,6 +4,11 @@ Order is arrival order throughout. Once a row has gone to the spool, every later
 there too until the spool has been replayed, so memory always holds the oldest rows and the
 spool the newer ones. In durable mode every row goes to the spool, so a killed process loses
 nothing that was read.
+
+When rows start to spill, the spool keeps a segment free in front of them: rows still in memory
+when the process stops are written there (`spool_memory`), so the next start stores them
+before the newer rows, in arrival order. The spool is only replayed once memory is empty, so
+until then nothing at or after that segment has been stored.
 """
 
 from __future__ import annotations
@@ -26,11 +31,15 @@ class Buffer:
         self.spool_pending = 0  # rows spooled by this process and not stored yet
         # monotonic time of the oldest waiting row; a left-over spool is due at once
         self.oldest: float | None = 0.0 if self.spilled else None
+        # The spool segment kept free in front of the rows spilled after the ones in memory.
+        self._in_front: int | None = None
 
     def add(self, line: BalanceLine) -> None:
         if self.oldest is None:
             self.oldest = time.monotonic()
         if self._durable or self.spilled or len(self.memory) >= self._max_memory_rows:
+            if not (self._durable or self.spilled):
+                self._in_front = self._spool.reserve()
             self._spool.append(line)
             self.spilled = True
             self.spool_pending += 1
@@ -64,7 +73,24 @@ class Buffer:
         if caught_up:
             self.spilled = False
             self.spool_pending = 0
+            self._in_front = None
         self._forget_age_if_empty()
+
+    def spool_memory(self) -> list[BalanceLine]:
+        """At exit: put the rows still in memory in the spool, in front of the rows that
+        spilled after them (at its end if none did); returns them."""
+        rows, self.memory = self.memory, []
+        if not rows:
+            return rows
+        if self._in_front is not None:
+            self._spool.fill(self._in_front, rows)
+            self._in_front = None
+        else:
+            for row in rows:
+                self._spool.append(row)
+        self.spilled = True
+        self.spool_pending += len(rows)
+        return rows
 
     def _forget_age_if_empty(self) -> None:
         if not self.memory and not self.spilled:

@@ -6,6 +6,11 @@ batches, adds survival of a machine crash). Where a replay starts is not kept he
 database (`spool_checkpoint`), committed in the same transaction as the rows it covers: a replay
 after a crash starts exactly after the last stored row, so no row is lost or stored twice.
 
+Rows are read in segment order, and a missing segment number is skipped. `reserve` keeps a
+number free in front of the rows appended after it, and `fill` writes rows there later: rows
+that are older than those but were still waiting in memory when the process stopped. A
+position is never renumbered, so a committed checkpoint always means the same place.
+
 One process per directory: a lock file refuses a second daemon on the same spool.
 """
 
@@ -22,6 +27,7 @@ from balancewatch.errors import StartupError
 from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
 
 _SUFFIX = ".spool"
+_TEMPORARY = ".tmp"  # a segment being filled: not a segment (*.spool) until renamed
 
 
 class SpoolError(StartupError):
@@ -78,6 +84,8 @@ class Spool:
                 "give each daemon its own BALANCEWATCH_SPOOL_DIR"
             ) from None
         self.spool_id = self._read_or_create_id()
+        for unfinished in self._directory.glob(f"*{_SUFFIX}{_TEMPORARY}"):
+            unfinished.unlink()  # a fill cut short by a crash: its rows were never in the spool
         segments = self.segments()
         self._segment = segments[-1] if segments else 1
         self._open_segment(truncate_torn_tail=True)
@@ -99,6 +107,44 @@ class Spool:
         self._size += len(line)
         self._total += len(line)
         self._dirty = True
+
+    def reserve(self) -> int:
+        """Keep a segment number free in front of every row appended from now on, and return
+        it: `fill` may write rows there later, which are then read before those."""
+        self.sync()
+        os.close(self._fd)
+        # An empty current segment gives its own number (its file goes once the next exists).
+        reserved = self._segment + 1 if self._size else self._segment
+        self._segment = reserved + 1
+        self._open_segment(truncate_torn_tail=False)
+        self._path(reserved).unlink(missing_ok=True)
+        return reserved
+
+    def fill(self, segment: int, lines: list[BalanceLine]) -> None:
+        """Write `lines` as the segment `reserve` kept free, whole or not at all (a temporary
+        file, fsynced, then renamed): a crash leaves either every line or none."""
+        path = self._path(segment)
+        if segment >= self._segment or path.exists():
+            raise ValueError(f"spool segment {segment} is not a free one before {self._segment}")
+        if not lines:
+            return
+        data = b"".join(lines)
+        temporary = path.with_name(path.name + _TEMPORARY)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        temporary.replace(path)
+        directory = os.open(self._directory, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a machine crash
+        finally:
+            os.close(directory)
+        self._total += len(data)
 
     def end(self) -> Position:
         return Position(self._segment, self._size)

@@ -242,9 +242,8 @@ class Writer:
         while self._buffer.memory and time.monotonic() < deadline:
             if not await self.flush():
                 await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        unstored = self._buffer.take_memory(len(self._buffer.memory))
-        for row in unstored:
-            self._spool.append(row)
+        # In front of any newer rows this process spilled: ids stay in arrival order.
+        unstored = self._buffer.spool_memory()
         if unstored:
             log.warning("writer.spooled_on_exit", rows=len(unstored))
         log.info(
