@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.ops.history import Row, UsageError, parse_time, render_chart
+from balancewatch.ops.history import UsageError, parse_time, render_chart
+from balancewatch.store.history import Row
 from balancewatch.store import migrate
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 from tests.test_cli import balancewatch, environment

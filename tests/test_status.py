@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
+from balancewatch.store import reports
 from tests.helpers import (
     SOL,
     TOKEN,
@@ -130,7 +131,7 @@ async def test_rows_since_counts_like_a_full_scan_despite_gaps_in_ids(
             expected = await db.fetchval(
                 "SELECT count(*) FROM balance_history WHERE received_at > $1", cutoff
             )
-            assert await status.rows_since(connection, cutoff) == expected
+            assert await reports.rows_since(connection, cutoff) == expected
 
 
 async def test_status_shows_the_running_daemon_and_healthcheck_follows_readyz(

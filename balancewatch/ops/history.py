@@ -20,15 +20,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.domain import address_problems
 from balancewatch.errors import EXIT_OK, EXIT_USAGE
 from balancewatch.ops.commands import with_engine
-from balancewatch.store.models import balance_history
-
-DEFAULT_LIMIT: Final = 50
+from balancewatch.store.history import Row, fetch
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -36,12 +33,6 @@ _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w":
 
 class UsageError(ValueError):
     """A bad argument: printed as one line, exit code 2."""
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    received_at: datetime
-    amount: str  # Postgres' text of the numeric, exactly as stored
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -72,35 +63,6 @@ def check_pair(wallet: str, token: str) -> None:
     problems = address_problems(WALLET=wallet, TOKEN=token)
     if problems:
         raise UsageError("; ".join(problems))
-
-
-# --- the query ------------------------------------------------------------------------------
-
-
-async def fetch(
-    engine: AsyncEngine,
-    wallet: str,
-    token: str,
-    *,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int | None = DEFAULT_LIMIT,
-) -> list[Row]:
-    """The pair's rows in [since, until], newest first, at most `limit` (None: all)."""
-    history = balance_history.c
-    query = (
-        select(history.received_at, cast(history.amount, Text).label("amount"))
-        .where(history.wallet == wallet, history.token == token)
-        .order_by(history.received_at.desc(), history.id.desc())
-        .limit(limit)
-    )
-    if since is not None:
-        query = query.where(history.received_at >= since)
-    if until is not None:
-        query = query.where(history.received_at <= until)
-    async with engine.connect() as connection:
-        result = await connection.execute(query)
-        return [Row(row.received_at, row.amount) for row in result]
 
 
 # --- output ---------------------------------------------------------------------------------

@@ -4,9 +4,7 @@
 hour, the newest row's age, rejected frames by reason) and, when it answers, the daemon's HTTP
 endpoint (`/readyz` and `/metrics`: connected, pending rows, reconnects).
 
-Every query is cheap on a large history: the history's only time index leads with the pair, so
-"rows in the last hour" is found by a binary search over ids (ids follow arrival order), a few
-dozen primary-key probes, then a count over that id range.
+The queries are in store/reports.py, each cheap on a large history.
 
 `healthcheck` asks the daemon's `/readyz` and exits 0 when ready (the container's HEALTHCHECK:
 the slim image has no curl).
@@ -23,20 +21,19 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.errors import EXIT_FAILURE, EXIT_OK
 from balancewatch.ops.commands import with_engine
+from balancewatch.store.reports import Report, gather
 
 EXIT_NOT_READY: Final = EXIT_FAILURE
 HTTP_TIMEOUT: Final = 3.0
-PROBLEMS_SHOWN: Final = 20
 
 
 def command(args: argparse.Namespace) -> int:
@@ -67,28 +64,6 @@ def healthcheck(args: argparse.Namespace) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
-    wallet: str
-    token: str
-    state: str
-    since: datetime | None
-    error: str | None
-
-
-@dataclass(slots=True)
-class Report:
-    now: datetime
-    pairs: dict[str, int] = field(default_factory=dict)  # enabled pairs by state
-    disabled: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    more_problems: int = 0
-    rows_last_minute: int = 0
-    rows_last_hour: int = 0
-    newest_age: timedelta | None = None
-    rejected: list[tuple[str, int, datetime]] = field(default_factory=list)  # last 24 h
-
-
-@dataclass(frozen=True, slots=True)
 class DaemonView:
     url: str
     error: str | None = None  # why it could not be asked
@@ -97,81 +72,6 @@ class DaemonView:
 
     def metric(self, name: str, **labels: str) -> float | None:
         return self.metrics.get((name, tuple(sorted(labels.items()))))
-
-
-_PAIRS = """
-SELECT coalesce(s.state, 'not seen') AS state, count(*) AS n
-FROM watchlist w LEFT JOIN subscription_status s USING (wallet, token)
-WHERE w.enabled GROUP BY 1
-"""
-_PROBLEMS = """
-SELECT w.wallet, w.token, s.state, s.since, s.last_error, count(*) OVER () AS total
-FROM watchlist w JOIN subscription_status s USING (wallet, token)
-WHERE w.enabled
-  AND (s.state IN ('error', 'invalid') OR (s.state = 'joining' AND s.last_error IS NOT NULL))
-ORDER BY s.since LIMIT :limit
-"""
-_REJECTED = """
-SELECT reason, count(*) AS n, max(received_at) AS last FROM rejected_messages
-WHERE received_at > now() - interval '24 hours' GROUP BY reason ORDER BY n DESC, reason
-"""
-
-
-async def gather(engine: AsyncEngine) -> Report:
-    async with engine.connect() as connection:
-        now: datetime = (await connection.execute(text("SELECT now()"))).scalar_one()
-        report = Report(now=now)
-        for row in await connection.execute(text(_PAIRS)):
-            report.pairs[row.state] = row.n
-        report.disabled = (
-            await connection.execute(text("SELECT count(*) FROM watchlist WHERE NOT enabled"))
-        ).scalar_one()
-        rows = (await connection.execute(text(_PROBLEMS), {"limit": PROBLEMS_SHOWN})).all()
-        report.problems = [Problem(r.wallet, r.token, r.state, r.since, r.last_error) for r in rows]
-        report.more_problems = max(0, (rows[0].total if rows else 0) - len(rows))
-        newest = (
-            await connection.execute(
-                text("SELECT received_at FROM balance_history ORDER BY id DESC LIMIT 1")
-            )
-        ).scalar_one_or_none()
-        report.newest_age = None if newest is None else now - newest
-        report.rows_last_minute = await rows_since(connection, now - timedelta(minutes=1))
-        report.rows_last_hour = await rows_since(connection, now - timedelta(hours=1))
-        report.rejected = [
-            (row.reason, row.n, row.last) for row in await connection.execute(text(_REJECTED))
-        ]
-        return report
-
-
-async def rows_since(connection: AsyncConnection, cutoff: datetime) -> int:
-    """Rows of balance_history received after `cutoff`, without scanning the table."""
-    bounds = (await connection.execute(text("SELECT min(id), max(id) FROM balance_history"))).one()
-    if bounds[0] is None:
-        return 0
-    first = await _first_id_after(connection, cutoff, bounds[0], bounds[1])
-    count: int = (
-        await connection.execute(
-            text("SELECT count(*) FROM balance_history WHERE id >= :first AND received_at > :cut"),
-            {"first": first, "cut": cutoff},
-        )
-    ).scalar_one()
-    return count
-
-
-async def _first_id_after(
-    connection: AsyncConnection, cutoff: datetime, low: int, high: int
-) -> int:
-    """The smallest id received after `cutoff` (high + 1 if none), by binary search: rows are
-    stored in arrival order, so received_at grows with id."""
-    probe = text("SELECT id, received_at FROM balance_history WHERE id >= :at ORDER BY id LIMIT 1")
-    while low <= high:
-        middle = (low + high) // 2
-        row = (await connection.execute(probe, {"at": middle})).first()
-        if row is None or row.received_at > cutoff:
-            high = middle - 1
-        else:
-            low = row.id + 1
-    return low
 
 
 async def ask_daemon(url: str) -> DaemonView:
