@@ -16,8 +16,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.ops.history import UsageError, parse_time, render_chart
-from balancewatch.store.history import Row
 from balancewatch.store import migrate
+from balancewatch.store.history import Row
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 from tests.test_cli import balancewatch, environment
 
