@@ -7,9 +7,10 @@ and never echoes its value (a value may be a key or a password).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -22,6 +23,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from balancewatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Config = TypeVar("Config", bound=DataclassInstance)
 
 ENV_PREFIX = "BALANCEWATCH_"
 CONFIG_ENV = "BALANCEWATCH_CONFIG"
@@ -157,6 +163,17 @@ class Settings(BaseSettings):
         if self.api_key is not None or self.api_key_file is not None:
             found.append(self.datastream_key())
         return [secret for secret in found if secret]
+
+
+def config_from(settings: Settings, config: type[Config], **given: object) -> Config:
+    """A component's config dataclass, each field taken from the setting of the same name
+    unless `given`: a default lives in Settings alone, and nothing is copied by hand."""
+    values = {
+        field.name: getattr(settings, field.name)
+        for field in dataclasses.fields(config)
+        if field.init and field.name not in given and hasattr(settings, field.name)
+    }
+    return config(**values, **given)
 
 
 def read_key_file(path: Path) -> str:

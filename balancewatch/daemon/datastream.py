@@ -28,7 +28,6 @@ from balancewatch.daemon.ingest import Ingest
 from balancewatch.daemon.protocol import PONG, join_frame, leave_frame
 from balancewatch.daemon.subscriptions import RoomSender
 from balancewatch.logs import describe_error, get_logger, scrubber
-from balancewatch.settings import Settings
 
 log = get_logger(__name__)
 
@@ -47,7 +46,7 @@ PerConnection = Callable[[RoomSender], Coroutine[Any, Any, None]]
 
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
-    base_url: str
+    datastream_url: str
     backoff_initial: float
     backoff_max: float
     backoff_reset_after: float
@@ -55,19 +54,6 @@ class StreamConfig:
     keepalive_interval: float
     idle_timeout: float
     max_frame_bytes: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> StreamConfig:
-        return cls(
-            base_url=settings.datastream_url,
-            backoff_initial=settings.backoff_initial,
-            backoff_max=settings.backoff_max,
-            backoff_reset_after=settings.backoff_reset_after,
-            connect_timeout=settings.connect_timeout,
-            keepalive_interval=settings.keepalive_interval,
-            idle_timeout=settings.idle_timeout,
-            max_frame_bytes=settings.max_frame_bytes,
-        )
 
 
 class TextSocket(Protocol):
@@ -149,7 +135,7 @@ class DatastreamClient:
             self._may_read.set()
         self._on_disconnected = on_disconnected
         self.backoff = Backoff(config.backoff_initial, config.backoff_max)
-        self._host = urlsplit(config.base_url).netloc
+        self._host = urlsplit(config.datastream_url).netloc
         self.connected = False
         self.connections = 0
         self._last_frame = 0.0  # loop time of the last frame read
@@ -208,7 +194,7 @@ class DatastreamClient:
     async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         async with asyncio.timeout(self._config.connect_timeout):
             return await session.ws_connect(
-                f"{self._config.base_url}/{self._secret_key()}",
+                f"{self._config.datastream_url}/{self._secret_key()}",
                 heartbeat=self._config.keepalive_interval,
                 # aiohttp would drop the connection on an oversized frame; allow more and
                 # reject such a frame ourselves, so one bad frame costs one frame.

@@ -33,7 +33,7 @@ from balancewatch.logs import get_logger
 from balancewatch.pipeline.bookkeeping import Bookkeeping, BookkeepingConfig
 from balancewatch.pipeline.spool import Spool
 from balancewatch.pipeline.writer import Writer, WriterConfig
-from balancewatch.settings import Settings, load_settings
+from balancewatch.settings import Settings, config_from, load_settings
 from balancewatch.store import migrate
 from balancewatch.store.db import create_engine, describe
 
@@ -78,7 +78,7 @@ class Daemon:
             join_retry_max=settings.backoff_max,
         )
         self.sync = WatchlistSync(
-            engine, url, self.subscriptions, SyncConfig.from_settings(settings)
+            engine, url, self.subscriptions, config_from(settings, SyncConfig)
         )
         self.ingest = Ingest(
             self.subscriptions,
@@ -88,7 +88,7 @@ class Daemon:
             rejected_frame_chars=settings.rejected_frame_chars,
         )
         self.client = DatastreamClient(
-            StreamConfig.from_settings(settings),
+            config_from(settings, StreamConfig),
             settings.datastream_key,
             self.ingest,
             on_connected=self._connected,

@@ -22,7 +22,6 @@ from balancewatch.daemon.rooms import Wanted, wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair
 from balancewatch.logs import describe_error, get_logger
-from balancewatch.settings import Settings
 from balancewatch.store import watchlist
 from balancewatch.store.db import DB_ERRORS, RawConnection, connect_raw
 from balancewatch.store.models import WATCHLIST_CHANNEL
@@ -43,15 +42,6 @@ class SyncConfig:
     backoff_initial: float
     backoff_max: float
     connect_timeout: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SyncConfig:
-        return cls(
-            reconcile_interval=settings.reconcile_interval,
-            backoff_initial=settings.backoff_initial,
-            backoff_max=settings.backoff_max,
-            connect_timeout=settings.connect_timeout,
-        )
 
 
 class WatchlistSync:

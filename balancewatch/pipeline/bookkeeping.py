@@ -22,7 +22,7 @@ from sqlalchemy.engine import URL
 from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
 from balancewatch.domain import Pair, PairState
 from balancewatch.logs import describe_error, get_logger
-from balancewatch.settings import Settings
+from balancewatch.settings import Settings, config_from
 from balancewatch.store import writes
 from balancewatch.store.db import DB_ERRORS, DedicatedConnection, RawConnection
 from balancewatch.store.writes import RejectedRow, StatusChange
@@ -45,11 +45,7 @@ class BookkeepingConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BookkeepingConfig:
-        return cls(
-            gather=settings.flush_interval,
-            drain_timeout=settings.drain_timeout,
-            write_timeout=settings.write_timeout,
-        )
+        return config_from(settings, cls, gather=settings.flush_interval)
 
 
 class Bookkeeping:

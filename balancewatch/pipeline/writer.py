@@ -27,7 +27,7 @@ from balancewatch.pipeline.buffer import Buffer
 from balancewatch.pipeline.records import BalanceLine
 from balancewatch.pipeline.replay import SpoolReplay, Written, written
 from balancewatch.pipeline.spool import Spool
-from balancewatch.settings import Settings
+from balancewatch.settings import Settings, config_from
 from balancewatch.store import writes
 from balancewatch.store.db import DB_ERRORS, DedicatedConnection
 
@@ -40,7 +40,7 @@ class WriterConfig:
     flush_interval: float
     drain_timeout: float
     write_timeout: float
-    max_memory_rows: int
+    max_buffered_rows: int
     durable: bool
     spool_max_bytes: int
     spool_fsync_interval: float
@@ -49,16 +49,7 @@ class WriterConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WriterConfig:
-        return cls(
-            batch_size=settings.batch_size,
-            flush_interval=settings.flush_interval,
-            drain_timeout=settings.drain_timeout,
-            write_timeout=settings.write_timeout,
-            max_memory_rows=settings.max_buffered_rows,
-            durable=settings.spool_mode == "durable",
-            spool_max_bytes=settings.spool_max_bytes,
-            spool_fsync_interval=settings.spool_fsync_interval,
-        )
+        return config_from(settings, cls, durable=settings.spool_mode == "durable")
 
 
 @dataclass(slots=True)
@@ -85,7 +76,9 @@ class Writer:
         self._observe = observe
         self._spool = spool
         self._config = config
-        self._buffer = Buffer(spool, max_memory_rows=config.max_memory_rows, durable=config.durable)
+        self._buffer = Buffer(
+            spool, max_memory_rows=config.max_buffered_rows, durable=config.durable
+        )
         self._replay = SpoolReplay(
             spool, batch_size=config.batch_size, timeout=config.write_timeout, clock=clock
         )
