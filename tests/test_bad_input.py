@@ -4,8 +4,6 @@ with one line."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,6 +27,7 @@ from tests.helpers import (
     running_daemon,
     wait_until,
 )
+from tests.processes import balancewatch
 
 MAX_FRAME_BYTES = 1024
 FRAME_CHARS = 256  # rejected_frame_chars: how much of a rejected frame is kept
@@ -173,21 +172,14 @@ async def test_the_detail_and_arrival_time_of_a_rejected_frame_are_kept(
     assert before <= row["received_at"] <= after
 
 
-def test_a_config_file_with_a_toml_syntax_error_stops_the_daemon_with_one_line(
+async def test_a_config_file_with_a_toml_syntax_error_stops_the_daemon_with_one_line(
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "balancewatch.toml"
     config.write_text('database_url = "postgresql://u:hunter2pw@h/db"\nbatch_size = = 5\n')
     env = {"PATH": "/usr/bin:/bin", "BALANCEWATCH_CONFIG": str(config), "BALANCEWATCH_API_KEY": "k"}
-    finished = subprocess.run(
-        [sys.executable, "-m", "balancewatch", "run"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert finished.returncode == 2
+    finished = await balancewatch("run", env=env)
+    assert finished.code == 2
     assert finished.stdout == ""
     lines = finished.stderr.splitlines()
     assert len(lines) == 1

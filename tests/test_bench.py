@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from sqlalchemy.engine import URL
 
 from balancewatch.devtools.simulator import text_frame
+from tests.processes import balancewatch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,26 +31,18 @@ def test_text_frame_headers() -> None:
     assert text_frame("x" * 70_000)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
 
 
-def test_quick_bench_prints_every_section(server_url: URL) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "balancewatch",
-            "bench",
-            "--quick",
-            "--messages",
-            "2000",
-            "--database-url",
-            server_url.render_as_string(hide_password=False),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
+async def test_quick_bench_prints_every_section(server_url: URL) -> None:
+    result = await balancewatch(
+        "bench",
+        "--quick",
+        "--messages",
+        "2000",
+        "--database-url",
+        server_url.render_as_string(hide_password=False),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        check=False,
+        timeout=110,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.code == 0, result.stdout + result.stderr
     rows = _ROW.findall(result.stdout)
     sections = {section for section, *_ in rows}
     assert sections == {"sim", "ingest", "latency", "sync", "scale"}, result.stdout

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -35,6 +32,7 @@ from tests.helpers import (
     scratch_dir,
     wait_until,
 )
+from tests.processes import DaemonProcess, environment, started
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -123,62 +121,23 @@ async def sending(simulator: Simulator, rate: float) -> AsyncIterator[Sender]:
         await task
 
 
-@dataclass
-class DaemonProcess:
-    process: asyncio.subprocess.Process
-    log: Path
-
-    def lines(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                found.append(json.loads(line))
-        return found
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("event") == name]
-
-    def peak_rss_kib(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(
-            next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
-        )
-
-    async def terminate(self, timeout: float = 10.0) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-
 @contextlib.asynccontextmanager
 async def daemon_process(
     url: URL, simulator: Simulator, **settings: str
 ) -> AsyncIterator[DaemonProcess]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
-    env |= {
-        "BALANCEWATCH_DATABASE_URL": url.render_as_string(hide_password=False),
-        "BALANCEWATCH_DATASTREAM_URL": simulator.url,
-        "BALANCEWATCH_API_KEY": API_KEY,
-        "BALANCEWATCH_LOG_FORMAT": "json",
-        "BALANCEWATCH_HTTP_PORT": "0",
-        "BALANCEWATCH_FLUSH_INTERVAL": "0.1",
-        "BALANCEWATCH_BACKOFF_INITIAL": "0.1",
-        "BALANCEWATCH_BACKOFF_MAX": "1.0",
-        "BALANCEWATCH_RECONCILE_INTERVAL": "2",
-        "BALANCEWATCH_CONNECT_TIMEOUT": "2",
-    }
-    env |= {f"BALANCEWATCH_{key.upper()}": value for key, value in settings.items()}
-    log = scratch_dir("daemon-log") / "daemon.log"
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "balancewatch", "run", env=env, stdout=sink, stderr=sink
-        )
-    daemon = DaemonProcess(process, log)
-    try:
+    env = environment(
+        url,
+        datastream_url=simulator.url,
+        api_key=API_KEY,
+        flush_interval="0.1",
+        backoff_initial="0.1",
+        backoff_max="1.0",
+        reconcile_interval="2",
+        connect_timeout="2",
+        **settings,
+    )
+    async with started(env, deadline=10.0) as daemon:
         yield daemon
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def watch_one(url: URL, simulator: Simulator) -> None:
@@ -217,7 +176,7 @@ async def test_database_outages_of_10_and_60_seconds_lose_nothing_and_keep_the_s
         await connection.close()
         await simulator.wait_for(lambda: room() not in simulator.joined_rooms(), timeout=10)
         peak_kib = daemon.peak_rss_kib()
-        assert await daemon.terminate() == 0
+        assert await daemon.stop() == 0
     assert sender.undelivered == 0
     assert simulator.total_connections == 1, "the websocket must stay up through the outages"
     assert await stored_amounts(url) == list(range(sent))
@@ -253,7 +212,7 @@ async def test_killed_database_connections_lose_nothing(url: URL, simulator: Sim
         await connection.execute("DELETE FROM watchlist")
         await connection.close()
         await simulator.wait_for(lambda: room() not in simulator.joined_rooms(), timeout=10)
-        assert await daemon.terminate() == 0
+        assert await daemon.stop() == 0
     assert await stored_amounts(url) == list(range(sent))
     assert simulator.total_connections == 1
 
@@ -275,7 +234,7 @@ async def test_sigterm_in_the_middle_of_a_burst_stores_everything_read(
         async with sending(simulator, rate=5000):
             await asyncio.sleep(1.5)
             started = time.monotonic()
-            code = await daemon.terminate()
+            code = await daemon.stop()
             elapsed = time.monotonic() - started
     assert code == 0
     assert elapsed < 10
@@ -303,8 +262,7 @@ async def test_sigkill_loses_at_most_the_unflushed_batch_and_nothing_in_durable_
             await simulator.send_balance(WALLET, TOKEN, str(i))
         await simulator.ping()  # its pong proves every message before it was read
         await simulator.wait_for(lambda: any(e.kind == "pong" for e in simulator.events))
-        daemon.process.kill()
-        await daemon.process.wait()
+        await daemon.stop(signal.SIGKILL)
         await locker.close()
 
     async with daemon_process(url, simulator, spool_dir=spool_dir, spool_mode=mode) as restarted:
@@ -312,7 +270,7 @@ async def test_sigkill_loses_at_most_the_unflushed_batch_and_nothing_in_durable_
         await simulator.wait_for(lambda: simulator.live_connections == 1, timeout=20)
         await wait_until(lambda: _count_is(url, expected), timeout=20, what=f"{expected} rows")
         await asyncio.sleep(0.5)  # nothing more arrives: no duplicates from a replay
-        assert await restarted.terminate() == 0
+        assert await restarted.stop() == 0
     assert await stored_amounts(url) == list(range(expected))
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from itertools import pairwise
@@ -18,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.ops.history import Row, UsageError, parse_time, render_chart
 from balancewatch.store import migrate
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
-from tests.test_cli import balancewatch, environment
+from tests.processes import balancewatch, environment, python
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 # Amounts Postgres keeps exactly and a float would not (or would print another way).
@@ -261,15 +260,9 @@ async def test_history_plot_without_matplotlib_says_how_to_get_it(tmp_path: Path
         "from balancewatch.cli import main\n"
         f"sys.exit(main(['history', {WALLET!r}, {TOKEN!r}, '--plot', 'x.png']))"
     )
-    import asyncio  # noqa: PLC0415
-
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, env=environment(None), cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
-    assert "balancewatch[plot]" in stderr.decode()
+    finished = await python("-c", code, env=environment(None), cwd=tmp_path)
+    assert finished.code == 2
+    assert "balancewatch[plot]" in finished.stderr
     assert not (tmp_path / "x.png").exists()
 
 

@@ -23,6 +23,7 @@ from balancewatch.ops import status
 from balancewatch.progress import Progress
 from balancewatch.settings import Settings
 from balancewatch.store.db import asyncpg_dsn
+from tests.files import compose, final_stage, image_env
 from tests.helpers import (
     API_KEY,
     SOL,
@@ -35,6 +36,7 @@ from tests.helpers import (
     wait_until,
     watch,
 )
+from tests.writing import make_rows, make_writer, open_test_spool
 
 
 async def url_of(daemon: Daemon, path: str) -> str:
@@ -321,8 +323,6 @@ async def _count(db: Any, sql: str, expected: int) -> bool:
 
 
 def test_the_image_and_compose_check_readiness_with_the_daemons_own_command() -> None:
-    from tests.test_security import compose, final_stage, image_env  # noqa: PLC0415
-
     instructions = final_stage()
     (healthcheck,) = [args for word, args in instructions if word == "HEALTHCHECK"]
     assert healthcheck.endswith('CMD ["balancewatch", "healthcheck"]')
@@ -349,8 +349,6 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
 
 
 async def test_replaying_a_spool_logs_its_progress(engine: AsyncEngine, db: Any) -> None:
-    from tests.test_writer import make_rows, make_writer, open_test_spool  # noqa: PLC0415
-
     spool = open_test_spool()
     for line in make_rows(500):
         spool.append(line)
@@ -375,6 +373,4 @@ async def test_replaying_a_spool_logs_its_progress(engine: AsyncEngine, db: Any)
 
 
 def spool_bytes_of(rows: int) -> int:
-    from tests.test_writer import make_rows  # noqa: PLC0415
-
     return sum(map(len, make_rows(rows)))

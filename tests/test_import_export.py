@@ -12,7 +12,7 @@ from sqlalchemy.engine import URL
 from balancewatch.ops.watchfile import parse, render
 from balancewatch.store.watchlist import WatchEntry
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
-from tests.test_cli import balancewatch, environment
+from tests.processes import balancewatch, environment
 
 
 def entry(wallet: str, token: str, enabled: bool, label: str | None) -> WatchEntry:

@@ -14,17 +14,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,7 +30,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import yaml
 from pydantic import ValidationError
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,14 +40,10 @@ from balancewatch.daemon.service import check_schema
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.settings import Settings
 from balancewatch.store.db import asyncpg_dsn, create_engine
+from tests.files import README, REPO, compose, dockerfile, final_stage, image_env, image_user
 from tests.helpers import API_KEY, TOKEN, WALLET, make_settings, room, running_daemon, wait_until
+from tests.processes import DEADLINE, StartDaemon, environment
 
-REPO = Path(__file__).parent.parent
-README = REPO / "README.md"
-DEADLINE = 15.0
-# The test cluster trusts loopback connections and ignores a password, so one can be put in
-# the URL only to be looked for in the output.
-DB_PASSWORD = "db-pass-7c2e90f4b1a6"
 BACKOFF_MAX = 0.3
 
 
@@ -70,12 +63,6 @@ async def state_of(db: Any) -> str | None:
     return state
 
 
-@pytest.fixture
-def secret_url(database_url: URL) -> URL:
-    """The test database's URL with a password in it."""
-    return database_url if database_url.password else database_url.set(password=DB_PASSWORD)
-
-
 def secrets_in(url: URL) -> list[str]:
     return [API_KEY, str(url.password)]
 
@@ -85,91 +72,17 @@ def secrets_in(url: URL) -> list[str]:
 
 def daemon_env(url: URL, datastream_url: str, spool_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of `balancewatch run`; no TLS trust settings inherited from ours."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("BALANCEWATCH_", "SSL_CERT_"))
-    }
     settings = {
-        "database_url": url.render_as_string(hide_password=False),
         "datastream_url": datastream_url,
         "spool_dir": str(spool_dir),
-        "log_format": "json",
         "log_level": "debug",
         "backoff_initial": "0.05",
         "backoff_max": str(BACKOFF_MAX),
         "connect_timeout": "3",
         "flush_interval": "0.05",
-        "http_port": "0",
         **extra,
     }
-    env.update({f"BALANCEWATCH_{name.upper()}": value for name, value in settings.items()})
-    return env
-
-
-def json_lines(text: str) -> list[dict[str, Any]]:
-    lines = []
-    for line in text.splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            lines.append(value)
-    return lines
-
-
-@dataclass
-class DaemonProcess:
-    process: asyncio.subprocess.Process
-    output: Path  # stdout and stderr, interleaved
-
-    def text(self) -> str:
-        return self.output.read_text()
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in json_lines(self.text()) if line.get("event") == name]
-
-    async def wait_for(self, predicate: Callable[[], object], what: str) -> None:
-        deadline = asyncio.get_running_loop().time() + DEADLINE
-        while not predicate():
-            assert self.process.returncode is None, f"exited before {what}:\n{self.text()}"
-            assert asyncio.get_running_loop().time() < deadline, f"no {what}:\n{self.text()}"
-            await asyncio.sleep(0.05)
-
-    async def exit_code(self) -> int:
-        return await asyncio.wait_for(self.process.wait(), DEADLINE)
-
-    async def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await self.exit_code()
-
-
-StartDaemon = Callable[[dict[str, str]], Awaitable[DaemonProcess]]
-
-
-@pytest.fixture
-async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
-    started: list[DaemonProcess] = []
-
-    async def start(env: dict[str, str]) -> DaemonProcess:
-        output = tmp_path / f"daemon-{len(started)}.log"
-        with output.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "balancewatch", "run"),
-                env=env,
-                cwd=tmp_path,
-                stdout=sink,
-                stderr=sink,
-            )
-        started.append(DaemonProcess(process, output))
-        return started[-1]
-
-    yield start
-    for daemon in started:
-        if daemon.process.returncode is None:
-            daemon.process.kill()
-            await daemon.process.wait()
+    return environment(url, **settings)
 
 
 # -- 1. secrets --------------------------------------------------------------------------------
@@ -206,7 +119,7 @@ async def test_no_output_or_stored_text_of_a_real_daemon_holds_a_secret(
     await simulator.drop_connections()
     await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=DEADLINE)
     await wait_until(lambda: history_count(db), timeout=DEADLINE, what="the balance row")
-    assert await first.terminate() == 0, first.text()
+    assert await first.stop() == 0, first.text()
     assert len(first.events("ingest.frame_rejected")) >= 2
 
     # The key in a file, re-read at each connect. It is emptied (a botched rotation), the
@@ -380,7 +293,7 @@ async def test_a_certificate_that_fails_verification_is_never_connected_to(
             lambda: len(daemon.events("datastream.reconnecting")) >= 3, "three retries"
         )
         assert daemon.process.returncode is None  # it keeps trying
-        assert await daemon.terminate() == 0, daemon.text()
+        assert await daemon.stop() == 0, daemon.text()
         assert (sim.total_connections, sim.events) == (0, [])  # no handshake, no join
     failures = daemon.events("datastream.connect_failed")
     assert len(failures) >= 3
@@ -407,7 +320,7 @@ async def test_with_its_ca_trusted_through_ssl_cert_file_the_daemon_connects_and
         await sim.wait_for(lambda: room() in sim.joined_rooms(), timeout=DEADLINE)
         await sim.send_balance(WALLET, TOKEN, "76989.158861")
         await wait_until(lambda: history_count(db), timeout=DEADLINE, what="the row, over TLS")
-        assert await daemon.terminate() == 0, daemon.text()
+        assert await daemon.stop() == 0, daemon.text()
     assert daemon.events("datastream.connected")
     assert not daemon.events("datastream.connect_failed")
 
@@ -432,50 +345,6 @@ def test_no_setting_turns_certificate_verification_off() -> None:
 
 
 # -- 3. the container --------------------------------------------------------------------------
-
-
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    return loaded
-
-
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, comments dropped and continuation lines joined."""
-    lines = [
-        line
-        for line in (REPO / "Dockerfile").read_text().splitlines()
-        if not line.lstrip().startswith("#")
-    ]
-    joined = re.sub(r"\\\n", " ", "\n".join(lines))
-    instructions = []
-    for line in joined.splitlines():
-        word, _, rest = line.strip().partition(" ")
-        if word:
-            instructions.append((word.upper(), " ".join(rest.split())))
-    return instructions
-
-
-def final_stage() -> list[tuple[str, str]]:
-    instructions = dockerfile()
-    last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
-    return instructions[last_from:]
-
-
-def image_user() -> str:
-    users = [args for word, args in final_stage() if word == "USER"]
-    assert users, "the runtime stage sets no USER"
-    return users[-1]
-
-
-def image_env() -> dict[str, str]:
-    env: dict[str, str] = {}
-    for word, args in final_stage():
-        if word == "ENV":
-            for pair in args.split():
-                name, equals, value = pair.partition("=")
-                if equals:
-                    env[name] = value
-    return env
 
 
 def test_the_image_is_multi_stage_on_pinned_slim_bases() -> None:

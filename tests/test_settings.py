@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from balancewatch.settings import ConfigError, load_settings
+from tests.files import REPO
 
 SECRET = "hunter2-secret-key"
 PASSWORD = "pa55-word-xyz"
@@ -126,7 +127,7 @@ def test_a_missing_config_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_the_shipped_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    example = Path(__file__).parent.parent / "config" / "balancewatch.example.toml"
+    example = REPO / "config" / "balancewatch.example.toml"
     monkeypatch.setenv("BALANCEWATCH_CONFIG", str(example))
     monkeypatch.setenv("BALANCEWATCH_API_KEY", SECRET)
     settings = load_settings(need_key=True)

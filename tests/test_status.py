@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import socket
-import sys
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -19,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
 from tests.helpers import (
+    API_KEY,
     SOL,
     TOKEN,
     WALLET,
@@ -28,6 +27,7 @@ from tests.helpers import (
     running_daemon,
     wait_until,
 )
+from tests.processes import balancewatch, environment
 
 WALLET3 = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"
 
@@ -177,16 +177,10 @@ async def _healthy(url: str) -> bool:
 
 async def test_status_runs_as_a_command(database_url: URL, db: Any) -> None:
     await seed(db)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
-    env["BALANCEWATCH_DATABASE_URL"] = database_url.render_as_string(hide_password=False)
-    env["BALANCEWATCH_HTTP_PORT"] = "1"  # nothing listens there
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "balancewatch", "status",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 0, err.decode()
-    text = out.decode()
+    env = environment(database_url, http_port="1")  # nothing listens there
+    finished = await balancewatch("status", env=env)
+    assert finished.code == 0, finished.stderr
+    text = finished.stdout
     assert "daemon   http://127.0.0.1:1: not reachable" in text
     assert "pairs    4 enabled" in text
     assert "rows     3 in the last minute, 6 in the last hour" in text
@@ -194,9 +188,6 @@ async def test_status_runs_as_a_command(database_url: URL, db: Any) -> None:
 
 
 async def test_the_commands_a_container_runs(database_url: URL, simulator: Simulator) -> None:
-    from tests.helpers import API_KEY  # noqa: PLC0415
-    from tests.test_cli import balancewatch, environment  # noqa: PLC0415
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

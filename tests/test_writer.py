@@ -8,71 +8,32 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
+from balancewatch.pipeline.records import BalanceLine
 from balancewatch.pipeline.spool import Spool
-from balancewatch.pipeline.writer import Writer, WriterConfig
+from balancewatch.pipeline.writer import Writer
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, scratch_dir, wait_until
-
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-PAIR = (WALLET, TOKEN)
-PAIR2 = (WALLET2, SOL)
-
-
-_spools: list[Spool] = []
-_writers: list[Writer] = []
+from tests.writing import (
+    PAIR,
+    PAIR2,
+    T0,
+    close_writers_and_spools,
+    keep_open_until_the_test_ends,
+    make_line,
+    make_rows,
+    make_writer,
+)
 
 
 @pytest.fixture(autouse=True)
-async def close_writers_and_spools(engine: AsyncEngine) -> AsyncIterator[None]:
-    """A writer keeps its connection from flush to flush: closed before the database goes."""
+async def close_writers(engine: AsyncEngine) -> AsyncIterator[None]:
     yield
-    while _writers:
-        await _writers.pop().close()
-    while _spools:
-        _spools.pop().close()
-
-
-def open_test_spool() -> Spool:
-    spool = Spool(scratch_dir("spool"))
-    spool.open()
-    _spools.append(spool)
-    return spool
-
-
-def make_writer(
-    engine: AsyncEngine,
-    batch_size: int = 1000,
-    flush_interval: float = 60.0,
-    spool: Spool | None = None,
-    **extra: Any,
-) -> Writer:
-    writer = Writer(
-        engine,
-        spool or open_test_spool(),
-        WriterConfig(batch_size=batch_size, flush_interval=flush_interval, **extra),
-    )
-    _writers.append(writer)
-    return writer
-
-
-def make_line(wallet: str, token: str, amount: str, received_at: datetime) -> BalanceLine:
-    micros = (received_at - EPOCH) // timedelta(microseconds=1)
-    return balance_line(wallet, token, amount, stamp_from_micros(micros))
-
-
-def make_rows(count: int, start: int = 0) -> list[BalanceLine]:
-    return [
-        make_line(WALLET, TOKEN, str(Decimal(i)), T0 + timedelta(microseconds=i))
-        for i in range(start, start + count)
-    ]
+    await close_writers_and_spools()
 
 
 def add_all(writer: Writer, rows: list[BalanceLine]) -> None:
@@ -333,7 +294,7 @@ async def test_a_drain_that_cannot_write_spools_the_rows_and_the_next_writer_rep
     # A restart on the same spool directory stores them first, once.
     second_spool = Spool(spool_dir)
     second_spool.open()
-    _spools.append(second_spool)
+    keep_open_until_the_test_ends(second_spool)
     restarted = make_writer(engine, spool=second_spool)
     restarted.add(make_rows(1, start=3)[0])
     while await count(db) < 4:
