@@ -96,6 +96,10 @@ def secret_url(database_url: URL) -> URL:
     return database_url if database_url.password else database_url.set(password=DB_PASSWORD)
 
 
+def secrets_in(url: URL) -> list[str]:
+    return [API_KEY, str(url.password)]
+
+
 @pytest.fixture
 async def engine(database_url: URL) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)

@@ -1,5 +1,5 @@
 """Writers and spools for tests of the write path, made from known rows, and closed after each
-test by the `close_writers_and_spools` fixture (tests/integration/conftest.py)."""
+test by the `writers_closed` fixture (tests/integration/conftest.py)."""
 
 from __future__ import annotations
 

@@ -22,18 +22,14 @@ from tests.writing import (
     PAIR,
     PAIR2,
     T0,
-    close_writers_and_spools,
     keep_open_until_the_test_ends,
     make_line,
     make_rows,
     make_writer,
 )
 
-
-@pytest.fixture(autouse=True)
-async def close_writers(engine: AsyncEngine) -> AsyncIterator[None]:
-    yield
-    await close_writers_and_spools()
+# A writer keeps its connection from flush to flush: closed before the database goes.
+pytestmark = pytest.mark.usefixtures("writers_closed")
 
 
 def add_all(writer: Writer, rows: list[BalanceLine]) -> None:

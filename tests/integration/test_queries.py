@@ -23,10 +23,6 @@ AS_OF = datetime(2025, 1, 1, tzinfo=UTC)  # the time written in queries 4 and 5
 QUERIES = numbered_queries()
 
 
-def test_the_readme_has_ten_numbered_queries() -> None:
-    assert sorted(QUERIES) == list(range(1, 11))
-
-
 @pytest.fixture
 async def known(db: Any) -> dict[str, Any]:
     """The data every query runs on; returns `now` and the rows, for answers computed here."""

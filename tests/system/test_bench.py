@@ -12,7 +12,6 @@ import re
 import pytest
 from sqlalchemy.engine import URL
 
-from balancewatch.devtools.simulator import text_frame
 from tests.processes import balancewatch
 
 pytestmark = pytest.mark.timeout(120)
@@ -23,12 +22,6 @@ _ROW = re.compile(
     r"\s*(?:target.*)?$",
     re.M,
 )
-
-
-def test_text_frame_headers() -> None:
-    assert text_frame("ab") == b"\x81\x02ab"
-    assert text_frame("x" * 200)[:4] == b"\x81\x7e\x00\xc8"
-    assert text_frame("x" * 70_000)[:10] == b"\x81\x7f" + (70_000).to_bytes(8, "big")
 
 
 async def test_quick_bench_prints_every_section(server_url: URL) -> None:
