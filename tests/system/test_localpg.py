@@ -41,6 +41,7 @@ async def test_started_cluster_accepts_connections_with_throwaway_settings(
         )
     finally:
         await conn.close()
+    assert row is not None
     assert row["port"] == cluster.port
     assert (row["fsync"], row["max_connections"], row["sockets"]) == ("off", "200", "")
 
