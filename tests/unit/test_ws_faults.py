@@ -12,7 +12,7 @@ from balancewatch.daemon.datastream import WebSocketSender
 from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, wait_until
 
 
 class StuckSocket:
@@ -47,10 +47,11 @@ async def test_a_send_stuck_on_a_dead_socket_fails_when_its_connection_ends() ->
     """Else the stuck send would hold the subscriptions' lock and the next connection could
     never join anything."""
     subs = Subscriptions(NoStatus())
-    stuck = WebSocketSender(StuckSocket())
+    dead = StuckSocket()
+    stuck = WebSocketSender(dead)
     await subs.connected(stuck)
     watching = asyncio.create_task(subs.want(wanted_rooms([(WALLET, TOKEN), (WALLET2, SOL)])))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: dead.sends == 1, what="the first join to reach the dead socket")
     assert not watching.done()  # stuck in the first join, holding the lock
 
     subs.disconnected("idle timeout")
