@@ -1,27 +1,22 @@
-"""Fixtures: a real Postgres (a throwaway cluster, or BALANCEWATCH_TEST_DATABASE_URL), migrated
-once into a template database and cloned per test; a simulated Datastream on loopback; and a
-daemon running in-process against both."""
+"""Kept light: what every tier shares. The Postgres and simulator fixtures live in
+tests/fixtures.py, registered here for the integration and system tiers (pytest_plugins is only
+allowed in this top-level conftest); the unit tier refuses them (tests/unit/conftest.py).
+
+A plain `pytest` runs every tier, the unit tier first: the quickest to fail is seen first."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.devtools.localpg import LocalPostgres
-from balancewatch.devtools.simulator import Simulator
-from balancewatch.settings import parse_database_url
-from balancewatch.store import migrate
-from balancewatch.store.db import asyncpg_dsn, create_engine
-from tests.helpers import API_KEY, SCRATCH_ROOT
+from tests.helpers import SCRATCH_ROOT
+
+pytest_plugins = ["tests.fixtures"]
+
+TIERS = ("unit", "integration", "system")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,77 +25,12 @@ def scratch_root() -> Iterator[None]:
     shutil.rmtree(SCRATCH_ROOT, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def server_url() -> Iterator[URL]:
-    """A URL of the test server's maintenance database, where test databases are created."""
-    given = os.environ.get("BALANCEWATCH_TEST_DATABASE_URL")
-    if given:
-        yield parse_database_url(given)
-        return
-    with LocalPostgres() as cluster:
-        yield parse_database_url(cluster.url())
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers in TIERS order (not the directories' alphabetical one); within a tier, the
+    order of collection."""
 
+    def tier(item: pytest.Item) -> int:
+        top = item.path.relative_to(Path(__file__).parent).parts[0]
+        return TIERS.index(top) if top in TIERS else len(TIERS)
 
-@pytest.fixture(scope="session")
-async def template_database(server_url: URL) -> AsyncIterator[str]:
-    name = f"bw_template_{uuid.uuid4().hex[:12]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    engine = create_engine(server_url.set(database=name), pool_size=1)
-    try:
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
-    yield name
-    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-async def database_url(server_url: URL, template_database: str) -> AsyncIterator[URL]:
-    """A fresh, migrated database for one test."""
-    async with _scratch_database(server_url, template=template_database) as url:
-        yield url
-
-
-@pytest.fixture
-async def empty_database_url(server_url: URL) -> AsyncIterator[URL]:
-    """A fresh database with no schema at all."""
-    async with _scratch_database(server_url, template=None) as url:
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def _scratch_database(server_url: URL, template: str | None) -> AsyncIterator[URL]:
-    name = f"bw_test_{uuid.uuid4().hex[:12]}"
-    clone = f' TEMPLATE "{template}"' if template else ""
-    await _admin(server_url, f'CREATE DATABASE "{name}"{clone}')
-    yield server_url.set(database=name)
-    await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-async def engine(database_url: URL) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def db(database_url: URL) -> AsyncIterator[Any]:
-    """A plain asyncpg connection for the test's own SQL, as a user's psql session would be."""
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-async def simulator() -> AsyncIterator[Simulator]:
-    async with Simulator(api_key=API_KEY, ping_interval=None) as sim:
-        yield sim
-
-
-async def _admin(server_url: URL, sql: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(server_url))
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
+    items.sort(key=tier)

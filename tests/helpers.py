@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.daemon.service import Daemon
 from balancewatch.settings import Settings
 from balancewatch.store import migrate
+from balancewatch.store.db import asyncpg_dsn
 
 API_KEY = "test-key-5f3a9c1e0b7d4e2a"
 WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"
@@ -28,6 +30,11 @@ WALLET2 = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
 
 async def watch(db: Any, wallet: str = WALLET, token: str = TOKEN) -> None:
     await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", wallet, token)
+
+
+async def history_count(db: Any) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM balance_history")
+    return count
 
 
 def room(wallet: str = WALLET, token: str = TOKEN) -> str:
@@ -111,3 +118,35 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
 
     async with engine.begin() as connection:
         await connection.run_sync(run)
+
+
+# -- short-lived connections, for a database that may come and go under the test -------------
+
+
+async def connect(url: URL) -> Any:
+    return await asyncpg.connect(asyncpg_dsn(url))
+
+
+async def scalar(url: URL, sql: str, *args: Any) -> Any:
+    """One value from a short-lived connection (the cluster comes and goes under these tests)."""
+    connection = await connect(url)
+    try:
+        return await connection.fetchval(sql, *args)
+    finally:
+        await connection.close()
+
+
+async def stored_amounts(url: URL) -> list[int]:
+    connection = await connect(url)
+    try:
+        rows = await connection.fetch("SELECT amount FROM balance_history ORDER BY id")
+    finally:
+        await connection.close()
+    return [int(row["amount"]) for row in rows]
+
+
+async def count_is(url: URL, expected: int) -> bool:
+    """Whether balance_history holds `expected` rows; false while the database is away."""
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        return bool(await scalar(url, "SELECT count(*) FROM balance_history") == expected)
+    return False

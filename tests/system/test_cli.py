@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,72 +10,10 @@ import pytest
 from sqlalchemy.engine import URL
 
 from balancewatch.devtools.simulator import Simulator
-from tests.helpers import API_KEY, SOL, TOKEN, WALLET, room, scratch_dir
+from tests.helpers import API_KEY, SOL, TOKEN, WALLET, room
+from tests.processes import balancewatch, environment, started
 
 TERM_DEADLINE = 10.0
-
-
-def environment(url: URL | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
-    env["BALANCEWATCH_LOG_FORMAT"] = "json"
-    env["BALANCEWATCH_SPOOL_DIR"] = str(scratch_dir("spool"))
-    env["BALANCEWATCH_HTTP_PORT"] = "0"  # a free port: never depend on 8080 being free
-    if url is not None:
-        env["BALANCEWATCH_DATABASE_URL"] = url.render_as_string(hide_password=False)
-    env.update({f"BALANCEWATCH_{key.upper()}": value for key, value in extra.items()})
-    return env
-
-
-@dataclass
-class Finished:
-    code: int
-    stdout: str
-    stderr: str
-
-
-async def balancewatch(*args: str, env: dict[str, str], timeout: float = 30) -> Finished:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "balancewatch",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return Finished(process.returncode, stdout.decode(), stderr.decode())
-
-
-@dataclass
-class Daemon:
-    process: asyncio.subprocess.Process
-    output: Path
-
-    def text(self) -> str:
-        return self.output.read_text()
-
-
-@pytest.fixture
-async def start_daemon(tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[Daemon] = []
-
-    async def start(env: dict[str, str]) -> Daemon:
-        output = tmp_path / f"daemon-{len(started)}.log"
-        with output.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "balancewatch", "run", env=env, stdout=sink, stderr=sink
-            )
-        daemon = Daemon(process, output)
-        started.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.returncode is None:
-            daemon.process.kill()
-            await daemon.process.wait()
 
 
 async def test_migrate_creates_the_schema_and_is_safe_to_run_again(
@@ -173,40 +106,18 @@ async def test_a_signal_stores_every_received_message_and_exits_0(
     await simulator.wait_for(lambda: any(e.kind == "pong" for e in simulator.events))
     assert await db.fetchval("SELECT count(*) FROM balance_history") == 0
 
-    daemon.process.send_signal(signum)
-    code = await asyncio.wait_for(daemon.process.wait(), TERM_DEADLINE)
+    code = await daemon.stop(signum, timeout=TERM_DEADLINE)
 
     assert code == 0, daemon.text()
     amounts = await db.fetch("SELECT amount::text AS a FROM balance_history ORDER BY id")
     assert [row["a"] for row in amounts] == [f"{i}.5" for i in range(1000)]
 
 
-async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up(tmp_path: Path) -> None:
-    output = tmp_path / "demo.log"
-    with output.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "balancewatch",
-            "demo",
-            "--rate",
-            "50",
-            env=environment(None),
-            stdout=sink,
-            stderr=sink,
-        )
-    try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while "added while running" not in output.read_text():
-            assert process.returncode is None, output.read_text()
-            assert asyncio.get_running_loop().time() < deadline, output.read_text()
-            await asyncio.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        code = await asyncio.wait_for(process.wait(), 20)
-    finally:
-        if process.returncode is None:
-            process.kill()
-    text = output.read_text()
+async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> None:
+    async with started(environment(None), "demo", "--rate", "50", deadline=30) as demo:
+        await demo.wait_for(lambda: "added while running" in demo.text(), "a pair added")
+        code = await demo.stop(signal.SIGINT, timeout=20)
+    text = demo.text()
     assert code == 0, text
     assert "join on the socket in" in text
     assert text.count("  row ") >= 5

@@ -1,15 +1,12 @@
-"""`balancewatch status` and `balancewatch healthcheck` against real Postgres and a real daemon."""
+"""`balancewatch status` and `balancewatch healthcheck` in-process, against real Postgres and a
+real daemon."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
-import socket
-import sys
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -19,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
 from balancewatch.store import reports
+from tests.data import WALLET3, history_rows, seed
 from tests.helpers import (
     SOL,
     TOKEN,
@@ -29,60 +27,6 @@ from tests.helpers import (
     running_daemon,
     wait_until,
 )
-
-WALLET3 = "9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM"
-
-
-async def history_rows(db: Any, ages: list[timedelta]) -> None:
-    """Rows received `ages` ago, stored oldest first, as the daemon stores them."""
-    now = await db.fetchval("SELECT now()")
-    rows = [
-        (WALLET, TOKEN, Decimal(n), now - age) for n, age in enumerate(sorted(ages, reverse=True))
-    ]
-    await db.copy_records_to_table(
-        "balance_history", records=rows, columns=["wallet", "token", "amount", "received_at"]
-    )
-
-
-async def seed(db: Any) -> None:
-    for wallet, token, enabled in [
-        (WALLET, TOKEN, True),
-        (WALLET2, SOL, True),
-        (WALLET3, SOL, True),
-        (WALLET3, TOKEN, True),
-        (WALLET2, TOKEN, False),
-    ]:
-        await db.execute(
-            "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
-            wallet,
-            token,
-            enabled,
-        )
-    for wallet, token, state, error in [
-        (WALLET, TOKEN, "joined", None),
-        (WALLET2, SOL, "error", "server said: no such room"),
-        (WALLET3, SOL, "joining", "no ack after 30 s (attempt 3)"),
-    ]:
-        await db.execute(
-            "INSERT INTO subscription_status (wallet, token, state, since, last_error, updated_at)"
-            " VALUES ($1, $2, $3, now(), $4, now())",
-            wallet,
-            token,
-            state,
-            error,
-        )
-    await history_rows(
-        db,
-        [timedelta(seconds=s) for s in (5, 20, 50)]
-        + [timedelta(minutes=m) for m in (5, 30, 59)]
-        + [timedelta(hours=h) for h in (2, 30)],
-    )
-    await db.execute(
-        "INSERT INTO rejected_messages (received_at, reason, detail, frame, frame_size) VALUES"
-        " (now(), 'not_json', 'x', 'x', 1), (now(), 'not_json', 'x', 'x', 1),"
-        " (now() - interval '1 hour', 'room_not_joined', 'x', 'x', 1),"
-        " (now() - interval '3 days', 'binary_frame', 'x', 'x', 1)"
-    )
 
 
 async def test_status_answers_is_it_working_from_the_database(
@@ -174,44 +118,3 @@ async def test_status_shows_the_running_daemon_and_healthcheck_follows_readyz(
 async def _healthy(url: str) -> bool:
     code = await asyncio.to_thread(status.healthcheck, argparse.Namespace(url=url))
     return code == 0
-
-
-async def test_status_runs_as_a_command(database_url: URL, db: Any) -> None:
-    await seed(db)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
-    env["BALANCEWATCH_DATABASE_URL"] = database_url.render_as_string(hide_password=False)
-    env["BALANCEWATCH_HTTP_PORT"] = "1"  # nothing listens there
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "balancewatch", "status",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 0, err.decode()
-    text = out.decode()
-    assert "daemon   http://127.0.0.1:1: not reachable" in text
-    assert "pairs    4 enabled" in text
-    assert "rows     3 in the last minute, 6 in the last hour" in text
-    assert re.fullmatch(r"balancewatch status at \S+ \S+ UTC", text.splitlines()[0])
-
-
-async def test_the_commands_a_container_runs(database_url: URL, simulator: Simulator) -> None:
-    from tests.helpers import API_KEY  # noqa: PLC0415
-    from tests.test_cli import balancewatch, environment  # noqa: PLC0415
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        # `run` on a port in use: one line that says so, exit 1, nothing read.
-        env = environment(
-            database_url, api_key=API_KEY, datastream_url=simulator.url, http_port=port
-        )
-        finished = await balancewatch("run", env=env)
-        assert finished.code == 1
-        (line,) = [line for line in finished.stdout.splitlines() if "http.cannot_listen" in line]
-        assert f"cannot listen on 127.0.0.1:{port}" in line
-        assert simulator.total_connections == 0
-    # `healthcheck` with nothing listening: exit 1 (port from the environment, as in compose).
-    finished = await balancewatch("healthcheck", env=environment(None, http_port=port))
-    assert finished.code == 1
-    assert f"http://127.0.0.1:{port}/readyz" in finished.stderr

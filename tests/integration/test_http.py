@@ -16,12 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from balancewatch.daemon.http import HttpServerError
-from balancewatch.daemon.metrics import PairStates
 from balancewatch.daemon.service import Daemon
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
-from balancewatch.progress import Progress
-from balancewatch.settings import Settings
 from balancewatch.store.db import asyncpg_dsn
 from tests.helpers import (
     API_KEY,
@@ -35,6 +32,7 @@ from tests.helpers import (
     wait_until,
     watch,
 )
+from tests.writing import make_rows, make_writer, open_test_spool
 
 
 async def url_of(daemon: Daemon, path: str) -> str:
@@ -261,74 +259,8 @@ async def test_an_address_in_use_stops_the_daemon_before_it_reads(
     assert simulator.total_connections == 0
 
 
-def test_the_endpoints_listen_on_loopback_unless_told_otherwise() -> None:
-    assert Settings.model_fields["http_host"].default == "127.0.0.1"
-    assert Settings.model_fields["http_port"].default == 8080
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.changes: list[tuple[list[tuple[str, str]], str]] = []
-
-    def set_status(self, pairs: Any, state: str, error: str | None = None) -> None:
-        self.changes.append((list(pairs), state))
-
-
-def test_a_long_join_logs_its_progress_at_most_once_a_second() -> None:
-    now = [0.0]
-    sink = _Sink()
-    states = PairStates(sink)
-    states._joins = Progress("subscriptions.join_progress", clock=lambda: now[0])
-    pairs = [(f"wallet{n}", TOKEN) for n in range(10)]
-    with capture_logs() as logs:
-        states.set_status(pairs, "joining")
-        for n, pair in enumerate(pairs):
-            now[0] = n * 0.4
-            states.set_status([pair], "joined" if n != 3 else "error")
-    assert len(sink.changes) == 11  # every change reaches the writer
-    assert states.counts == {"joined": 9, "error": 1, "joining": 0}
-    progress = [line for line in logs if line["event"] == "subscriptions.join_progress"]
-    # At 1.2 s (4 settled of 10) and 2.4 s (7); the last ack, at 3.6 s, ends the join.
-    assert [(line["joined"], line["of"]) for line in progress] == [(4, 10), (7, 10)]
-    done = [line for line in logs if line["event"] == "subscriptions.join_done"]
-    assert len(done) == 1
-    assert done[0]["joined"] == 10
-
-
-def test_a_quick_join_logs_nothing() -> None:
-    states = PairStates(_Sink())
-    with capture_logs() as logs:
-        states.set_status([(WALLET, TOKEN)], "joining")
-        states.set_status([(WALLET, TOKEN)], "joined")
-    assert [line["event"] for line in logs] == []
-
-
 async def _count(db: Any, sql: str, expected: int) -> bool:
     return bool(await db.fetchval(sql) == expected)
-
-
-# -- the container's healthcheck ----------------------------------------------------------------
-
-
-def test_the_image_and_compose_check_readiness_with_the_daemons_own_command() -> None:
-    from tests.test_security import compose, final_stage, image_env  # noqa: PLC0415
-
-    instructions = final_stage()
-    (healthcheck,) = [args for word, args in instructions if word == "HEALTHCHECK"]
-    assert healthcheck.endswith('CMD ["balancewatch", "healthcheck"]')
-    assert "--start-period=" in healthcheck
-    # Reachable by a scraper on the container network; the port the settings default to.
-    assert image_env()["BALANCEWATCH_HTTP_HOST"] == "0.0.0.0"
-    port = str(Settings.model_fields["http_port"].default)
-    assert ("EXPOSE", port) in instructions
-    services = compose()["services"]
-    daemon = services["balancewatch"]
-    assert daemon["healthcheck"]["test"] == ["CMD", "balancewatch", "healthcheck"]
-    assert daemon["environment"]["BALANCEWATCH_HTTP_PORT"] == port
-    assert daemon["ports"] == [f"127.0.0.1:{port}:{port}"]  # the host's loopback only
-    # The one-shot and the simulator have no /readyz: the image's check is off for them.
-    assert services["migrate"]["healthcheck"] == {"disable": True}
-    assert services["simulate"]["healthcheck"] == {"disable": True}
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:
@@ -338,9 +270,8 @@ def test_healthcheck_fails_when_nothing_listens() -> None:
     assert status.healthcheck(argparse.Namespace(url=f"http://127.0.0.1:{port}")) == 1
 
 
+@pytest.mark.usefixtures("writers_closed")
 async def test_replaying_a_spool_logs_its_progress(engine: AsyncEngine, db: Any) -> None:
-    from tests.test_writer import make_rows, make_writer, open_test_spool  # noqa: PLC0415
-
     spool = open_test_spool()
     for line in make_rows(500):
         spool.append(line)
@@ -364,6 +295,4 @@ async def test_replaying_a_spool_logs_its_progress(engine: AsyncEngine, db: Any)
 
 
 def spool_bytes_of(rows: int) -> int:
-    from tests.test_writer import make_rows  # noqa: PLC0415
-
     return sum(map(len, make_rows(rows)))

@@ -8,6 +8,7 @@ import pytest
 
 from balancewatch.errors import ConfigError
 from balancewatch.settings import load_settings
+from tests.files import REPO
 
 SECRET = "hunter2-secret-key"
 PASSWORD = "pa55-word-xyz"
@@ -127,7 +128,7 @@ def test_a_missing_config_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 def test_the_shipped_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    example = Path(__file__).parent.parent / "config" / "balancewatch.example.toml"
+    example = REPO / "config" / "balancewatch.example.toml"
     monkeypatch.setenv("BALANCEWATCH_CONFIG", str(example))
     monkeypatch.setenv("BALANCEWATCH_API_KEY", SECRET)
     settings = load_settings(need_key=True)

@@ -1,20 +1,16 @@
-"""Nothing received is lost while the database fails: outages, killed connections, a slow
-database, SIGTERM in a burst, SIGKILL. Each test causes the fault for real, on a Postgres
-cluster of its own that it stops and starts, and counts rows."""
+"""Nothing received is lost while the database fails: outages, killed connections, SIGTERM in
+a burst, SIGKILL. Each test causes the fault for real, with the daemon as a subprocess, on a
+Postgres cluster of its own that it stops and starts, and counts rows."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -24,17 +20,20 @@ from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.settings import parse_database_url
 from balancewatch.store import migrate
-from balancewatch.store.db import asyncpg_dsn, create_engine
+from balancewatch.store.db import create_engine
 from tests.helpers import (
     API_KEY,
     TOKEN,
     WALLET,
-    make_settings,
+    connect,
+    count_is,
     room,
-    running_daemon,
+    scalar,
     scratch_dir,
+    stored_amounts,
     wait_until,
 )
+from tests.processes import DaemonProcess, environment, started
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,28 +60,6 @@ async def url(cluster: LocalPostgres) -> AsyncIterator[URL]:
     yield database
     if not cluster.is_running():
         cluster.start()
-
-
-async def connect(url: URL) -> Any:
-    return await asyncpg.connect(asyncpg_dsn(url))
-
-
-async def scalar(url: URL, sql: str, *args: Any) -> Any:
-    """One value from a short-lived connection (the cluster comes and goes under these tests)."""
-    connection = await connect(url)
-    try:
-        return await connection.fetchval(sql, *args)
-    finally:
-        await connection.close()
-
-
-async def stored_amounts(url: URL) -> list[int]:
-    connection = await connect(url)
-    try:
-        rows = await connection.fetch("SELECT amount FROM balance_history ORDER BY id")
-    finally:
-        await connection.close()
-    return [int(row["amount"]) for row in rows]
 
 
 @dataclass
@@ -123,62 +100,23 @@ async def sending(simulator: Simulator, rate: float) -> AsyncIterator[Sender]:
         await task
 
 
-@dataclass
-class DaemonProcess:
-    process: asyncio.subprocess.Process
-    log: Path
-
-    def lines(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                found.append(json.loads(line))
-        return found
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines() if line.get("event") == name]
-
-    def peak_rss_kib(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(
-            next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
-        )
-
-    async def terminate(self, timeout: float = 10.0) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), timeout)
-
-
 @contextlib.asynccontextmanager
 async def daemon_process(
     url: URL, simulator: Simulator, **settings: str
 ) -> AsyncIterator[DaemonProcess]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BALANCEWATCH_")}
-    env |= {
-        "BALANCEWATCH_DATABASE_URL": url.render_as_string(hide_password=False),
-        "BALANCEWATCH_DATASTREAM_URL": simulator.url,
-        "BALANCEWATCH_API_KEY": API_KEY,
-        "BALANCEWATCH_LOG_FORMAT": "json",
-        "BALANCEWATCH_HTTP_PORT": "0",
-        "BALANCEWATCH_FLUSH_INTERVAL": "0.1",
-        "BALANCEWATCH_BACKOFF_INITIAL": "0.1",
-        "BALANCEWATCH_BACKOFF_MAX": "1.0",
-        "BALANCEWATCH_RECONCILE_INTERVAL": "2",
-        "BALANCEWATCH_CONNECT_TIMEOUT": "2",
-    }
-    env |= {f"BALANCEWATCH_{key.upper()}": value for key, value in settings.items()}
-    log = scratch_dir("daemon-log") / "daemon.log"
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "balancewatch", "run", env=env, stdout=sink, stderr=sink
-        )
-    daemon = DaemonProcess(process, log)
-    try:
+    env = environment(
+        url,
+        datastream_url=simulator.url,
+        api_key=API_KEY,
+        flush_interval="0.1",
+        backoff_initial="0.1",
+        backoff_max="1.0",
+        reconcile_interval="2",
+        connect_timeout="2",
+        **settings,
+    )
+    async with started(env, deadline=10.0) as daemon:
         yield daemon
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def watch_one(url: URL, simulator: Simulator) -> None:
@@ -210,14 +148,14 @@ async def test_database_outages_of_10_and_60_seconds_lose_nothing_and_keep_the_s
             await outage(cluster, 60)
             await asyncio.sleep(3)
         sent = sender.sent
-        await wait_until(lambda: _count_is(url, sent), timeout=180, what=f"all {sent} rows")
+        await wait_until(lambda: count_is(url, sent), timeout=180, what=f"all {sent} rows")
         # The LISTEN connection and the sync came back by themselves.
         connection = await connect(url)
         await connection.execute("UPDATE watchlist SET enabled = false")
         await connection.close()
         await simulator.wait_for(lambda: room() not in simulator.joined_rooms(), timeout=10)
         peak_kib = daemon.peak_rss_kib()
-        assert await daemon.terminate() == 0
+        assert await daemon.stop() == 0
     assert sender.undelivered == 0
     assert simulator.total_connections == 1, "the websocket must stay up through the outages"
     assert await stored_amounts(url) == list(range(sent))
@@ -225,12 +163,6 @@ async def test_database_outages_of_10_and_60_seconds_lose_nothing_and_keep_the_s
     print(
         f"\noutages 10 s + 60 s at 200 msg/s: sent {sent}, stored {sent}, peak RSS {peak_kib} KiB"
     )
-
-
-async def _count_is(url: URL, expected: int) -> bool:
-    with contextlib.suppress(OSError, asyncpg.PostgresError):
-        return bool(await scalar(url, "SELECT count(*) FROM balance_history") == expected)
-    return False
 
 
 async def test_killed_database_connections_lose_nothing(url: URL, simulator: Simulator) -> None:
@@ -248,12 +180,12 @@ async def test_killed_database_connections_lose_nothing(url: URL, simulator: Sim
                 )
                 assert killed >= 1
         sent = sender.sent
-        await wait_until(lambda: _count_is(url, sent), timeout=30, what=f"all {sent} rows")
+        await wait_until(lambda: count_is(url, sent), timeout=30, what=f"all {sent} rows")
         connection = await connect(url)
         await connection.execute("DELETE FROM watchlist")
         await connection.close()
         await simulator.wait_for(lambda: room() not in simulator.joined_rooms(), timeout=10)
-        assert await daemon.terminate() == 0
+        assert await daemon.stop() == 0
     assert await stored_amounts(url) == list(range(sent))
     assert simulator.total_connections == 1
 
@@ -275,7 +207,7 @@ async def test_sigterm_in_the_middle_of_a_burst_stores_everything_read(
         async with sending(simulator, rate=5000):
             await asyncio.sleep(1.5)
             started = time.monotonic()
-            code = await daemon.terminate()
+            code = await daemon.stop()
             elapsed = time.monotonic() - started
     assert code == 0
     assert elapsed < 10
@@ -295,7 +227,7 @@ async def test_sigkill_loses_at_most_the_unflushed_batch_and_nothing_in_durable_
         await watch_one(url, simulator)
         for i in range(flushed):
             await simulator.send_balance(WALLET, TOKEN, str(i))
-        await wait_until(lambda: _count_is(url, flushed), timeout=10, what="the first rows")
+        await wait_until(lambda: count_is(url, flushed), timeout=10, what="the first rows")
         # Then a batch that cannot flush before the kill: the database is locked against it.
         locker = await connect(url)
         await locker.execute("BEGIN; LOCK TABLE balance_history IN EXCLUSIVE MODE")
@@ -303,92 +235,16 @@ async def test_sigkill_loses_at_most_the_unflushed_batch_and_nothing_in_durable_
             await simulator.send_balance(WALLET, TOKEN, str(i))
         await simulator.ping()  # its pong proves every message before it was read
         await simulator.wait_for(lambda: any(e.kind == "pong" for e in simulator.events))
-        daemon.process.kill()
-        await daemon.process.wait()
+        await daemon.stop(signal.SIGKILL)
         await locker.close()
 
     async with daemon_process(url, simulator, spool_dir=spool_dir, spool_mode=mode) as restarted:
         expected = flushed + unflushed if mode == "durable" else flushed
         await simulator.wait_for(lambda: simulator.live_connections == 1, timeout=20)
-        await wait_until(lambda: _count_is(url, expected), timeout=20, what=f"{expected} rows")
+        await wait_until(lambda: count_is(url, expected), timeout=20, what=f"{expected} rows")
         await asyncio.sleep(0.5)  # nothing more arrives: no duplicates from a replay
-        assert await restarted.terminate() == 0
+        assert await restarted.stop() == 0
     assert await stored_amounts(url) == list(range(expected))
-
-
-async def test_a_slow_database_fills_memory_to_its_bound_then_the_spool_and_drops_nothing(
-    url: URL, simulator: Simulator
-) -> None:
-    connection = await connect(url)
-    await connection.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
-    await connection.execute(
-        """
-        CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
-        CREATE TRIGGER slow_writes AFTER INSERT ON balance_history
-        FOR EACH STATEMENT EXECUTE FUNCTION slow_down();
-        """
-    )
-    bound = 500
-    settings = make_settings(url, simulator.url, max_buffered_rows=bound, batch_size=200)
-    engine = create_engine(url)
-    peak_memory = 0
-    async with running_daemon(settings) as running:
-        await simulator.wait_for(lambda: room() in simulator.joined_rooms())
-        for i in range(5000):
-            await simulator.send_balance(WALLET, TOKEN, str(i))
-            if i % 50 == 0:
-                await asyncio.sleep(0)
-                peak_memory = max(peak_memory, len(running.daemon.writer._buffer.memory))
-        await wait_until(lambda: running.daemon.ingest.messages == 5000, timeout=20)
-        assert running.daemon.writer._buffer.spilled
-        await connection.execute("DROP TRIGGER slow_writes ON balance_history")
-        await wait_until(
-            lambda: _count_is(url, 5000), timeout=60, what="all rows after the slowdown"
-        )
-    await engine.dispose()
-    await connection.close()
-    assert peak_memory <= bound
-    assert await stored_amounts(url) == list(range(5000))
-
-
-async def test_a_full_spool_pauses_reading_and_loses_nothing_nor_the_connection(
-    url: URL, simulator: Simulator
-) -> None:
-    connection = await connect(url)
-    await connection.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
-    settings = make_settings(
-        url,
-        simulator.url,
-        max_buffered_rows=100,
-        spool_max_bytes=1024 * 1024,
-        keepalive_interval=60,
-        idle_timeout=0.5,  # reading is paused for longer: that must not count as silence
-    )
-    total = 12_000  # about 1.4 MB of spool: more than it may hold
-    engine = create_engine(url)
-    async with running_daemon(settings) as running:
-        await simulator.wait_for(lambda: room() in simulator.joined_rooms())
-        await connection.execute("BEGIN; LOCK TABLE balance_history IN EXCLUSIVE MODE")
-
-        async def send_all() -> None:
-            for i in range(total):
-                await simulator.send_balance(WALLET, TOKEN, str(i))
-
-        sender = asyncio.create_task(send_all())
-        await wait_until(
-            lambda: not running.daemon.writer.may_read.is_set(), timeout=30, what="a full spool"
-        )
-        paused_at = running.daemon.ingest.messages
-        await asyncio.sleep(1.0)
-        assert running.daemon.ingest.messages == paused_at < total
-        await connection.execute("COMMIT")
-        await sender
-        await wait_until(lambda: _count_is(url, total), timeout=60, what="every row")
-    await engine.dispose()
-    await connection.close()
-    assert await stored_amounts(url) == list(range(total))
-    assert simulator.total_connections == 1
 
 
 async def test_sigterm_during_an_outage_with_rows_spilled_keeps_id_in_arrival_order(
@@ -413,16 +269,16 @@ async def test_sigterm_during_an_outage_with_rows_spilled_keeps_id_in_arrival_or
         await simulator.wait_for(
             lambda: sum(event.kind == "pong" for event in simulator.events) > pongs, timeout=10
         )
-        assert await daemon.terminate() == 0
+        assert await daemon.stop() == 0
     assert sender.undelivered == 0
     assert daemon.events("daemon.stopped")[0]["messages"] == sent
     assert daemon.events("writer.spooled_on_exit"), "rows must still be in memory at exit"
 
     await asyncio.to_thread(cluster.start)
     async with daemon_process(url, simulator, **settings) as restarted:
-        await wait_until(lambda: _count_is(url, sent), timeout=60, what=f"all {sent} rows")
+        await wait_until(lambda: count_is(url, sent), timeout=60, what=f"all {sent} rows")
         await asyncio.sleep(0.5)  # nothing more arrives: no duplicates from a replay
-        assert await restarted.terminate() == 0
+        assert await restarted.stop() == 0
     connection = await connect(url)
     try:
         rows = await connection.fetch("SELECT amount, received_at FROM balance_history ORDER BY id")

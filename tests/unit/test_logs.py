@@ -234,7 +234,12 @@ def test_a_secret_in_a_json_exception_traceback_is_replaced(source: str) -> None
 
 
 @pytest.mark.parametrize("source", ["structlog", "stdlib"])
-def test_a_secret_in_a_console_exception_traceback_is_replaced(source: str) -> None:
+def test_a_secret_in_a_console_exception_traceback_is_replaced(
+    source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rich wraps the traceback to the terminal's width (80 columns when pytest has no terminal,
+    # as in CI): wide enough here that the message below stays on one line wherever it runs.
+    monkeypatch.setenv("COLUMNS", "200")
     out = TtyStream()
     logs.configure("info", "auto", out, secrets=[SECRET])
     try:

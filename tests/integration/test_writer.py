@@ -5,77 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
-from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
+from balancewatch.pipeline.records import BalanceLine
 from balancewatch.pipeline.spool import Spool
-from balancewatch.pipeline.writer import Writer, WriterConfig
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, make_settings, scratch_dir, wait_until
+from balancewatch.pipeline.writer import Writer
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, scratch_dir, wait_until
+from tests.writing import (
+    T0,
+    keep_open_until_the_test_ends,
+    make_line,
+    make_rows,
+    make_writer,
+)
 
-T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-_spools: list[Spool] = []
-_writers: list[Writer] = []
-
-
-@pytest.fixture(autouse=True)
-async def close_writers_and_spools(engine: AsyncEngine) -> AsyncIterator[None]:
-    """A writer keeps its connection from flush to flush: closed before the database goes."""
-    yield
-    while _writers:
-        await _writers.pop().close()
-    while _spools:
-        _spools.pop().close()
-
-
-def open_test_spool() -> Spool:
-    spool = Spool(scratch_dir("spool"))
-    spool.open()
-    _spools.append(spool)
-    return spool
-
-
-def make_writer(
-    engine: AsyncEngine,
-    batch_size: int = 1000,
-    flush_interval: float = 60.0,
-    spool: Spool | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    **extra: Any,
-) -> Writer:
-    """A writer configured as the daemon's, but for the batching under test."""
-    settings = make_settings(engine.url, "ws://127.0.0.1:1")
-    config = replace(
-        WriterConfig.from_settings(settings),
-        batch_size=batch_size,
-        flush_interval=flush_interval,
-        **extra,
-    )
-    writer = Writer(engine.url, spool or open_test_spool(), config, clock=clock)
-    _writers.append(writer)
-    return writer
-
-
-def make_line(wallet: str, token: str, amount: str, received_at: datetime) -> BalanceLine:
-    micros = (received_at - EPOCH) // timedelta(microseconds=1)
-    return balance_line(wallet, token, amount, stamp_from_micros(micros))
-
-
-def make_rows(count: int, start: int = 0) -> list[BalanceLine]:
-    return [
-        make_line(WALLET, TOKEN, str(Decimal(i)), T0 + timedelta(microseconds=i))
-        for i in range(start, start + count)
-    ]
+# A writer keeps its connection from flush to flush: closed before the database goes.
+pytestmark = pytest.mark.usefixtures("writers_closed")
 
 
 def add_all(writer: Writer, rows: list[BalanceLine]) -> None:
@@ -324,7 +276,7 @@ async def test_a_drain_that_cannot_write_spools_the_rows_and_the_next_writer_rep
     # A restart on the same spool directory stores them first, once.
     second_spool = Spool(spool_dir)
     second_spool.open()
-    _spools.append(second_spool)
+    keep_open_until_the_test_ends(second_spool)
     restarted = make_writer(engine, spool=second_spool)
     restarted.add(make_rows(1, start=3)[0])
     while await count(db) < 4:

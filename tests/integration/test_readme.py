@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
 
+from tests.files import sql_blocks
 from tests.helpers import TOKEN, WALLET
-
-README = Path(__file__).parent.parent / "README.md"
-
-
-def sql_blocks() -> list[str]:
-    return re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
 def _without_comments(block: str) -> str:

@@ -3,15 +3,14 @@ on known data: each answer is checked, not just that it runs."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from tests.files import numbered_queries
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
-from tests.test_readme import sql_blocks
 
 A = (WALLET, TOKEN)  # a long history, some of it before the as-of time
 B = (WALLET2, SOL)  # quiet for three hours
@@ -21,20 +20,7 @@ D = (WALLET2, TOKEN)  # first heard of two hours ago, no longer watched
 AS_OF = datetime(2025, 1, 1, tzinfo=UTC)  # the time written in queries 4 and 5
 
 
-def numbered_queries() -> dict[int, str]:
-    found: dict[int, str] = {}
-    for block in sql_blocks():
-        match = re.match(r"-- (\d+)\. ", block)
-        if match:
-            found[int(match.group(1))] = block
-    return found
-
-
 QUERIES = numbered_queries()
-
-
-def test_the_readme_has_ten_numbered_queries() -> None:
-    assert sorted(QUERIES) == list(range(1, 11))
 
 
 @pytest.fixture

@@ -417,17 +417,24 @@ async def test_a_failed_resend_is_swallowed(subs: Subscriptions, clock: FakeCloc
 
 
 async def test_the_retry_loop_resends_on_time_and_waits_for_new_joins_when_idle(
-    status: FakeStatus,
+    status: FakeStatus, clock: FakeClock
 ) -> None:
-    subs = Subscriptions(status, join_ack_timeout=0.05, join_retry_max=0.1)
+    # The loop sleeps for real until a join is due, but what is due is decided by the clock,
+    # which only this test moves: no fourth join can slip in before the ack, however slow the
+    # machine.
+    subs = Subscriptions(status, join_ack_timeout=0.05, join_retry_max=0.1, clock=clock)
     sender = FakeSender()
     await subs.connected(sender)
     retries = asyncio.create_task(subs.retry_unacked_joins(sender))
     try:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0)  # the loop's first step: nothing unacked, it waits for a join
         await subs.want(want(A))  # wakes the loop, which had nothing to wait for
+        clock.now += 0.05
+        await wait_until(lambda: len(sender.joins()) >= 2, timeout=2.0, what="one re-sent join")
+        clock.now += 0.1
         await wait_until(lambda: len(sender.joins()) >= 3, timeout=2.0, what="two re-sent joins")
         subs.joined(r(A))
+        clock.now += 1000
         await asyncio.sleep(0.25)
         assert sender.joins() == [r(A)] * 3
     finally:

@@ -1,0 +1,118 @@
+"""`balancewatch history` as a user runs it, against real Postgres."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.data import AMOUNTS, insert, insert_pair_history
+from tests.helpers import TOKEN, WALLET
+from tests.processes import balancewatch, environment, python
+
+# --- the command ----------------------------------------------------------------------------
+
+
+async def test_history_prints_newest_first_exact_amounts_and_a_chart(
+    database_url: URL, db: Any
+) -> None:
+    await insert_pair_history(db)
+    finished = await balancewatch("history", WALLET, TOKEN, env=environment(database_url))
+    assert finished.code == 0, finished.stderr
+    table, chart = finished.stdout.split("\n\n")
+    lines = table.splitlines()
+    assert lines[0].split() == ["RECEIVED_AT", "(UTC)", "AMOUNT"]
+    assert [line.split() for line in lines[1:]] == [
+        [f"2026-11-20T12:0{i}:00.000000Z", AMOUNTS[i]] for i in (3, 2, 1, 0)
+    ]
+    assert "1000000000000000000.000000000001 ┤" in chart
+    assert "0.000000001 ┤" in chart
+
+
+async def test_history_as_csv_and_json_with_a_window_and_a_limit(
+    database_url: URL, db: Any
+) -> None:
+    await insert_pair_history(db)
+    env = environment(database_url)
+    as_csv = await balancewatch(
+        "history", WALLET, TOKEN, "--format", "csv", "--since", "2026-11-20T12:01:00Z", env=env
+    )
+    assert as_csv.code == 0, as_csv.stderr
+    assert as_csv.stdout.splitlines() == [
+        "received_at,amount",
+        f"2026-11-20T12:03:00.000000Z,{AMOUNTS[3]}",
+        f"2026-11-20T12:02:00.000000Z,{AMOUNTS[2]}",
+        f"2026-11-20T12:01:00.000000Z,{AMOUNTS[1]}",
+    ]
+    as_json = await balancewatch(
+        "history", WALLET, TOKEN, "--format", "json", "--until", "2026-11-20T12:02:00",
+        "--limit", "2", env=env,
+    )  # fmt: skip
+    assert as_json.code == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == [
+        {"received_at": "2026-11-20T12:02:00.000000Z", "amount": AMOUNTS[2]},
+        {"received_at": "2026-11-20T12:01:00.000000Z", "amount": AMOUNTS[1]},
+    ]
+
+
+async def test_history_since_a_relative_time(database_url: URL, db: Any) -> None:
+    now = datetime.now(UTC)
+    await insert(db, [(WALLET, TOKEN, str(i), now - timedelta(hours=i)) for i in range(1, 6)])
+    finished = await balancewatch(
+        "history", WALLET, TOKEN, "--since", "3h", "--format", "csv", env=environment(database_url)
+    )
+    assert finished.code == 0, finished.stderr
+    assert [line.split(",")[1] for line in finished.stdout.splitlines()[1:]] == ["1", "2"]
+
+
+async def test_history_of_a_pair_with_no_rows_says_so(database_url: URL) -> None:
+    finished = await balancewatch("history", WALLET, TOKEN, env=environment(database_url))
+    assert (finished.code, finished.stdout) == (0, "")
+    assert "no balances" in finished.stderr
+
+
+async def test_history_plot_writes_a_png(database_url: URL, db: Any, tmp_path: Path) -> None:
+    await insert_pair_history(db)
+    target = tmp_path / "chart.png"
+    finished = await balancewatch(
+        "history", WALLET, TOKEN, "--plot", str(target), env=environment(database_url)
+    )
+    assert finished.code == 0, finished.stderr
+    assert target.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert target.stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["0xdeadbeef", TOKEN], "WALLET"),
+        ([WALLET, "not base58!"], "TOKEN"),
+        ([WALLET, TOKEN, "--since", "last tuesday"], "last tuesday"),
+        ([WALLET, TOKEN, "--since", "1h", "--until", "2h"], "--since"),
+        ([WALLET, TOKEN, "--limit", "-1"], "--limit"),
+    ],
+)
+async def test_history_refuses_bad_arguments_with_one_line_and_exit_2(
+    args: list[str], named: str
+) -> None:
+    finished = await balancewatch("history", *args, env=environment(None))
+    assert finished.code == 2
+    lines = finished.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert named in lines[0]
+
+
+async def test_history_plot_without_matplotlib_says_how_to_get_it(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from balancewatch.cli import main\n"
+        f"sys.exit(main(['history', {WALLET!r}, {TOKEN!r}, '--plot', 'x.png']))"
+    )
+    finished = await python("-c", code, env=environment(None), cwd=tmp_path)
+    assert finished.code == 2
+    assert "balancewatch[plot]" in finished.stderr
+    assert not (tmp_path / "x.png").exists()

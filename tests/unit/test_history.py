@@ -1,0 +1,60 @@
+"""The pure parts of `balancewatch history`: times as given on the command line, the chart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from balancewatch.ops.history import UsageError, parse_time, render_chart
+from balancewatch.store.history import Row
+from tests.data import T0
+
+# --- pure parts -----------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("90s", NOW - timedelta(seconds=90)),
+        ("15m", NOW - timedelta(minutes=15)),
+        ("1h", NOW - timedelta(hours=1)),
+        ("2d", NOW - timedelta(days=2)),
+        ("1w", NOW - timedelta(weeks=1)),
+        ("2026-11-20T12:00:00Z", T0),
+        ("2026-11-20 13:00:00+01:00", T0),
+        ("2026-11-20T12:00", T0),  # naive means UTC
+    ],
+)
+def test_times_are_iso_8601_or_a_span_back_from_now(given: str, expected: datetime) -> None:
+    assert parse_time(given, NOW) == expected
+
+
+@pytest.mark.parametrize("given", ["yesterday", "1y", "-1h", "1.5h", ""])
+def test_an_unreadable_time_is_a_usage_error(given: str) -> None:
+    with pytest.raises(UsageError):
+        parse_time(given, NOW)
+
+
+def test_the_chart_is_a_braille_step_line_labelled_with_the_exact_extremes() -> None:
+    rows = [Row(T0 + timedelta(minutes=i), a) for i, a in enumerate(["1.5", "3", "0.25", "3"])]
+    lines = render_chart(rows, width=40, height=6).splitlines()
+    assert len(lines) == 6 + 2
+    assert lines[0].startswith("   3 ┤")
+    assert lines[5].startswith("0.25 ┤")
+    plot = [line[6:] for line in lines[:6]]
+    assert all(len(row) == 40 for row in plot)
+    assert all(0x2800 <= ord(ch) <= 0x28FF for row in plot for ch in row)
+    # Every column has at least one dot: the line is continuous.
+    assert all(any(ord(row[col]) != 0x2800 for row in plot) for col in range(40))
+    assert lines[-1].strip().startswith("2026-11-20T12:00:00.000000Z")
+    assert lines[-1].strip().endswith("2026-11-20T12:03:00.000000Z")
+
+
+def test_a_flat_history_draws_a_flat_line_and_one_row_draws_nothing() -> None:
+    flat = [Row(T0 + timedelta(minutes=i), "7") for i in range(3)]
+    plot = [line.split("┤")[-1].split("│")[-1] for line in render_chart(flat).splitlines()[:8]]
+    assert sum(any(ch != "\u2800" for ch in row) for row in plot) == 1
+    assert render_chart(flat[:1]) == ""

@@ -1,0 +1,11 @@
+"""The README's "Querying" section has its ten numbered queries."""
+
+from __future__ import annotations
+
+from tests.files import numbered_queries
+
+QUERIES = numbered_queries()
+
+
+def test_the_readme_has_ten_numbered_queries() -> None:
+    assert sorted(QUERIES) == list(range(1, 11))

@@ -1,0 +1,65 @@
+"""A send stuck on a dead socket, with fake sockets: it must not hold the subscriptions' lock
+past the end of its connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+
+import pytest
+
+from balancewatch.daemon.datastream import WebSocketSender
+from balancewatch.daemon.rooms import wanted_rooms
+from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.domain import Pair
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, wait_until
+
+
+class StuckSocket:
+    """A websocket whose peer stopped reading: every send waits for buffer space forever."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    async def send_str(self, data: str) -> None:
+        self.sends += 1
+        await asyncio.Event().wait()
+
+
+class RecordingSocket:
+    closed = False
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    async def send_str(self, data: str) -> None:
+        self.frames.append(data)
+
+
+class NoStatus:
+    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+        pass
+
+
+async def test_a_send_stuck_on_a_dead_socket_fails_when_its_connection_ends() -> None:
+    """Else the stuck send would hold the subscriptions' lock and the next connection could
+    never join anything."""
+    subs = Subscriptions(NoStatus())
+    dead = StuckSocket()
+    stuck = WebSocketSender(dead)
+    await subs.connected(stuck)
+    watching = asyncio.create_task(subs.want(wanted_rooms([(WALLET, TOKEN), (WALLET2, SOL)])))
+    await wait_until(lambda: dead.sends == 1, what="the first join to reach the dead socket")
+    assert not watching.done()  # stuck in the first join, holding the lock
+
+    subs.disconnected("idle timeout")
+    stuck.retire()
+    await asyncio.wait_for(watching, timeout=1.0)
+    live = RecordingSocket()
+    await asyncio.wait_for(subs.connected(WebSocketSender(live)), timeout=1.0)
+    assert len(live.frames) == 2
+    assert subs.held == {room(), room(WALLET2, SOL)}
+    with pytest.raises(ConnectionError):
+        await stuck.join([room()])
