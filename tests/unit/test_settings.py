@@ -133,3 +133,39 @@ def test_the_shipped_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("BALANCEWATCH_API_KEY", SECRET)
     settings = load_settings(need_key=True)
     assert settings.datastream_url == "wss://datastream.solanatracker.io"
+
+
+def test_the_spool_defaults_to_the_users_state_directory_wherever_it_starts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://h/db")
+    monkeypatch.delenv("BALANCEWATCH_SPOOL_DIR", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    expected = tmp_path / "home" / ".local" / "state" / "balancewatch" / "spool"
+    assert load_settings(need_key=False).spool_dir == expected
+    monkeypatch.chdir("/")
+    assert load_settings(need_key=False).spool_dir == expected
+
+
+def test_an_absolute_xdg_state_home_is_used_and_a_relative_one_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://h/db")
+    monkeypatch.delenv("BALANCEWATCH_SPOOL_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert load_settings(need_key=False).spool_dir == tmp_path / "state" / "balancewatch" / "spool"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")  # invalid per the spec
+    home_default = tmp_path / "home" / ".local" / "state" / "balancewatch" / "spool"
+    assert load_settings(need_key=False).spool_dir == home_default
+
+
+def test_a_spool_dir_given_with_a_tilde_is_expanded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://h/db")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BALANCEWATCH_SPOOL_DIR", "~/bw-spool")
+    assert load_settings(need_key=False).spool_dir == tmp_path / "bw-spool"
