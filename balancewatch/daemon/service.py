@@ -1,11 +1,12 @@
 """The composition root: builds every piece of the daemon, wires them, runs them, stops them.
 
-Reading stops first (the websocket and the watchlist sync); then the writer flushes what was
-read and returns. If any long-lived task dies, the others are stopped and the error reaches
-the caller, so the process exits instead of running half-alive (the container restarts it);
-the writer still drains what it holds on the way out. The HTTP endpoints (health, readiness,
-metrics) are one more reader; their address is bound before anything starts, so a port in use
-stops the daemon before it reads a frame.
+`Daemon.open` is the one way to build it. Reading stops first (the websocket and the
+watchlist sync); then the writers (balance rows, and the bookkeeping of pair states and
+rejected frames) store what was read and return. If any long-lived task dies, the others are
+stopped and the error reaches the caller, so the process exits instead of running half-alive
+(the container restarts it); the writers still drain what they hold on the way out. The HTTP
+endpoints (health, readiness, metrics) are one more reader; their address is bound before
+anything starts, so a port in use stops the daemon before it reads a frame.
 """
 
 from __future__ import annotations
@@ -163,7 +164,9 @@ class Daemon:
                 readers.create_task(self.http.serve(stop))
         finally:
             drain.set()
-            await asyncio.gather(*writers)
+            await asyncio.wait(writers)  # both drain, even when one of them failed
+            for writer in writers:
+                writer.result()
         log.info(
             "daemon.stopped",
             messages=self.ingest.messages,
