@@ -237,9 +237,9 @@ def test_a_secret_in_a_json_exception_traceback_is_replaced(source: str) -> None
 def test_a_secret_in_a_console_exception_traceback_is_replaced(
     source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Rich wraps the traceback to the terminal's width (80 columns when pytest has no terminal,
-    # as in CI): wide enough here that the message below stays on one line wherever it runs.
-    monkeypatch.setenv("COLUMNS", "200")
+    # A narrow terminal: a traceback wrapped to its width (as rich's would be) could cut the
+    # secret in two, past the scrub of the rendered line. The message must stay whole.
+    monkeypatch.setenv("COLUMNS", "40")
     out = TtyStream()
     logs.configure("info", "auto", out, secrets=[SECRET])
     try:
