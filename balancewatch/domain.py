@@ -18,6 +18,15 @@ PAIR_STATES: Final[tuple[PairState, ...]] = get_args(PairState)
 # A pair in one of these needs nothing more from the daemon: the server answered its join.
 SETTLED_STATES: Final[frozenset[PairState]] = frozenset({"joined", "error"})
 
+# Where a balance row came from: a Datastream message, or the chain (when a listening period
+# started, or when a check found the stored balance wrong).
+RowSource = Literal["stream", "snapshot", "check"]
+ROW_SOURCES: Final[tuple[RowSource, ...]] = get_args(RowSource)
+
+# Why a listening period ended: the pair was left (removed, disabled, or the server refused
+# it), the connection went, the daemon stopped, or its process stopped confirming it.
+EndReason = Literal["left", "error", "disconnected", "shutdown", "lost"]
+
 BASE58_PATTERN: Final = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"
 _BASE58 = re.compile(BASE58_PATTERN)
 _ROOM = re.compile(r"^wallet:([1-9A-HJ-NP-Za-km-z]{32,44}):([1-9A-HJ-NP-Za-km-z]{32,44}):balance$")

@@ -10,6 +10,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -21,10 +22,11 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     func,
+    text,
     true,
 )
 
-from balancewatch.domain import BASE58_PATTERN, PAIR_STATES
+from balancewatch.domain import BASE58_PATTERN, PAIR_STATES, ROW_SOURCES
 
 # NOTIFY channel of the watchlist trigger (created by the migrations, not here).
 WATCHLIST_CHANNEL: Final = "balancewatch_watchlist"
@@ -54,6 +56,14 @@ balance_history = Table(
     Column("token", Text, nullable=False),
     Column("amount", Numeric, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # stream: a Datastream message; snapshot: read from the chain when a listening period
+    # started; check: read from the chain by a check that found the stored balance wrong.
+    Column("source", Text, nullable=False, server_default=text("'stream'")),
+    Column("slot", BigInteger, nullable=True),  # the RPC answer's context.slot
+    CheckConstraint(
+        f"source IN ({', '.join(repr(source) for source in ROW_SOURCES)})",
+        name="balance_history_source_known",
+    ),
 )
 # "The history of one pair, newest first" is an index scan on this.
 Index(
@@ -103,3 +113,35 @@ spool_checkpoint = Table(
     Column("position", BigInteger, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+# One row per daemon process; its last confirmation bounds the certainty of its open periods.
+coverage_holders = Table(
+    "coverage_holders",
+    metadata,
+    Column("holder", Text, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("confirmed_at", DateTime(timezone=True), nullable=False),
+)
+
+# One row per period during which a daemon was listening to a pair.
+coverage = Table(
+    "coverage",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("wallet", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("end_reason", Text, nullable=True),
+    Column(
+        "holder",
+        Text,
+        ForeignKey("coverage_holders.holder", name="coverage_holder_fkey"),
+        nullable=False,
+    ),
+    CheckConstraint(
+        "ended_at IS NULL OR ended_at >= started_at", name="coverage_ends_after_it_starts"
+    ),
+)
+Index("coverage_pair_started_at_idx", coverage.c.wallet, coverage.c.token, coverage.c.started_at)
+Index("coverage_open_idx", coverage.c.holder, postgresql_where=coverage.c.ended_at.is_(None))

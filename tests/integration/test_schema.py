@@ -142,3 +142,26 @@ async def test_the_history_of_one_pair_newest_first_is_an_index_scan(db: Any) ->
     plan = "\n".join(row[0] for row in rows)
     assert "balance_history_pair_received_at_idx" in plan
     assert "Sort" not in plan
+
+
+async def test_0005_keeps_the_history_marks_old_rows_as_stream_and_downgrades_cleanly(
+    engine: AsyncEngine, db: Any
+) -> None:
+    await downgrade(engine, "0004")
+    assert await db.fetchval("SELECT to_regclass('coverage')") is None
+    await db.execute(
+        "INSERT INTO balance_history (wallet, token, amount, received_at) "
+        "VALUES ($1, $2, 1.5, now())",
+        WALLET,
+        TOKEN,
+    )
+    await migrate.upgrade(engine)
+    row = await db.fetchrow("SELECT amount::text AS amount, source, slot FROM balance_history")
+    assert (row["amount"], row["source"], row["slot"]) == ("1.5", "stream", None)
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute(
+            "INSERT INTO balance_history (wallet, token, amount, received_at, source) "
+            "VALUES ($1, $2, 1, now(), 'guess')",
+            WALLET,
+            TOKEN,
+        )
