@@ -7,7 +7,8 @@ import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from alembic import command
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.service import Daemon
 from balancewatch.settings import Settings
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn
+from balancewatch.store.writes import PeriodEnd, PeriodStart
 
 API_KEY = "test-key-5f3a9c1e0b7d4e2a"
 WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"
@@ -39,6 +42,29 @@ async def history_count(db: Any) -> int:
 
 def room(wallet: str = WALLET, token: str = TOKEN) -> str:
     return f"wallet:{wallet}:{token}:balance"
+
+
+@dataclass
+class RecordedPeriods:
+    """Where Coverage sends listening periods, kept for a test to look at."""
+
+    started: list[PeriodStart] = field(default_factory=list)
+    ended: list[PeriodEnd] = field(default_factory=list)
+    confirmed: list[datetime | None] = field(default_factory=list)
+
+    def period_started(self, start: PeriodStart) -> None:
+        self.started.append(start)
+
+    def period_ended(self, end: PeriodEnd) -> None:
+        self.ended.append(end)
+
+    def confirm(self, listening_until: datetime | None, silent_since: datetime) -> None:
+        self.confirmed.append(listening_until)
+
+
+def unrecorded_coverage() -> Coverage:
+    """Coverage for a test that does not look at listening periods."""
+    return Coverage(RecordedPeriods())
 
 
 SCRATCH_ROOT = Path(tempfile.gettempdir()) / f"balancewatch-tests-{os.getpid()}"

@@ -18,6 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
@@ -117,13 +118,14 @@ class DatastreamClient:
         ingest: Ingest,
         *,
         on_connected: PerConnection,
-        on_disconnected: Callable[[str | None], None],
+        on_disconnected: Callable[[str | None, datetime], None],
         while_connected: PerConnection | None = None,
         may_read: asyncio.Event | None = None,
     ) -> None:
         """`on_connected` (the joins) and `while_connected` (the join retries) run beside
         the read loop on each new connection and are cancelled when it ends;
-        `on_disconnected` is told when it has ended, before the next one opens."""
+        `on_disconnected` is told when it has ended (why, and its last sign of life), before
+        the next one opens."""
         self._config = config
         self._key = key
         self._ingest = ingest
@@ -183,7 +185,8 @@ class DatastreamClient:
             reason = await self._session(ws, stop)
         finally:
             self.connected = False
-            self._on_disconnected(None if stop.is_set() else f"disconnected: {reason}")
+            error = None if stop.is_set() else f"disconnected: {reason}"
+            self._on_disconnected(error, self._wall_time(self._last_frame))
             # A deliberate close has done its closing handshake by now; after a drop, an
             # idle timeout or a missing pong there is nobody to wait for.
             await _close(ws, grace=0.0)
@@ -201,7 +204,9 @@ class DatastreamClient:
                 max_msg_size=max(4 * 1024 * 1024, 16 * self._config.max_frame_bytes),
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
                 autoclose=True,
-                autoping=True,
+                # Pings and pongs come to the read loop: a pong to our keepalive is a sign of
+                # life, the last one of a quiet connection (aiohttp's heartbeat still runs).
+                autoping=False,
             )
 
     async def _session(self, ws: aiohttp.ClientWebSocketResponse, stop: asyncio.Event) -> str:
@@ -225,6 +230,16 @@ class DatastreamClient:
             sender.retire()
         return reason
 
+    def last_sign_of_life(self) -> datetime | None:
+        """When the last frame was read on the open connection; None when none is open."""
+        return self._wall_time(self._last_frame) if self.connected else None
+
+    @staticmethod
+    def _wall_time(loop_time: float) -> datetime:
+        # Kept as loop time, read on every frame; turned into a wall-clock time only here.
+        ago = asyncio.get_running_loop().time() - loop_time
+        return datetime.now(UTC) - timedelta(seconds=max(0.0, ago))
+
     def _secret_key(self) -> str:
         # A key file is re-read at every connect; a rotated key is scrubbed from logs too.
         key = self._key()
@@ -245,14 +260,26 @@ class DatastreamClient:
             message = await ws.receive()
             self._last_frame = clock()
             if message.type is aiohttp.WSMsgType.TEXT:
-                if self._ingest.text(message.data) and not await self._pong(ws):
+                if self._ingest.text(message.data) and not await self._answer(ws.send_str(PONG)):
                     return "pong failed"
             elif message.type is aiohttp.WSMsgType.BINARY:
                 self._ingest.binary(message.data)
-            elif message.type is aiohttp.WSMsgType.ERROR:
-                return f"error: {_describe(ws.exception() or message.data)}"
-            else:  # CLOSE, CLOSING, CLOSED
-                return f"closed (code {ws.close_code})"
+            else:
+                ended = await self._control(ws, message)
+                if ended is not None:
+                    return ended
+
+    async def _control(
+        self, ws: aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage
+    ) -> str | None:
+        """A frame that is not data: why the connection ended, or None if it goes on."""
+        if message.type is aiohttp.WSMsgType.PING:
+            return None if await self._answer(ws.pong(message.data)) else "pong failed"
+        if message.type is aiohttp.WSMsgType.PONG:
+            return None  # the answer to our keepalive: its time is a sign of life
+        if message.type is aiohttp.WSMsgType.ERROR:
+            return f"error: {_describe(ws.exception() or message.data)}"
+        return f"closed (code {ws.close_code})"  # CLOSE, CLOSING, CLOSED
 
     async def _watch_idle(self) -> str:
         """Return once nothing at all has been read for `idle_timeout` while reading was on.
@@ -272,12 +299,12 @@ class DatastreamClient:
                 return "idle timeout"
             await asyncio.sleep(remaining)
 
-    async def _pong(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+    async def _answer(self, pong: Coroutine[Any, Any, None]) -> bool:
         # Bounded, as the read loop waits for it: a pong that cannot be sent for a whole
         # keepalive interval means a peer that stopped reading.
         try:
             async with asyncio.timeout(self._config.keepalive_interval):
-                await ws.send_str(PONG)
+                await pong
         except (ConnectionError, TimeoutError):
             return False
         return True

@@ -108,6 +108,7 @@ class Snapshot:
     rejected_dropped: int
     bookkeeping_failures: Mapping[Table, int]
     bookkeeping_pending: Mapping[Table, int]
+    pairs_listening: int
     pair_counts: Mapping[PairState, int]
     connected: bool
     connections: int
@@ -159,6 +160,11 @@ class DaemonCollector(Collector):
         for state in PAIR_STATES:
             pairs.add_metric([state], c.pair_counts.get(state, 0))
         yield pairs
+        yield _gauge(
+            "pairs_listening",
+            "Pairs in a listening period now (their join acknowledged on the open connection).",
+            c.pairs_listening,
+        )
         yield _gauge("websocket_connected", "1 while the websocket is open.", int(c.connected))
         yield _counter("websocket_connections", "Websocket connections opened.", c.connections)
         yield _counter(

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
 from balancewatch.aio import run_to_exit_code
+from balancewatch.daemon.coverage import Coverage, holder_name
 from balancewatch.daemon.datastream import DatastreamClient, StreamConfig
 from balancewatch.daemon.http import DatabaseProbe, HttpServer, Readiness
 from balancewatch.daemon.ingest import Ingest
@@ -70,11 +71,16 @@ class Daemon:
         self.writer = Writer(
             url, spool, WriterConfig.from_settings(settings), self.write_metrics.observe
         )
-        self.bookkeeping = Bookkeeping(url, BookkeepingConfig.from_settings(settings))
+        self.holder = holder_name()
+        self.bookkeeping = Bookkeeping(
+            url, BookkeepingConfig.from_settings(settings), holder=self.holder
+        )
         # Between the subscriptions and the bookkeeping: the last state of each pair, in memory.
         self.pair_states = PairStates(self.bookkeeping)
+        self.coverage = Coverage(self.bookkeeping)
         self.subscriptions = Subscriptions(
             self.pair_states,
+            self.coverage,
             join_ack_timeout=settings.join_ack_timeout,
             join_retry_max=settings.backoff_max,
         )
@@ -134,6 +140,7 @@ class Daemon:
             rejected_dropped=self.bookkeeping.rejected_dropped,
             bookkeeping_failures=dict(self.bookkeeping.failures),
             bookkeeping_pending=self.bookkeeping.pending,
+            pairs_listening=self.coverage.listening,
             pair_counts=dict(self.pair_states.counts),
             connected=self.client.connected,
             connections=self.client.connections,
@@ -162,6 +169,9 @@ class Daemon:
                 readers.create_task(self.client.run(stop))
                 readers.create_task(self.sync.run(stop))
                 readers.create_task(self.http.serve(stop))
+                readers.create_task(
+                    self.coverage.confirm_until(stop, self.client.last_sign_of_life)
+                )
         finally:
             drain.set()
             await asyncio.wait(writers)  # both drain, even when one of them failed

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping, Set
+from datetime import UTC, datetime
 from typing import Protocol
 
 from balancewatch.aio import wait_first
+from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.join_acks import PendingJoins
 from balancewatch.daemon.rooms import Wanted, diff_rooms
-from balancewatch.domain import Pair, PairState, pair_for, room_for
+from balancewatch.domain import EndReason, Pair, PairState, pair_for, room_for
 from balancewatch.logs import get_logger
 
 log = get_logger(__name__)
@@ -42,12 +44,14 @@ class Subscriptions:
     def __init__(
         self,
         status: StatusSink,
+        coverage: Coverage,
         *,
         join_ack_timeout: float = 10.0,
         join_retry_max: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._status = status
+        self._coverage = coverage
         self._wanted: dict[str, Pair] = {}
         self._invalid: Mapping[Pair, str] = {}
         self._held: set[str] = set()  # join sent on the live connection (acked or not)
@@ -138,11 +142,14 @@ class Subscriptions:
                 log.warning("subscriptions.send_failed", error=str(exc))
             return len(due)
 
-    def disconnected(self, error: str | None) -> None:
-        """The connection is gone (error is None for a deliberate close): its rooms with it."""
+    def disconnected(self, error: str | None, last_sign_of_life: datetime | None = None) -> None:
+        """The connection is gone (error is None for a deliberate close): its rooms with it,
+        listened to up to its last sign of life."""
         if self._sender is None:
             return
         self._sender = None
+        reason: EndReason = "shutdown" if error is None else "disconnected"
+        self._coverage.all_ended(reason, last_sign_of_life or datetime.now(UTC))
         # Every wanted room, not just the held ones: a join cut short was never held.
         self._status.set_status(list(self._wanted.values()), "joining", error)
         # A room being left when the connection went is left now: nothing holds it.
@@ -155,6 +162,7 @@ class Subscriptions:
         pair = self._wanted.get(room)
         if pair is not None and room in self._held:
             self._status.set_status([pair], "joined")
+            self._coverage.started(pair)
 
     def delivered(self, room: str) -> None:
         """A balance arrived for the room: the join worked, even if its ack never came."""
@@ -168,6 +176,7 @@ class Subscriptions:
         pair = self._wanted.get(room)
         if pair is not None:
             self._status.set_status([pair], "error", error)
+            self._coverage.ended([pair], "error")
 
     def _status_offline(self, before: Mapping[str, Pair], after: Mapping[str, Pair]) -> None:
         """With no connection nothing is sent: the status says what the next one will do."""
@@ -185,6 +194,7 @@ class Subscriptions:
             if diff.leave:
                 self._unacked.forget(diff.leave)
                 self._status.set_status(leaving, "leaving")
+                self._coverage.ended(leaving, "left")
                 await sender.leave(diff.leave)
                 if self._sender is not sender:
                     return  # dropped meanwhile: the next connection starts from nothing

@@ -1,4 +1,5 @@
-"""Subscription states and rejected frames: written beside the balance rows, never in their way.
+"""Subscription states, rejected frames and listening periods: written beside the balance rows,
+never in their way.
 
 They have a connection and a retry loop of their own, and each table is written on its own:
 a failure here (a role without its grant on `subscription_status`, say) is logged, counted by
@@ -15,7 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from sqlalchemy.engine import URL
 
@@ -25,12 +26,12 @@ from balancewatch.logs import describe_error, get_logger
 from balancewatch.settings import Settings, config_from
 from balancewatch.store import writes
 from balancewatch.store.db import DB_ERRORS, DedicatedConnection, RawConnection
-from balancewatch.store.writes import RejectedRow, StatusChange
+from balancewatch.store.writes import PeriodEnd, PeriodStart, RejectedRow, StatusChange
 
 log = get_logger(__name__)
 
-Table = Literal["subscription_status", "rejected_messages"]
-TABLES: Final[tuple[Table, ...]] = ("subscription_status", "rejected_messages")
+Table = Literal["subscription_status", "rejected_messages", "coverage"]
+TABLES: Final[tuple[Table, ...]] = get_args(Table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +50,18 @@ class BookkeepingConfig:
 
 
 class Bookkeeping:
-    def __init__(self, url: URL, config: BookkeepingConfig) -> None:
+    def __init__(self, url: URL, config: BookkeepingConfig, *, holder: str) -> None:
         self._config = config
+        self._holder = holder
         self._connection = DedicatedConnection(
             url, role="bookkeeping", timeout=config.write_timeout
         )
         self._status: dict[Pair, StatusChange] = {}
         self._rejected: list[RejectedRow] = []
+        self._starts: list[PeriodStart] = []
+        self._ends: list[PeriodEnd] = []
+        self._confirmed: datetime | None = None  # the newest confirmation not written yet
+        self._silent_since: datetime | None = None  # close others' periods silent since then
         self._work = asyncio.Event()
         self._retry = Backoff(config.retry_initial, config.retry_max)
         self.rejected_dropped = 0
@@ -63,7 +69,11 @@ class Bookkeeping:
 
     @property
     def pending(self) -> dict[Table, int]:
-        return {"subscription_status": len(self._status), "rejected_messages": len(self._rejected)}
+        return {
+            "subscription_status": len(self._status),
+            "rejected_messages": len(self._rejected),
+            "coverage": len(self._starts) + len(self._ends),
+        }
 
     def set_status(self, pairs: Iterable[Pair], state: PairState, error: str | None = None) -> None:
         """Record a state change; of several for one pair before a write, the last one wins."""
@@ -79,6 +89,21 @@ class Bookkeeping:
             del self._rejected[0]
             self.rejected_dropped += 1
         self._rejected.append(row)
+        self._work.set()
+
+    def period_started(self, start: PeriodStart) -> None:
+        self._starts.append(start)
+        self._work.set()
+
+    def period_ended(self, end: PeriodEnd) -> None:
+        self._ends.append(end)
+        self._work.set()
+
+    def confirm(self, listening_until: datetime | None, silent_since: datetime) -> None:
+        """This process listened up to `listening_until` (None: nothing to confirm); another
+        holder silent since `silent_since` has its open periods closed as lost."""
+        self._confirmed = _latest(self._confirmed, listening_until)
+        self._silent_since = silent_since
         self._work.set()
 
     async def run(self, drain: asyncio.Event) -> None:
@@ -103,13 +128,21 @@ class Bookkeeping:
         held waits for the next one, before anything newer)."""
         rejected_ok = await self._flush_rejected()
         status_ok = await self._flush_status()
-        return rejected_ok and status_ok
+        coverage_ok = await self._flush_coverage()
+        return rejected_ok and status_ok and coverage_ok
 
     async def close(self) -> None:
         await self._connection.close()
 
     def _has_work(self) -> bool:
-        return bool(self._status) or bool(self._rejected)
+        return bool(
+            self._status
+            or self._rejected
+            or self._starts
+            or self._ends
+            or self._confirmed
+            or self._silent_since
+        )
 
     async def _flush_rejected(self) -> bool:
         rows, self._rejected = self._rejected, []
@@ -137,6 +170,35 @@ class Bookkeeping:
         return await self._write(
             "subscription_status", lambda raw: writes.upsert_status(raw, changes, timeout), restore
         )
+
+    async def _flush_coverage(self) -> bool:
+        starts, ends, self._starts, self._ends = self._starts, self._ends, [], []
+        confirmed, self._confirmed = self._confirmed, None
+        silent_since, self._silent_since = self._silent_since, None
+        if not (starts or ends or confirmed or silent_since):
+            return True
+        # Every period written was being listened to at its last event: the holder is
+        # confirmed up to there at least.
+        newest = max([s.at for s in starts] + [e.at for e in ends], default=None)
+        confirmed = _latest(confirmed, newest)
+
+        def restore() -> None:
+            self._starts[:0] = starts
+            self._ends[:0] = ends
+            self._confirmed = _latest(self._confirmed, confirmed)
+            self._silent_since = self._silent_since or silent_since
+
+        async def write(raw: RawConnection) -> None:
+            timeout = self._config.write_timeout
+            if confirmed is not None:
+                periods = (starts, ends)
+                await writes.write_periods(raw, self._holder, confirmed, periods, timeout)
+            if silent_since is not None:
+                closed = await writes.close_lost_periods(raw, self._holder, silent_since, timeout)
+                if closed:
+                    log.warning("coverage.lost_periods_closed", periods=closed)
+
+        return await self._write("coverage", write, restore)
 
     async def _write(
         self,
@@ -189,3 +251,9 @@ class Bookkeeping:
                 status_changes=len(self._status),
                 rejected_frames=len(self._rejected),
             )
+
+
+def _latest(first: datetime | None, second: datetime | None) -> datetime | None:
+    if first is None or second is None:
+        return first or second
+    return max(first, second)

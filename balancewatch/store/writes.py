@@ -2,17 +2,19 @@
 
 Balance rows travel as COPY text lines (see pipeline/records.py); rejected frames as records;
 subscription states as one upsert of arrays; the spool checkpoint is read and moved in the
-transaction of the rows it covers.
+transaction of the rows it covers; listening periods as arrays too, with their holder's
+confirmation.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from balancewatch.domain import Pair, PairState
+from balancewatch.domain import EndReason, Pair, PairState
 from balancewatch.store.db import RawConnection
 
 BALANCE_COLUMNS: Final = ("wallet", "token", "amount", "received_at")
@@ -95,3 +97,82 @@ async def write_checkpoint(
     raw: RawConnection, spool_id: object, segment: int, offset: int, timeout: float
 ) -> None:
     await raw.execute(_WRITE_CHECKPOINT, spool_id, segment, offset, timeout=timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodStart:
+    id: uuid.UUID
+    pair: Pair
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodEnd:
+    id: uuid.UUID
+    at: datetime
+    reason: EndReason
+
+
+_CONFIRM_HOLDER: Final = """
+INSERT INTO coverage_holders AS k (holder, started_at, confirmed_at) VALUES ($1, $2, $2)
+ON CONFLICT (holder) DO UPDATE SET confirmed_at = greatest(k.confirmed_at, excluded.confirmed_at)
+"""
+_START_PERIODS: Final = """
+INSERT INTO coverage (id, wallet, token, started_at, holder)
+SELECT s.id, s.wallet, s.token, s.started_at, $5
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])
+    AS s(id, wallet, token, started_at)
+"""
+_END_PERIODS: Final = """
+UPDATE coverage AS c SET ended_at = greatest(e.ended_at, c.started_at), end_reason = e.reason
+FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS e(id, ended_at, reason)
+WHERE c.id = e.id AND c.ended_at IS NULL
+"""
+# The periods of a process that stopped confirming them (killed, or cut off): closed at its
+# last confirmation, the last moment it is known to have been listening.
+_CLOSE_LOST_PERIODS: Final = """
+UPDATE coverage AS c SET ended_at = greatest(k.confirmed_at, c.started_at), end_reason = 'lost'
+FROM coverage_holders AS k
+WHERE c.holder = k.holder AND c.ended_at IS NULL
+  AND k.holder <> $1 AND k.confirmed_at < $2
+"""
+
+
+async def write_periods(
+    raw: RawConnection,
+    holder: str,
+    confirmed: datetime,
+    periods: tuple[Sequence[PeriodStart], Sequence[PeriodEnd]],
+    timeout: float,
+) -> None:
+    """In one transaction: this holder confirmed up to `confirmed`, the periods that started,
+    then those that ended (a period may start and end in one call: the order makes it right)."""
+    starts, ends = periods
+    async with raw.transaction():
+        await raw.execute(_CONFIRM_HOLDER, holder, confirmed, timeout=timeout)
+        if starts:
+            await raw.execute(
+                _START_PERIODS,
+                [start.id for start in starts],
+                [start.pair[0] for start in starts],
+                [start.pair[1] for start in starts],
+                [start.at for start in starts],
+                holder,
+                timeout=timeout,
+            )
+        if ends:
+            await raw.execute(
+                _END_PERIODS,
+                [end.id for end in ends],
+                [end.at for end in ends],
+                [end.reason for end in ends],
+                timeout=timeout,
+            )
+
+
+async def close_lost_periods(
+    raw: RawConnection, holder: str, silent_since: datetime, timeout: float
+) -> int:
+    """Close the open periods of every other holder not heard from since `silent_since`."""
+    status = await raw.execute(_CLOSE_LOST_PERIODS, holder, silent_since, timeout=timeout)
+    return int(status.rsplit(" ", 1)[-1])

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.pipeline.bookkeeping import Bookkeeping, BookkeepingConfig
-from balancewatch.store.writes import RejectedRow
+from balancewatch.store.writes import PeriodEnd, PeriodStart, RejectedRow
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, make_settings, wait_until
 
 PAIR = (WALLET, TOKEN)
@@ -32,7 +33,10 @@ async def close_connections(engine: AsyncEngine) -> AsyncIterator[None]:
 
 def make_bookkeeping(engine: AsyncEngine, **overrides: Any) -> Bookkeeping:
     config = BookkeepingConfig.from_settings(make_settings(engine.url, "ws://127.0.0.1:1"))
-    book = Bookkeeping(engine.url, BookkeepingConfig(**{**_fields(config), **overrides}))
+    fields = {**_fields(config), **overrides}
+    book = Bookkeeping(
+        engine.url, BookkeepingConfig(**fields), holder=f"test/{uuid.uuid4().hex[:8]}"
+    )
     _books.append(book)
     return book
 
@@ -166,12 +170,12 @@ async def test_a_failed_status_write_is_counted_kept_and_beaten_by_a_newer_chang
     # The other table was written at the first try, and only once.
     assert await stored_frames(db) == ["frame 1"]
     assert book.failures == {"subscription_status": 2}
-    assert book.pending == {"subscription_status": 1, "rejected_messages": 0}
+    assert book.pending == {"subscription_status": 1, "rejected_messages": 0, "coverage": 0}
 
     book.set_status([PAIR], "joined")  # newer than the failed change: it must win
     assert await book.flush() is True
     assert (await status_row(db))["state"] == "joined"
-    assert book.pending == {"subscription_status": 0, "rejected_messages": 0}
+    assert book.pending == {"subscription_status": 0, "rejected_messages": 0, "coverage": 0}
 
 
 async def test_rejected_frames_past_the_bound_drop_the_oldest_and_count_them(
@@ -202,3 +206,126 @@ async def test_the_run_loop_retries_a_failed_write_until_the_table_is_back(
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=10)
     assert await stored_frames(db) == ["frame 1"]
+
+
+# --- listening periods ------------------------------------------------------------------------
+
+
+def holder_of(book: Bookkeeping) -> str:
+    return book._holder
+
+
+async def periods_of(db: Any) -> list[Any]:
+    return list(
+        await db.fetch(
+            "SELECT wallet, token, started_at, ended_at, end_reason, holder FROM coverage "
+            "ORDER BY started_at, wallet"
+        )
+    )
+
+
+async def test_periods_started_and_ended_in_one_write_are_stored_in_order(
+    engine: AsyncEngine, db: Any
+) -> None:
+    book = make_bookkeeping(engine)
+    first = PeriodStart(uuid.uuid4(), PAIR, T0)
+    book.period_started(first)
+    book.period_ended(PeriodEnd(first.id, T0 + timedelta(seconds=5), "disconnected"))
+    book.period_started(PeriodStart(uuid.uuid4(), PAIR, T0 + timedelta(seconds=9)))
+    assert await book.flush()
+    rows = await periods_of(db)
+    assert [(r["started_at"], r["ended_at"], r["end_reason"]) for r in rows] == [
+        (T0, T0 + timedelta(seconds=5), "disconnected"),
+        (T0 + timedelta(seconds=9), None, None),
+    ]
+    confirmed = await db.fetchval(
+        "SELECT confirmed_at FROM coverage_holders WHERE holder = $1", holder_of(book)
+    )
+    assert confirmed == T0 + timedelta(seconds=9)  # the last event it wrote, at least
+
+
+async def test_periods_wait_out_a_database_failure_and_are_written_when_it_is_back(
+    engine: AsyncEngine, db: Any
+) -> None:
+    book = make_bookkeeping(engine)
+    start = PeriodStart(uuid.uuid4(), PAIR, T0)
+    book.period_started(start)
+    await db.execute("ALTER TABLE coverage RENAME TO coverage_away")
+    try:
+        assert await book.flush() is False
+        book.period_ended(PeriodEnd(start.id, T0 + timedelta(seconds=3), "shutdown"))
+        assert await book.flush() is False
+    finally:
+        await db.execute("ALTER TABLE coverage_away RENAME TO coverage")
+    assert book.failures["coverage"] == 2
+    assert await book.flush()
+    [row] = await periods_of(db)
+    assert (row["started_at"], row["ended_at"], row["end_reason"]) == (
+        T0,
+        T0 + timedelta(seconds=3),
+        "shutdown",
+    )
+
+
+async def test_a_silent_holders_periods_are_closed_at_its_last_confirmation(
+    engine: AsyncEngine, db: Any
+) -> None:
+    gone, alive = make_bookkeeping(engine), make_bookkeeping(engine)
+    gone.period_started(PeriodStart(uuid.uuid4(), PAIR, T0))
+    gone.confirm(T0 + timedelta(seconds=20), silent_since=T0)
+    assert await gone.flush()
+    alive.period_started(PeriodStart(uuid.uuid4(), PAIR2, T0 + timedelta(seconds=25)))
+    # Not silent long enough yet: its period stays open.
+    alive.confirm(T0 + timedelta(seconds=25), silent_since=T0 + timedelta(seconds=10))
+    assert await alive.flush()
+    assert [r["ended_at"] for r in await periods_of(db)] == [None, None]
+    alive.confirm(T0 + timedelta(seconds=60), silent_since=T0 + timedelta(seconds=45))
+    assert await alive.flush()
+    closed, still_open = await periods_of(db)
+    assert (closed["holder"], closed["ended_at"], closed["end_reason"]) == (
+        holder_of(gone),
+        T0 + timedelta(seconds=20),
+        "lost",
+    )
+    assert (still_open["holder"], still_open["ended_at"]) == (holder_of(alive), None)
+
+
+async def as_of(db: Any, at: datetime) -> Any:
+    return await db.fetchrow(
+        "SELECT amount::text AS amount, source, certain FROM balance_as_of($1, $2, $3)",
+        *PAIR,
+        at,
+    )
+
+
+async def test_balance_as_of_is_certain_inside_one_period_and_not_across_a_gap(
+    engine: AsyncEngine, db: Any
+) -> None:
+    book = make_bookkeeping(engine)
+    first = PeriodStart(uuid.uuid4(), PAIR, T0)
+    book.period_started(first)
+    book.period_ended(PeriodEnd(first.id, T0 + timedelta(minutes=10), "disconnected"))
+    book.period_started(PeriodStart(uuid.uuid4(), PAIR, T0 + timedelta(minutes=20)))
+    book.confirm(T0 + timedelta(minutes=30), silent_since=T0)
+    assert await book.flush()
+    await db.execute(
+        "INSERT INTO balance_history (wallet, token, amount, received_at) VALUES "
+        "($1, $2, 5, $3), ($1, $2, 7.5, $4)",
+        *PAIR,
+        T0 + timedelta(minutes=1),
+        T0 + timedelta(minutes=21),
+    )
+    assert await as_of(db, T0) is None  # nothing received yet
+    inside = await as_of(db, T0 + timedelta(minutes=9))
+    assert (inside["amount"], inside["source"], inside["certain"]) == ("5", "stream", True)
+    in_the_gap = await as_of(db, T0 + timedelta(minutes=15))
+    assert (in_the_gap["amount"], in_the_gap["certain"]) == ("5", False)
+    after_the_gap = await as_of(db, T0 + timedelta(minutes=25))
+    assert (after_the_gap["amount"], after_the_gap["certain"]) == ("7.5", True)
+    # An open period counts up to its holder's last confirmation, not beyond.
+    beyond = await as_of(db, T0 + timedelta(minutes=31))
+    assert (beyond["amount"], beyond["certain"]) == ("7.5", False)
+    assert (
+        await db.fetchval("SELECT balance_at($1, $2, $3)::text", *PAIR, T0 + timedelta(minutes=15))
+        == "5"
+    )

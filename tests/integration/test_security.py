@@ -198,6 +198,8 @@ DENIED = [
     "SELECT * FROM rejected_messages",
     "DELETE FROM rejected_messages",
     "DELETE FROM spool_checkpoint",
+    "DELETE FROM coverage",
+    "DELETE FROM coverage_holders",
     "UPDATE alembic_version SET version_num = 'x'",
     "DROP TABLE balance_history",
     "ALTER TABLE watchlist DISABLE TRIGGER ALL",

@@ -35,7 +35,7 @@ from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair, is_address, pair_for, room_for
 from balancewatch.pipeline.records import BalanceLine, balance_line
 from balancewatch.store.writes import RejectedRow
-from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room
+from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room, unrecorded_coverage
 
 
 def message(
@@ -474,7 +474,7 @@ async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_re
     scrubber = logs.SecretScrubber()
     scrubber.register([API_KEY])
     monkeypatch.setattr(logs, "scrubber", scrubber)
-    subscriptions = Subscriptions(RecordingSink())
+    subscriptions = Subscriptions(RecordingSink(), unrecorded_coverage())
     await subscriptions.want(wanted_rooms(HELD))
     await subscriptions.connected(SilentSender())
 

@@ -16,10 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.rooms import Wanted, wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, wait_until
+from tests.helpers import (
+    SOL,
+    TOKEN,
+    WALLET,
+    WALLET2,
+    RecordedPeriods,
+    room,
+    unrecorded_coverage,
+    wait_until,
+)
 
 A: Pair = (WALLET, TOKEN)
 B: Pair = (WALLET2, SOL)
@@ -131,8 +141,14 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def subs(status: FakeStatus, clock: FakeClock) -> Subscriptions:
-    return Subscriptions(status, join_ack_timeout=10.0, join_retry_max=30.0, clock=clock)
+def periods() -> RecordedPeriods:
+    return RecordedPeriods()
+
+
+@pytest.fixture
+def subs(status: FakeStatus, clock: FakeClock, periods: RecordedPeriods) -> Subscriptions:
+    coverage = Coverage(periods)
+    return Subscriptions(status, coverage, join_ack_timeout=10.0, join_retry_max=30.0, clock=clock)
 
 
 # --- disconnected -----------------------------------------------------------------------------
@@ -422,7 +438,9 @@ async def test_the_retry_loop_resends_on_time_and_waits_for_new_joins_when_idle(
     # The loop sleeps for real until a join is due, but what is due is decided by the clock,
     # which only this test moves: no fourth join can slip in before the ack, however slow the
     # machine.
-    subs = Subscriptions(status, join_ack_timeout=0.05, join_retry_max=0.1, clock=clock)
+    subs = Subscriptions(
+        status, unrecorded_coverage(), join_ack_timeout=0.05, join_retry_max=0.1, clock=clock
+    )
     sender = FakeSender()
     await subs.connected(sender)
     retries = asyncio.create_task(subs.retry_unacked_joins(sender))
@@ -605,7 +623,7 @@ class Session:
     def __init__(self) -> None:
         self.status = FakeStatus()
         self.clock = FakeClock()
-        self.subs = Subscriptions(self.status, clock=self.clock)
+        self.subs = Subscriptions(self.status, unrecorded_coverage(), clock=self.clock)
         self.senders: list[FakeSender] = []
         self.current: FakeSender | None = None
         self.watchlist: set[Pair] = set()  # what the watchlist says, by the ops so far
@@ -683,3 +701,67 @@ async def test_a_room_is_joined_again_on_one_connection_only_while_unacked_and_h
             assert last[0] in ("joining", "joined")
         elif last is not None:
             assert last[0] == "left"
+
+
+# --- listening periods -----------------------------------------------------------------------
+
+
+async def test_a_period_opens_at_the_ack_once_and_ends_at_the_leave(
+    subs: Subscriptions, status: FakeStatus, periods: RecordedPeriods
+) -> None:
+    await holding(subs, status, A, B)
+    assert periods.started == []  # joined is not listened to until the server says so
+    subs.joined(r(A))
+    subs.joined(r(A))  # a repeated ack opens nothing more
+    subs.delivered(r(A))
+    assert [start.pair for start in periods.started] == [A]
+    await subs.want(want(B))
+    [end] = periods.ended
+    assert (end.id, end.reason) == (periods.started[0].id, "left")
+    assert end.at >= periods.started[0].at
+
+
+async def test_a_message_before_the_ack_opens_the_period(
+    subs: Subscriptions, status: FakeStatus, periods: RecordedPeriods
+) -> None:
+    await holding(subs, status, A)
+    subs.delivered(r(A))
+    subs.joined(r(A))
+    assert [start.pair for start in periods.started] == [A]
+
+
+async def test_a_drop_ends_every_period_at_the_connections_last_sign_of_life(
+    subs: Subscriptions, status: FakeStatus, periods: RecordedPeriods
+) -> None:
+    await holding(subs, status, A, B)
+    subs.joined(r(A))
+    subs.joined(r(B))
+    last_frame = max(start.at for start in periods.started)
+    subs.disconnected("disconnected: idle timeout", last_frame)
+    assert sorted(end.reason for end in periods.ended) == ["disconnected", "disconnected"]
+    assert {end.at for end in periods.ended} == {last_frame}
+    assert {end.id for end in periods.ended} == {start.id for start in periods.started}
+
+
+async def test_a_shutdown_ends_the_periods_as_shutdown_and_a_new_connection_opens_new_ones(
+    subs: Subscriptions, status: FakeStatus, periods: RecordedPeriods
+) -> None:
+    await holding(subs, status, A)
+    subs.joined(r(A))
+    subs.disconnected(None)
+    assert [end.reason for end in periods.ended] == ["shutdown"]
+    await subs.connected(FakeSender())
+    subs.joined(r(A))
+    assert len(periods.started) == 2
+    assert periods.started[0].id != periods.started[1].id
+
+
+async def test_a_room_error_ends_its_period_and_opens_none(
+    subs: Subscriptions, status: FakeStatus, periods: RecordedPeriods
+) -> None:
+    await holding(subs, status, A, B)
+    subs.joined(r(A))
+    subs.room_error(r(A), "server said: no")
+    subs.room_error(r(B), "server said: no")
+    assert [end.reason for end in periods.ended] == ["error"]
+    assert [start.pair for start in periods.started] == [A]

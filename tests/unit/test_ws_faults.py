@@ -12,7 +12,7 @@ from balancewatch.daemon.datastream import WebSocketSender
 from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, wait_until
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, unrecorded_coverage, wait_until
 
 
 class StuckSocket:
@@ -46,7 +46,7 @@ class NoStatus:
 async def test_a_send_stuck_on_a_dead_socket_fails_when_its_connection_ends() -> None:
     """Else the stuck send would hold the subscriptions' lock and the next connection could
     never join anything."""
-    subs = Subscriptions(NoStatus())
+    subs = Subscriptions(NoStatus(), unrecorded_coverage())
     dead = StuckSocket()
     stuck = WebSocketSender(dead)
     await subs.connected(stuck)
