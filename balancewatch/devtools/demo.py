@@ -85,6 +85,7 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                     tasks.create_task(sim.run_random_walk(rate, stop))
                     tasks.create_task(_feed(db, stop))
                     tasks.create_task(_add_late_pair(db, sim, stop))
+                    tasks.create_task(_drop_and_show_the_gap(db, sim, stop))
                     if seconds is not None:
                         tasks.create_task(_stop_after(seconds, stop))
     finally:
@@ -142,6 +143,39 @@ async def _add_late_pair(db: Any, sim: Simulator, stop: asyncio.Event) -> None:
     await sim.wait_for(lambda: room in sim.joined_rooms(), timeout=5.0)
     elapsed_ms = (time.monotonic() - started) * 1000
     say(f"INSERT INTO watchlist ({label}) -> join on the socket in {elapsed_ms:.0f} ms")
+
+
+_GAP = """
+SELECT ended_at, next_start FROM (
+    SELECT ended_at, end_reason, lead(started_at) OVER (ORDER BY started_at) AS next_start
+    FROM coverage WHERE wallet = $1 AND token = $2
+) periods
+WHERE end_reason = 'disconnected' AND next_start IS NOT NULL
+"""
+
+
+async def _drop_and_show_the_gap(db: Any, sim: Simulator, stop: asyncio.Event) -> None:
+    """Cut the connection as a network failure would, and show the gap it leaves in the
+    coverage: the minutes (here, milliseconds) the history cannot vouch for."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 6.0)
+    if stop.is_set():
+        return
+    wallet, token, label = SEED[0]
+    await sim.drop_connections()
+    say("connection dropped, as a network failure would; the daemon reconnects and joins again")
+    deadline = time.monotonic() + 10.0
+    while not stop.is_set() and time.monotonic() < deadline:
+        gap = await db.fetchrow(_GAP, wallet, token)
+        if gap is not None:
+            ended, resumed = gap["ended_at"], gap["next_start"]
+            say(
+                f"coverage ({label}): not listening from {ended:%H:%M:%S.%f} to "
+                f"{resumed:%H:%M:%S.%f}, {(resumed - ended).total_seconds() * 1000:.0f} ms "
+                "(README query 12 lists such gaps)"
+            )
+            return
+        await asyncio.sleep(_FEED_POLL)
 
 
 async def _stop_after(seconds: float, stop: asyncio.Event) -> None:
