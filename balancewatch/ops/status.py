@@ -116,6 +116,13 @@ def render(report: Report, daemon: DaemonView | None) -> str:
         f"rows     {report.rows_last_minute:,} in the last minute, "
         f"{report.rows_last_hour:,} in the last hour; {newest}"
     )
+    gaps = (
+        f"{report.gapped} with a gap in the last 24 h ({_age(report.uncovered)} not listened "
+        "to in all)"
+        if report.gapped
+        else "no gap in the last 24 h"
+    )
+    lines.append(f"coverage {report.listening} pairs being listened to; {gaps}")
     if report.problems:
         lines += ["", "pairs with problems"]
         for problem in report.problems:

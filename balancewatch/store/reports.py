@@ -37,6 +37,9 @@ class Report:
     rows_last_hour: int = 0
     newest_age: timedelta | None = None
     rejected: list[tuple[str, int, datetime]] = field(default_factory=list)  # last 24 h
+    listening: int = 0  # pairs in an open listening period
+    gapped: int = 0  # enabled pairs with a gap in their listening in the last 24 h
+    uncovered: timedelta = timedelta(0)  # those gaps' time within the 24 h, added up
 
 
 _PAIRS = """
@@ -50,6 +53,24 @@ FROM watchlist w JOIN subscription_status s USING (wallet, token)
 WHERE w.enabled
   AND (s.state IN ('error', 'invalid') OR (s.state = 'joining' AND s.last_error IS NOT NULL))
 ORDER BY s.since LIMIT :limit
+"""
+_LISTENING = "SELECT count(DISTINCT (wallet, token)) FROM coverage WHERE ended_at IS NULL"
+# A gap: from the end of a period to the pair's next period (or to now if none), for the
+# enabled pairs, the part of it inside the last 24 hours. An open period is no gap.
+_GAPS = """
+WITH periods AS (
+    SELECT c.wallet, c.token, c.ended_at,
+           lead(c.started_at) OVER (PARTITION BY c.wallet, c.token ORDER BY c.started_at) AS next
+    FROM coverage c JOIN watchlist w USING (wallet, token)
+    WHERE w.enabled
+)
+SELECT count(DISTINCT (wallet, token)) AS pairs,
+       coalesce(sum(coalesce(next, now()) - greatest(ended_at, now() - interval '24 hours')),
+                interval '0') AS uncovered
+FROM periods
+WHERE ended_at IS NOT NULL
+  AND (next IS NULL OR next > ended_at)
+  AND coalesce(next, now()) > now() - interval '24 hours'
 """
 _REJECTED = """
 SELECT reason, count(*) AS n, max(received_at) AS last FROM rejected_messages
@@ -80,6 +101,9 @@ async def gather(engine: AsyncEngine) -> Report:
         report.rejected = [
             (row.reason, row.n, row.last) for row in await connection.execute(text(_REJECTED))
         ]
+        report.listening = (await connection.execute(text(_LISTENING))).scalar_one()
+        gaps = (await connection.execute(text(_GAPS))).one()
+        report.gapped, report.uncovered = gaps.pairs, gaps.uncovered
         return report
 
 

@@ -60,9 +60,7 @@ def upgrade() -> None:
             "ended_at IS NULL OR ended_at >= started_at", name="coverage_ends_after_it_starts"
         ),
     )
-    op.create_index(
-        "coverage_pair_started_at_idx", "coverage", ["wallet", "token", "started_at"]
-    )
+    op.create_index("coverage_pair_started_at_idx", "coverage", ["wallet", "token", "started_at"])
     op.create_index(
         "coverage_open_idx", "coverage", ["holder"], postgresql_where=sa.text("ended_at IS NULL")
     )

@@ -118,3 +118,43 @@ async def test_status_shows_the_running_daemon_and_healthcheck_follows_readyz(
 async def _healthy(url: str) -> bool:
     code = await asyncio.to_thread(status.healthcheck, argparse.Namespace(url=url))
     return code == 0
+
+
+async def test_status_counts_pairs_listened_to_and_the_gaps_of_the_last_day(
+    engine: AsyncEngine, db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = await db.fetchval("SELECT now()")
+    await db.executemany(
+        "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
+        [(WALLET, TOKEN, True), (WALLET2, SOL, True), (WALLET3, SOL, False)],
+    )
+    await db.execute(
+        "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ('h/1/ab', $1, $2)",
+        now - timedelta(hours=40),
+        now,
+    )
+    periods = [
+        (WALLET, TOKEN, now - timedelta(hours=30), now - timedelta(hours=2), "disconnected"),
+        (WALLET, TOKEN, now - timedelta(hours=1), None, None),  # open: listening now
+        (WALLET2, SOL, now - timedelta(hours=3), now - timedelta(minutes=30), "lost"),
+        (WALLET3, SOL, now - timedelta(hours=3), now - timedelta(hours=2), "left"),  # disabled
+    ]
+    await db.executemany(
+        "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
+        "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, 'h/1/ab')",
+        periods,
+    )
+    report = await reports.gather(engine)
+    assert (report.listening, report.gapped) == (1, 2)
+    # 1 h for the first; 30 min for the second, still going on (up to the report's own now)
+    assert timedelta(minutes=90) <= report.uncovered < timedelta(minutes=90, seconds=10)
+    assert await status.show(engine, "none") == 0
+    out = capsys.readouterr().out
+    assert "coverage 1 pairs being listened to; 2 with a gap in the last 24 h (90 min " in out
+
+
+async def test_status_without_any_listening_period(
+    engine: AsyncEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await status.show(engine, "none") == 0
+    assert "coverage 0 pairs being listened to; no gap in the last 24 h" in capsys.readouterr().out
