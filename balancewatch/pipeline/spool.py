@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -62,6 +63,9 @@ class Spool:
         self._segment_bytes = segment_bytes
         self._lock_fd = -1
         self._fd = -1
+        # The writer fsyncs from a worker thread while the loop may close the segment under it
+        # (a rotation): the descriptor is duplicated, or closed, only under this lock.
+        self._fd_lock = threading.Lock()
         self._segment = 0
         self._size = 0  # bytes in the current segment
         self._dirty = False
@@ -92,10 +96,10 @@ class Spool:
         self._total = sum(self._path(segment).stat().st_size for segment in self.segments())
 
     def close(self) -> None:
-        for fd in (self._fd, self._lock_fd):
-            if fd >= 0:
-                os.close(fd)
-        self._fd = self._lock_fd = -1
+        self._close_segment()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+        self._lock_fd = -1
 
     def segments(self) -> list[int]:
         return sorted(int(path.stem) for path in self._directory.glob(f"*{_SUFFIX}"))
@@ -112,7 +116,7 @@ class Spool:
         """Keep a segment number free in front of every row appended from now on, and return
         it: `fill` may write rows there later, which are then read before those."""
         self.sync()
-        os.close(self._fd)
+        self._close_segment()
         # An empty current segment gives its own number (its file goes once the next exists).
         reserved = self._segment + 1 if self._size else self._segment
         self._segment = reserved + 1
@@ -190,10 +194,18 @@ class Spool:
             self._path(done).unlink()
 
     def sync(self) -> None:
-        """fsync the current segment if anything was appended since the last call."""
-        if self._dirty and self._fd >= 0:
+        """fsync the current segment if anything was appended since the last call. Safe from
+        another thread: it syncs a duplicate of the descriptor, which a rotation cannot close
+        (or hand to the next segment) under it."""
+        with self._fd_lock:
+            if not (self._dirty and self._fd >= 0):
+                return
             self._dirty = False
-            os.fsync(self._fd)
+            fd = os.dup(self._fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _read_segment(self, position: Position, limit: int) -> tuple[list[bytes], Position]:
         path = self._path(position.segment)
@@ -217,9 +229,15 @@ class Spool:
 
     def _rotate(self) -> None:
         self.sync()
-        os.close(self._fd)
+        self._close_segment()
         self._segment += 1
         self._open_segment(truncate_torn_tail=False)
+
+    def _close_segment(self) -> None:
+        with self._fd_lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = -1
 
     def _open_segment(self, *, truncate_torn_tail: bool) -> None:
         path = self._path(self._segment)

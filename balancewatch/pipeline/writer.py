@@ -226,7 +226,10 @@ class Writer:
     async def _fsync_spool(self, drain: asyncio.Event) -> None:
         while not drain.is_set():
             await wait_first(drain, timeout=self._config.spool_fsync_interval)
-            await asyncio.to_thread(self._spool.sync)
+            try:
+                await asyncio.to_thread(self._spool.sync)
+            except OSError as exc:  # a disk error: said, and tried again at the next turn
+                log.error("writer.spool_fsync_failed", error=describe_error(exc))
 
     async def _drain(self) -> None:
         """Store what is in memory before the deadline; spool whatever the database would not

@@ -3,6 +3,7 @@ previous version's format."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -272,3 +273,26 @@ def test_a_fill_cut_short_by_a_crash_is_no_segment_and_is_removed_on_reopen(
     assert not unfinished.exists()
     assert read_all(again) == rows(2)
     again.close()
+
+
+def test_an_fsync_from_another_thread_syncs_the_dirty_segment_even_if_it_is_rotated_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer fsyncs in a worker thread; a rotation on the loop may close the segment in
+    between, and the next segment may get the same descriptor number."""
+    spool = Spool(tmp_path, segment_bytes=1024 * 1024)
+    spool.open()
+    spool.append(balance_line(WALLET, TOKEN, "1", "2026-01-01 00:00:00.000000+00:00"))
+    dirty = (tmp_path / f"{spool.segments()[0]:012d}.spool").stat().st_ino
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def rotated_meanwhile(fd: int) -> None:
+        spool._rotate()  # what the loop thread may do while the worker is in sync()
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", rotated_meanwhile)
+    spool.sync()
+    spool.close()
+    assert synced == [dirty]
