@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.domain import address_problems
 from balancewatch.errors import EXIT_OK, EXIT_USAGE
 from balancewatch.ops.commands import with_engine
-from balancewatch.store.history import Row, fetch
+from balancewatch.store.history import Gap, Row, fetch, fetch_gaps
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -68,24 +68,80 @@ def check_pair(wallet: str, token: str) -> None:
 # --- output ---------------------------------------------------------------------------------
 
 
-def render_table(rows: Sequence[Row]) -> str:
+def merged(rows: Sequence[Row], gaps: Sequence[Gap]) -> list[Row | Gap]:
+    """Newest first, each gap where it began: after the rows received since it ended."""
+
+    def moment(entry: Row | Gap) -> datetime:
+        return entry.received_at if isinstance(entry, Row) else entry.start
+
+    return sorted([*rows, *gaps], key=moment, reverse=True)
+
+
+def _until(gap: Gap) -> str:
+    return "now" if gap.end is None else iso_utc(gap.end)
+
+
+def render_table(rows: Sequence[Row], gaps: Sequence[Gap] = ()) -> str:
     width = max([len("AMOUNT"), *(len(row.amount) for row in rows)])
-    lines = [f"{'RECEIVED_AT (UTC)':27}  {'AMOUNT':>{width}}"]
-    lines += [f"{iso_utc(row.received_at):27}  {row.amount:>{width}}" for row in rows]
+    lines = [f"{'RECEIVED_AT (UTC)':27}  {'AMOUNT':>{width}}  SOURCE"]
+    for entry in merged(rows, gaps):
+        if isinstance(entry, Row):
+            lines.append(
+                f"{iso_utc(entry.received_at):27}  {entry.amount:>{width}}  {entry.source}"
+            )
+        else:
+            lines.append(
+                f"-- not listening from {iso_utc(entry.start)} to {_until(entry)} "
+                f"({entry.reason}) --"
+            )
     return "\n".join(lines) + "\n"
 
 
-def render_csv(rows: Sequence[Row]) -> str:
+CSV_COLUMNS: Final = ("kind", "received_at", "amount", "source", "slot", "until", "end_reason")
+
+
+def render_csv(rows: Sequence[Row], gaps: Sequence[Gap] = ()) -> str:
+    """One line per row (kind `balance`) and per gap (kind `gap`: from received_at to until)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["received_at", "amount"])
-    writer.writerows([iso_utc(row.received_at), row.amount] for row in rows)
+    writer.writerow(CSV_COLUMNS)
+    for entry in merged(rows, gaps):
+        if isinstance(entry, Row):
+            slot = "" if entry.slot is None else entry.slot
+            writer.writerow(
+                ["balance", iso_utc(entry.received_at), entry.amount, entry.source, slot, "", ""]
+            )
+        else:
+            until = "" if entry.end is None else iso_utc(entry.end)
+            writer.writerow(["gap", iso_utc(entry.start), "", "", "", until, entry.reason])
     return out.getvalue()
 
 
-def render_json(rows: Sequence[Row]) -> str:
-    """A JSON array; amounts are strings so that no reader turns them into floats."""
-    items = [{"received_at": iso_utc(row.received_at), "amount": row.amount} for row in rows]
+def render_json(rows: Sequence[Row], gaps: Sequence[Gap] = ()) -> str:
+    """A JSON array of balances and gaps, newest first; amounts are strings so that no reader
+    turns them into floats."""
+    items: list[dict[str, object]] = []
+    for entry in merged(rows, gaps):
+        if isinstance(entry, Row):
+            items.append(
+                {
+                    "kind": "balance",
+                    "received_at": iso_utc(entry.received_at),
+                    "amount": entry.amount,
+                    "source": entry.source,
+                    "slot": entry.slot,
+                }
+            )
+        else:
+            until = None if entry.end is None else iso_utc(entry.end)
+            items.append(
+                {
+                    "kind": "gap",
+                    "from": iso_utc(entry.start),
+                    "until": until,
+                    "end_reason": entry.reason,
+                }
+            )
     return json.dumps(items, indent=2) + "\n"
 
 
@@ -94,11 +150,14 @@ _BRAILLE_BASE: Final = 0x2800
 _DOT_BITS: Final = ((0x01, 0x02, 0x04, 0x40), (0x08, 0x10, 0x20, 0x80))
 
 
-def render_chart(rows: Sequence[Row], *, width: int = 60, height: int = 8) -> str:
+def render_chart(
+    rows: Sequence[Row], gaps: Sequence[Gap] = (), *, width: int = 60, height: int = 8
+) -> str:
     """The balance over time as a braille step chart (a balance holds until the next message).
 
     Time runs left to right, linearly; the y axis spans the lowest to the highest amount shown,
-    both labelled exactly as stored. Empty for fewer than two rows.
+    both labelled exactly as stored; under the time axis, `░` marks the gaps in listening.
+    Empty for fewer than two rows.
     """
     if len(rows) < 2:
         return ""
@@ -146,11 +205,23 @@ def render_chart(rows: Sequence[Row], *, width: int = 60, height: int = 8) -> st
     start, end = iso_utc(ordered[0].received_at), iso_utc(ordered[-1].received_at)
     gap = max(1, width - len(start) - len(end))
     lines.append(" " * (margin + 2) + start + " " * gap + end)
+    moments = [times[0] + span_t * x / (dots_x - 1) for x in range(0, dots_x, 2)]
+    marks = "".join("░" if _in_a_gap(moment, gaps) else " " for moment in moments)
+    if marks.strip():
+        lines.append(" " * (margin + 2) + marks + "  ░ not listening")
     return "\n".join(lines) + "\n"
 
 
-def write_png(rows: Sequence[Row], path: Path, title: str) -> None:
-    """The same step chart as an image, with matplotlib's Agg backend (extra `plot`)."""
+def _in_a_gap(moment: float, gaps: Sequence[Gap]) -> bool:
+    return any(
+        gap.start.timestamp() <= moment and (gap.end is None or moment < gap.end.timestamp())
+        for gap in gaps
+    )
+
+
+def write_png(rows: Sequence[Row], missed: Sequence[Gap], path: Path, title: str) -> None:
+    """The same step chart as an image, with matplotlib's Agg backend (extra `plot`), the
+    gaps in listening shaded."""
     import numpy  # noqa: PLC0415  (comes with matplotlib)
     from matplotlib.figure import Figure  # noqa: PLC0415  (optional, heavy)
 
@@ -165,6 +236,14 @@ def write_png(rows: Sequence[Row], path: Path, title: str) -> None:
         where="post",
         marker=".",
     )
+    for number, gap in enumerate(missed):
+        start = gap.start.astimezone(UTC).replace(tzinfo=None)
+        end = times[-1] if gap.end is None else gap.end.astimezone(UTC).replace(tzinfo=None)
+        label = "not listening" if number == 0 else None
+        # Datetimes, converted by matplotlib's date units like the x data (its stubs say float).
+        axes.axvspan(start, end, color="grey", alpha=0.25, label=label)  # type: ignore[arg-type]
+    if missed:
+        axes.legend(loc="best", fontsize=8)
     axes.set_title(title, fontsize=9)
     axes.set_xlabel("received_at (UTC)")
     axes.set_ylabel("amount")
@@ -221,9 +300,21 @@ def command(args: argparse.Namespace) -> int:
             until=window.until,
             limit=window.limit,
         )
-        _print(rows, args)
+        # The gaps from the oldest row shown to the end of the window.
+        missed = (
+            await fetch_gaps(
+                engine,
+                args.wallet,
+                args.token,
+                since=min(row.received_at for row in rows),
+                until=window.until or datetime.now(UTC),
+            )
+            if rows
+            else []
+        )
+        _print(rows, missed, args)
         if args.plot and rows:
-            write_png(rows, args.plot, f"{args.wallet} / {args.token}")
+            write_png(rows, missed, args.plot, f"{args.wallet} / {args.token}")
             print(f"chart written to {args.plot}", file=sys.stderr)
         elif args.plot:
             print(f"no rows, so no chart written to {args.plot}", file=sys.stderr)
@@ -232,15 +323,15 @@ def command(args: argparse.Namespace) -> int:
     return with_engine(show)
 
 
-def _print(rows: Sequence[Row], args: argparse.Namespace) -> None:
+def _print(rows: Sequence[Row], missed: Sequence[Gap], args: argparse.Namespace) -> None:
     if args.format == "csv":
-        sys.stdout.write(render_csv(rows))
+        sys.stdout.write(render_csv(rows, missed))
     elif args.format == "json":
-        sys.stdout.write(render_json(rows))
+        sys.stdout.write(render_json(rows, missed))
     elif not rows:
         print(f"no balances for {args.wallet} {args.token} in that window", file=sys.stderr)
     else:
-        sys.stdout.write(render_table(rows))
-        chart = render_chart(rows)
+        sys.stdout.write(render_table(rows, missed))
+        chart = render_chart(rows, missed)
         if chart:
             sys.stdout.write("\n" + chart)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.data import AMOUNTS, insert, insert_pair_history
+from tests.data import AMOUNTS, T0, insert, insert_pair_history
 from tests.helpers import TOKEN, WALLET
 from tests.processes import balancewatch, environment, python
 
@@ -25,9 +25,9 @@ async def test_history_prints_newest_first_exact_amounts_and_a_chart(
     assert finished.code == 0, finished.stderr
     table, chart = finished.stdout.split("\n\n")
     lines = table.splitlines()
-    assert lines[0].split() == ["RECEIVED_AT", "(UTC)", "AMOUNT"]
+    assert lines[0].split() == ["RECEIVED_AT", "(UTC)", "AMOUNT", "SOURCE"]
     assert [line.split() for line in lines[1:]] == [
-        [f"2026-11-20T12:0{i}:00.000000Z", AMOUNTS[i]] for i in (3, 2, 1, 0)
+        [f"2026-11-20T12:0{i}:00.000000Z", AMOUNTS[i], "stream"] for i in (3, 2, 1, 0)
     ]
     assert "1000000000000000000.000000000001 ┤" in chart
     assert "0.000000001 ┤" in chart
@@ -43,10 +43,10 @@ async def test_history_as_csv_and_json_with_a_window_and_a_limit(
     )
     assert as_csv.code == 0, as_csv.stderr
     assert as_csv.stdout.splitlines() == [
-        "received_at,amount",
-        f"2026-11-20T12:03:00.000000Z,{AMOUNTS[3]}",
-        f"2026-11-20T12:02:00.000000Z,{AMOUNTS[2]}",
-        f"2026-11-20T12:01:00.000000Z,{AMOUNTS[1]}",
+        "kind,received_at,amount,source,slot,until,end_reason",
+        f"balance,2026-11-20T12:03:00.000000Z,{AMOUNTS[3]},stream,,,",
+        f"balance,2026-11-20T12:02:00.000000Z,{AMOUNTS[2]},stream,,,",
+        f"balance,2026-11-20T12:01:00.000000Z,{AMOUNTS[1]},stream,,,",
     ]
     as_json = await balancewatch(
         "history", WALLET, TOKEN, "--format", "json", "--until", "2026-11-20T12:02:00",
@@ -54,9 +54,49 @@ async def test_history_as_csv_and_json_with_a_window_and_a_limit(
     )  # fmt: skip
     assert as_json.code == 0, as_json.stderr
     assert json.loads(as_json.stdout) == [
-        {"received_at": "2026-11-20T12:02:00.000000Z", "amount": AMOUNTS[2]},
-        {"received_at": "2026-11-20T12:01:00.000000Z", "amount": AMOUNTS[1]},
-    ]
+        {"kind": "balance", "received_at": f"2026-11-20T12:0{i}:00.000000Z",
+         "amount": AMOUNTS[i], "source": "stream", "slot": None}
+        for i in (2, 1)
+    ]  # fmt: skip
+
+
+async def test_history_marks_where_the_daemon_was_not_listening(database_url: URL, db: Any) -> None:
+    await insert_pair_history(db)  # rows at 12:00, 12:01, 12:02, 12:03
+    await db.execute(
+        "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ('h/1/a', $1, $1)",
+        T0,
+    )
+    await db.executemany(
+        "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
+        "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, 'h/1/a')",
+        [
+            (WALLET, TOKEN, T0, T0 + timedelta(seconds=90), "disconnected"),
+            (WALLET, TOKEN, T0 + timedelta(seconds=110), T0 + timedelta(minutes=4), "shutdown"),
+        ],
+    )
+    env = environment(database_url)
+    table = await balancewatch("history", WALLET, TOKEN, env=env)
+    assert table.code == 0, table.stderr
+    lines = table.stdout.split("\n\n")[0].splitlines()
+    first_gap = "-- not listening from 2026-11-20T12:01:30.000000Z to 2026-11-20T12:01:50.000000Z"
+    since_shutdown = "-- not listening from 2026-11-20T12:04:00.000000Z to now (shutdown) --"
+    assert lines[1] == since_shutdown
+    after_the_first_gap = [f"2026-11-20T12:0{minute}:00.000000Z" for minute in (3, 2)]
+    assert [line.split()[0] for line in lines[2:4]] == after_the_first_gap
+    assert lines[4] == first_gap + " (disconnected) --"
+    assert "░ not listening" in table.stdout  # the chart marks the gaps under its time axis
+    as_csv = await balancewatch("history", WALLET, TOKEN, "--format", "csv", env=env)
+    assert as_csv.stdout.splitlines()[4] == (
+        "gap,2026-11-20T12:01:30.000000Z,,,,2026-11-20T12:01:50.000000Z,disconnected"
+    )
+    as_json = await balancewatch("history", WALLET, TOKEN, "--format", "json", env=env)
+    entries = json.loads(as_json.stdout)
+    assert entries[0] == {
+        "kind": "gap", "from": "2026-11-20T12:04:00.000000Z", "until": None,
+        "end_reason": "shutdown",
+    }  # fmt: skip
+    kinds = ["gap", "balance", "balance", "gap", "balance", "balance"]
+    assert [entry["kind"] for entry in entries] == kinds
 
 
 async def test_history_since_a_relative_time(database_url: URL, db: Any) -> None:
@@ -66,7 +106,7 @@ async def test_history_since_a_relative_time(database_url: URL, db: Any) -> None
         "history", WALLET, TOKEN, "--since", "3h", "--format", "csv", env=environment(database_url)
     )
     assert finished.code == 0, finished.stderr
-    assert [line.split(",")[1] for line in finished.stdout.splitlines()[1:]] == ["1", "2"]
+    assert [line.split(",")[2] for line in finished.stdout.splitlines()[1:]] == ["1", "2"]
 
 
 async def test_history_of_a_pair_with_no_rows_says_so(database_url: URL) -> None:

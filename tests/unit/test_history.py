@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from balancewatch.ops.history import UsageError, parse_time, render_chart
-from balancewatch.store.history import Row
+from balancewatch.store.history import Gap, Row
 from tests.data import T0
 
 # --- pure parts -----------------------------------------------------------------------------
@@ -58,3 +58,17 @@ def test_a_flat_history_draws_a_flat_line_and_one_row_draws_nothing() -> None:
     plot = [line.split("┤")[-1].split("│")[-1] for line in render_chart(flat).splitlines()[:8]]
     assert sum(any(ch != "\u2800" for ch in row) for row in plot) == 1
     assert render_chart(flat[:1]) == ""
+
+
+def test_the_chart_marks_the_gaps_under_its_time_axis() -> None:
+    start = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    rows = [Row(start + timedelta(minutes=m), str(m)) for m in (0, 10, 20)]
+    gap = Gap(start + timedelta(minutes=5), start + timedelta(minutes=15), "disconnected")
+    lines = render_chart(rows, [gap], width=20, height=4).splitlines()
+    marks = lines[-1]
+    assert marks.endswith("░ not listening")
+    axis = marks[: -len("  ░ not listening")].lstrip(" ")
+    # The middle half of the time axis, and only that, is marked.
+    assert axis.strip() == "░" * axis.count("░")
+    assert 9 <= axis.count("░") <= 11
+    assert render_chart(rows).splitlines()[-1].strip().startswith("2026")  # no gap, no line
