@@ -1,5 +1,5 @@
 """Known data that tests of more than one tier put in (or parse): the history of a pair, the
-rows `balancewatch status` summarises, a watchlist file with bad lines."""
+rows `balancewatch status` summarises, listening periods, a watchlist file with bad lines."""
 
 from __future__ import annotations
 
@@ -30,6 +30,25 @@ async def insert_pair_history(db: Any) -> None:
         db, [(WALLET, TOKEN, amount, T0 + timedelta(minutes=i)) for i, amount in enumerate(AMOUNTS)]
     )
     await insert(db, [(WALLET2, SOL, "5", T0)])
+
+
+Span = tuple[datetime, datetime | None, str | None]  # started_at, ended_at, end_reason
+
+
+async def insert_periods(db: Any, pair: tuple[str, str], *spans: Span) -> None:
+    """Listening periods of `pair`, kept by one daemon that confirmed them just now."""
+    holder = "test-host/1/abcd"
+    await db.execute(
+        "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ($1, $2, now()) "
+        "ON CONFLICT DO NOTHING",
+        holder,
+        min(span[0] for span in spans),
+    )
+    await db.executemany(
+        "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
+        "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6)",
+        [(*pair, start, end, reason, holder) for start, end, reason in spans],
+    )
 
 
 # -- what `balancewatch status` summarises ---------------------------------------------------

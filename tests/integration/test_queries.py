@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.data import insert_periods
 from tests.files import numbered_queries
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 
@@ -159,22 +160,6 @@ async def test_10_quiet_pairs(db: Any, known: dict[str, Any]) -> None:
     ]
 
 
-async def periods(db: Any, pair: tuple[str, str], *spans: tuple[Any, Any, str | None]) -> None:
-    """Listening periods of one daemon for `pair`: (started_at, ended_at, end_reason) each."""
-    holder = "test-host/1/abcd"
-    await db.execute(
-        "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ($1, $2, now()) "
-        "ON CONFLICT DO NOTHING",
-        holder,
-        min(span[0] for span in spans),
-    )
-    await db.executemany(
-        "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
-        "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6)",
-        [(*pair, start, end, reason, holder) for start, end, reason in spans],
-    )
-
-
 async def test_11_the_balance_at_a_time_and_whether_it_is_certain(
     db: Any, known: dict[str, Any]
 ) -> None:
@@ -185,14 +170,16 @@ async def test_11_the_balance_at_a_time_and_whether_it_is_certain(
         "stream",
         False,  # nobody was listening then
     )
-    await periods(db, A, (AS_OF - timedelta(hours=2), AS_OF + timedelta(hours=1), "shutdown"))
+    await insert_periods(
+        db, A, (AS_OF - timedelta(hours=2), AS_OF + timedelta(hours=1), "shutdown")
+    )
     [row] = await run(db, 11)
     assert (row["amount"], row["certain"]) == (Decimal("150"), True)
 
 
 async def test_12_when_the_daemon_was_not_listening(db: Any, known: dict[str, Any]) -> None:
     now = known["now"]
-    await periods(
+    await insert_periods(
         db,
         A,
         (AS_OF - timedelta(hours=2), AS_OF + timedelta(hours=1), "shutdown"),  # long before
@@ -200,7 +187,7 @@ async def test_12_when_the_daemon_was_not_listening(db: Any, known: dict[str, An
         (now - timedelta(hours=4), now - timedelta(hours=1), "lost"),
         (now - timedelta(minutes=30), None, None),  # still listening
     )
-    await periods(db, B, (now - timedelta(hours=2), now - timedelta(hours=1), "left"))
+    await insert_periods(db, B, (now - timedelta(hours=2), now - timedelta(hours=1), "left"))
     rows = await run(db, 12)
     assert [(r["not_listening_from"], r["until"], r["end_reason"]) for r in rows] == [
         (now - timedelta(hours=5), now - timedelta(hours=4), "disconnected"),

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
 from balancewatch.store import reports
-from tests.data import WALLET3, history_rows, seed
+from tests.data import WALLET3, history_rows, insert_periods, seed
 from tests.helpers import (
     SOL,
     TOKEN,
@@ -128,21 +128,17 @@ async def test_status_counts_pairs_listened_to_and_the_gaps_of_the_last_day(
         "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
         [(WALLET, TOKEN, True), (WALLET2, SOL, True), (WALLET3, SOL, False)],
     )
-    await db.execute(
-        "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ('h/1/ab', $1, $2)",
-        now - timedelta(hours=40),
-        now,
+    await insert_periods(
+        db,
+        (WALLET, TOKEN),
+        (now - timedelta(hours=30), now - timedelta(hours=2), "disconnected"),
+        (now - timedelta(hours=1), None, None),  # open: listening now
     )
-    periods = [
-        (WALLET, TOKEN, now - timedelta(hours=30), now - timedelta(hours=2), "disconnected"),
-        (WALLET, TOKEN, now - timedelta(hours=1), None, None),  # open: listening now
-        (WALLET2, SOL, now - timedelta(hours=3), now - timedelta(minutes=30), "lost"),
-        (WALLET3, SOL, now - timedelta(hours=3), now - timedelta(hours=2), "left"),  # disabled
-    ]
-    await db.executemany(
-        "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
-        "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, 'h/1/ab')",
-        periods,
+    await insert_periods(
+        db, (WALLET2, SOL), (now - timedelta(hours=3), now - timedelta(minutes=30), "lost")
+    )
+    await insert_periods(  # a disabled pair: not counted
+        db, (WALLET3, SOL), (now - timedelta(hours=3), now - timedelta(hours=2), "left")
     )
     report = await reports.gather(engine)
     assert (report.listening, report.gapped) == (1, 2)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.data import AMOUNTS, T0, insert, insert_pair_history
+from tests.data import AMOUNTS, T0, insert, insert_pair_history, insert_periods
 from tests.helpers import TOKEN, WALLET
 from tests.processes import balancewatch, environment, python
 
@@ -62,17 +62,11 @@ async def test_history_as_csv_and_json_with_a_window_and_a_limit(
 
 async def test_history_marks_where_the_daemon_was_not_listening(database_url: URL, db: Any) -> None:
     await insert_pair_history(db)  # rows at 12:00, 12:01, 12:02, 12:03
-    await db.execute(
-        "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ('h/1/a', $1, $1)",
-        T0,
-    )
-    await db.executemany(
-        "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
-        "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, 'h/1/a')",
-        [
-            (WALLET, TOKEN, T0, T0 + timedelta(seconds=90), "disconnected"),
-            (WALLET, TOKEN, T0 + timedelta(seconds=110), T0 + timedelta(minutes=4), "shutdown"),
-        ],
+    await insert_periods(
+        db,
+        (WALLET, TOKEN),
+        (T0, T0 + timedelta(seconds=90), "disconnected"),
+        (T0 + timedelta(seconds=110), T0 + timedelta(minutes=4), "shutdown"),
     )
     env = environment(database_url)
     table = await balancewatch("history", WALLET, TOKEN, env=env)
