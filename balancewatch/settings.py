@@ -11,6 +11,7 @@ import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 ENV_PREFIX = "BALANCEWATCH_"
 CONFIG_ENV = "BALANCEWATCH_CONFIG"
 _DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+# A path segment or query value this long may be a provider's key ("rpc", "v1" are not).
+_KEY_PART_CHARS = 8
 
 
 def parse_database_url(raw: str) -> URL:
@@ -93,6 +96,14 @@ class Settings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", min_length=1)
     http_port: int = Field(default=8080, ge=0, le=65535)
 
+    # Solana JSON-RPC, for the balances read from the chain (snapshots and checks). The URL
+    # often carries the provider's key, so it is a secret as a whole. Unset: neither happens.
+    rpc_url: SecretStr | None = None
+    rpc_max_rps: float = Field(default=10.0, gt=0, le=10_000)
+    rpc_batch_size: int = Field(default=100, ge=1, le=1000)
+    rpc_timeout: float = Field(default=10.0, gt=0, le=300)
+    balance_check_interval: float = Field(default=3600.0, ge=0)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -123,6 +134,16 @@ class Settings(BaseSettings):
         if not value.startswith(("wss://", "ws://")):
             raise ValueError("must start with wss:// (or ws:// for a local simulator)")
         return value.rstrip("/")
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _valid_rpc_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # an empty variable is the same as none
+        parts = urlsplit(value.get_secret_value().strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL of a Solana JSON-RPC endpoint")
+        return SecretStr(value.get_secret_value().strip())
 
     @field_validator("backoff_max")
     @classmethod
@@ -162,7 +183,22 @@ class Settings(BaseSettings):
         found = [str(self.sqlalchemy_url.password or "")]
         if self.api_key is not None or self.api_key_file is not None:
             found.append(self.datastream_key())
+        if self.rpc_url is not None:
+            found.extend(rpc_url_secrets(self.rpc_url.get_secret_value()))
         return [secret for secret in found if secret]
+
+
+def rpc_url_secrets(url: str) -> list[str]:
+    """The RPC URL and each part of it that may be a key on its own (a library's error may
+    quote only the path, or only the query): longest first, so the scrub takes whole ones."""
+    parts = urlsplit(url)
+    found = [url, parts.path + ("?" + parts.query if parts.query else ""), parts.query]
+    found += [segment for segment in parts.path.split("/") if len(segment) >= _KEY_PART_CHARS]
+    found += [value for _, value in parse_qsl(parts.query) if len(value) >= _KEY_PART_CHARS]
+    if parts.password:
+        found.append(parts.password)
+    unique = {part for part in found if part and part not in ("/", "?")}
+    return sorted(unique, key=len, reverse=True)
 
 
 def config_from(settings: Settings, config: type[Config], **given: object) -> Config:

@@ -23,6 +23,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "API_KEY_FILE",
         "CONFIG",
         "BATCH_SIZE",
+        "RPC_URL",
+        "RPC_MAX_RPS",
+        "BALANCE_CHECK_INTERVAL",
     ):
         monkeypatch.delenv(f"BALANCEWATCH_{name}", raising=False)
 
@@ -169,3 +172,48 @@ def test_a_spool_dir_given_with_a_tilde_is_expanded(
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("BALANCEWATCH_SPOOL_DIR", "~/bw-spool")
     assert load_settings(need_key=False).spool_dir == tmp_path / "bw-spool"
+
+
+def test_without_an_rpc_url_nothing_is_read_from_the_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("BALANCEWATCH_RPC_URL", "")
+    settings = load_settings(need_key=False)
+    assert settings.rpc_url is None
+    assert (settings.rpc_max_rps, settings.balance_check_interval) == (10.0, 3600.0)
+
+
+def test_an_rpc_url_that_is_not_http_is_refused_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("BALANCEWATCH_RPC_URL", f"wss://rpc.example/{SECRET}")
+    with pytest.raises(ConfigError, match="BALANCEWATCH_RPC_URL: must be an http") as caught:
+        load_settings(need_key=False)
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RPC_MAX_RPS", "0"), ("BALANCE_CHECK_INTERVAL", "-1"), ("RPC_BATCH_SIZE", "5000")],
+)
+def test_rpc_limits_out_of_range_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv(f"BALANCEWATCH_{name}", value)
+    with pytest.raises(ConfigError, match=f"BALANCEWATCH_{name}: "):
+        load_settings(need_key=False)
+
+
+def test_every_part_of_the_rpc_url_that_may_be_a_key_is_a_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    url = f"https://rpc.example/v1/{SECRET}?api-key={PASSWORD}&cluster=mainnet"
+    monkeypatch.setenv("BALANCEWATCH_RPC_URL", url)
+    secrets = load_settings(need_key=False).secrets()
+    assert {url, SECRET, PASSWORD} <= set(secrets)
+    assert "v1" not in secrets
+    assert secrets.index(url) < secrets.index(SECRET)  # the whole before its parts
