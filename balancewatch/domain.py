@@ -23,6 +23,15 @@ SETTLED_STATES: Final[frozenset[PairState]] = frozenset({"joined", "error"})
 RowSource = Literal["stream", "snapshot", "check"]
 ROW_SOURCES: Final[tuple[RowSource, ...]] = get_args(RowSource)
 
+# A balance read from the chain: a snapshot when a listening period starts, or a check of the
+# stored balance. What came of it: a snapshot row stored; the stored balance confirmed (match),
+# found wrong (drift: a `check` row), or moved by a message meanwhile (in_flight); or no
+# usable answer (failed).
+ChainReadKind = Literal["snapshot", "check"]
+CHAIN_READ_KINDS: Final[tuple[ChainReadKind, ...]] = get_args(ChainReadKind)
+ChainReadResult = Literal["stored", "match", "drift", "in_flight", "failed"]
+CHAIN_READ_RESULTS: Final[tuple[ChainReadResult, ...]] = get_args(ChainReadResult)
+
 # Why a listening period ended: the pair was left (removed, disabled, or the server refused
 # it), the connection went, the daemon stopped, or its process stopped confirming it.
 EndReason = Literal["left", "error", "disconnected", "shutdown", "lost"]

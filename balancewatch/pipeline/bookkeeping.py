@@ -1,11 +1,13 @@
-"""Subscription states, rejected frames and listening periods: written beside the balance rows,
-never in their way.
+"""Subscription states, rejected frames, listening periods and what was read from the chain:
+written beside the balance rows, never in their way.
 
 They have a connection and a retry loop of their own, and each table is written on its own:
 a failure here (a role without its grant on `subscription_status`, say) is logged, counted by
 table and retried with backoff, while the balance rows' writer goes on committing. Of several
-state changes of one pair before a write, the last one wins; rejected frames wait up to a
-bound, past which the oldest are dropped and counted (they are evidence, not data).
+state changes of one pair before a write, the last one wins; rejected frames and refused RPC
+answers wait up to a bound, past which the oldest are dropped and counted (they are evidence,
+not data). Balances read from the chain wait here too: few (one per pair per snapshot or
+drift), and a snapshot lost to a crash is read again when the next process starts listening.
 """
 
 from __future__ import annotations
@@ -13,24 +15,34 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal, get_args
+from typing import Final, Generic, Literal, TypeVar, get_args
 
 from sqlalchemy.engine import URL
 
 from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
-from balancewatch.domain import Pair, PairState
+from balancewatch.domain import ChainReadKind, ChainReadResult, Pair, PairState
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.settings import Settings, config_from
-from balancewatch.store import writes
+from balancewatch.store import chain, writes
+from balancewatch.store.chain import ChainRow, RpcFailureRow
 from balancewatch.store.db import DB_ERRORS, DedicatedConnection, RawConnection
 from balancewatch.store.writes import PeriodEnd, PeriodStart, RejectedRow, StatusChange
 
 log = get_logger(__name__)
 
-Table = Literal["subscription_status", "rejected_messages", "coverage"]
+Row = TypeVar("Row")
+
+Table = Literal[
+    "subscription_status",
+    "rejected_messages",
+    "coverage",
+    "balance_history",
+    "rpc_failures",
+    "chain_reads",
+]
 TABLES: Final[tuple[Table, ...]] = get_args(Table)
 
 
@@ -43,6 +55,7 @@ class BookkeepingConfig:
     retry_initial: float = 0.2
     retry_max: float = 30.0
     max_rejected_pending: int = 10_000
+    max_chain_rows_pending: int = 1_000_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BookkeepingConfig:
@@ -57,22 +70,34 @@ class Bookkeeping:
             url, role="bookkeeping", timeout=config.write_timeout
         )
         self._status: dict[Pair, StatusChange] = {}
-        self._rejected: list[RejectedRow] = []
+        self._rejected = _Rows[RejectedRow](config.max_rejected_pending)
         self._starts: list[PeriodStart] = []
         self._ends: list[PeriodEnd] = []
         self._confirmed: datetime | None = None  # the newest confirmation not written yet
         self._silent_since: datetime | None = None  # close others' periods silent since then
+        self._chain_rows = _Rows[ChainRow](config.max_chain_rows_pending)
+        self._rpc_failures = _Rows[RpcFailureRow](config.max_rejected_pending)
+        self._read_counts: Counter[tuple[ChainReadKind, ChainReadResult]] = Counter()
+        # Pairs waiting for their snapshot, written with each confirmation (for `status`).
+        self.snapshot_queue = 0
         self._work = asyncio.Event()
         self._retry = Backoff(config.retry_initial, config.retry_max)
-        self.rejected_dropped = 0
         self.failures: Counter[Table] = Counter()
+
+    @property
+    def rejected_dropped(self) -> int:
+        """Rejected frames and refused RPC answers dropped unstored (too many waiting)."""
+        return self._rejected.dropped + self._rpc_failures.dropped
 
     @property
     def pending(self) -> dict[Table, int]:
         return {
             "subscription_status": len(self._status),
-            "rejected_messages": len(self._rejected),
+            "rejected_messages": len(self._rejected.rows),
             "coverage": len(self._starts) + len(self._ends),
+            "balance_history": len(self._chain_rows.rows),
+            "rpc_failures": len(self._rpc_failures.rows),
+            "chain_reads": len(self._read_counts),
         }
 
     def set_status(self, pairs: Iterable[Pair], state: PairState, error: str | None = None) -> None:
@@ -85,10 +110,21 @@ class Bookkeeping:
 
     def add_rejected(self, row: RejectedRow) -> None:
         """Keep a rejected frame for the rejected_messages table."""
-        if len(self._rejected) >= self._config.max_rejected_pending:
-            del self._rejected[0]
-            self.rejected_dropped += 1
-        self._rejected.append(row)
+        self._rejected.add(row)
+        self._work.set()
+
+    def add_chain_row(self, row: ChainRow) -> None:
+        """Keep a balance read from the chain (a snapshot, or a check that found drift)."""
+        self._chain_rows.add(row)
+        self._work.set()
+
+    def add_rpc_failure(self, row: RpcFailureRow) -> None:
+        """Keep an RPC answer that was not taken, for the rpc_failures table."""
+        self._rpc_failures.add(row)
+        self._work.set()
+
+    def count_reads(self, kind: ChainReadKind, result: ChainReadResult, reads: int = 1) -> None:
+        self._read_counts[kind, result] += reads
         self._work.set()
 
     def period_started(self, start: PeriodStart) -> None:
@@ -124,12 +160,18 @@ class Bookkeeping:
             await self._connection.close()
 
     async def flush(self) -> bool:
-        """Write what waits, each table on its own; False if either write failed (what it
-        held waits for the next one, before anything newer)."""
-        rejected_ok = await self._flush_rejected()
-        status_ok = await self._flush_status()
-        coverage_ok = await self._flush_coverage()
-        return rejected_ok and status_ok and coverage_ok
+        """Write what waits, each table on its own; False if any write failed (what it held
+        waits for the next one, before anything newer)."""
+        flushes = (
+            self._flush_rejected,
+            self._flush_status,
+            self._flush_coverage,
+            self._flush_chain_rows,
+            self._flush_rpc_failures,
+            self._flush_read_counts,
+        )
+        results = [await flush() for flush in flushes]
+        return all(results)
 
     async def close(self) -> None:
         await self._connection.close()
@@ -137,25 +179,18 @@ class Bookkeeping:
     def _has_work(self) -> bool:
         return bool(
             self._status
-            or self._rejected
+            or self._rejected.rows
             or self._starts
             or self._ends
             or self._confirmed
             or self._silent_since
+            or self._chain_rows.rows
+            or self._rpc_failures.rows
+            or self._read_counts
         )
 
     async def _flush_rejected(self) -> bool:
-        rows, self._rejected = self._rejected, []
-        if not rows:
-            return True
-
-        def restore() -> None:
-            self._rejected[:0] = rows
-
-        timeout = self._config.write_timeout
-        return await self._write(
-            "rejected_messages", lambda raw: writes.copy_rejected(raw, rows, timeout), restore
-        )
+        return await self._flush_rows("rejected_messages", self._rejected, writes.copy_rejected)
 
     async def _flush_status(self) -> bool:
         changes, self._status = self._status, {}
@@ -192,13 +227,47 @@ class Bookkeeping:
             timeout = self._config.write_timeout
             if confirmed is not None:
                 periods = (starts, ends)
-                await writes.write_periods(raw, self._holder, confirmed, periods, timeout)
+                holder = (self._holder, self.snapshot_queue)
+                await writes.write_periods(raw, holder, confirmed, periods, timeout)
             if silent_since is not None:
                 closed = await writes.close_lost_periods(raw, self._holder, silent_since, timeout)
                 if closed:
                     log.warning("coverage.lost_periods_closed", periods=closed)
 
         return await self._write("coverage", write, restore)
+
+    async def _flush_chain_rows(self) -> bool:
+        return await self._flush_rows("balance_history", self._chain_rows, chain.copy_chain_rows)
+
+    async def _flush_rpc_failures(self) -> bool:
+        return await self._flush_rows("rpc_failures", self._rpc_failures, chain.copy_rpc_failures)
+
+    async def _flush_rows(
+        self,
+        table: Table,
+        pending: _Rows[Row],
+        copy: Callable[[RawConnection, Sequence[Row], float], Awaitable[None]],
+    ) -> bool:
+        rows = pending.take()
+        if not rows:
+            return True
+        timeout = self._config.write_timeout
+        return await self._write(
+            table, lambda raw: copy(raw, rows, timeout), lambda: pending.restore(rows)
+        )
+
+    async def _flush_read_counts(self) -> bool:
+        counts, self._read_counts = self._read_counts, Counter()
+        if not counts:
+            return True
+
+        def restore() -> None:
+            self._read_counts.update(counts)
+
+        timeout = self._config.write_timeout
+        return await self._write(
+            "chain_reads", lambda raw: chain.add_read_counts(raw, counts, timeout), restore
+        )
 
     async def _write(
         self,
@@ -249,8 +318,32 @@ class Bookkeeping:
             log.warning(
                 "bookkeeping.not_stored_on_exit",
                 status_changes=len(self._status),
-                rejected_frames=len(self._rejected),
+                rejected_frames=len(self._rejected.rows),
+                chain_rows=len(self._chain_rows.rows),
             )
+
+
+class _Rows(Generic[Row]):
+    """Rows waiting for a table, oldest first; past `bound`, the oldest are dropped."""
+
+    def __init__(self, bound: int) -> None:
+        self.rows: list[Row] = []
+        self.dropped = 0
+        self._bound = bound
+
+    def add(self, row: Row) -> None:
+        if len(self.rows) >= self._bound:
+            del self.rows[0]
+            self.dropped += 1
+        self.rows.append(row)
+
+    def take(self) -> list[Row]:
+        rows, self.rows = self.rows, []
+        return rows
+
+    def restore(self, rows: list[Row]) -> None:
+        """A failed write's rows, back in front of anything newer."""
+        self.rows[:0] = rows
 
 
 def _latest(first: datetime | None, second: datetime | None) -> datetime | None:

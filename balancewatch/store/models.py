@@ -26,7 +26,7 @@ from sqlalchemy import (
     true,
 )
 
-from balancewatch.domain import BASE58_PATTERN, PAIR_STATES, ROW_SOURCES
+from balancewatch.domain import BASE58_PATTERN, CHAIN_READ_KINDS, PAIR_STATES, ROW_SOURCES
 
 # NOTIFY channel of the watchlist trigger (created by the migrations, not here).
 WATCHLIST_CHANNEL: Final = "balancewatch_watchlist"
@@ -121,6 +121,8 @@ coverage_holders = Table(
     Column("holder", Text, primary_key=True),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("confirmed_at", DateTime(timezone=True), nullable=False),
+    # Pairs waiting for their snapshot at the last confirmation.
+    Column("snapshot_queue", Integer, nullable=False, server_default=text("0")),
 )
 
 # One row per period during which a daemon was listening to a pair.
@@ -145,3 +147,32 @@ coverage = Table(
 )
 Index("coverage_pair_started_at_idx", coverage.c.wallet, coverage.c.token, coverage.c.started_at)
 Index("coverage_open_idx", coverage.c.holder, postgresql_where=coverage.c.ended_at.is_(None))
+
+# How many balances were read from the chain each hour, by kind and result.
+chain_reads = Table(
+    "chain_reads",
+    metadata,
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("result", Text, nullable=False),
+    Column("reads", BigInteger, nullable=False),
+    PrimaryKeyConstraint("hour", "kind", "result", name="chain_reads_pkey"),
+    CheckConstraint(
+        f"kind IN ({', '.join(repr(kind) for kind in CHAIN_READ_KINDS)})",
+        name="chain_reads_kind_known",
+    ),
+)
+
+# Every RPC answer that was not taken as a balance.
+rpc_failures = Table(
+    "rpc_failures",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("wallet", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("answer", Text, nullable=True),  # an excerpt of the answer, secrets scrubbed
+)
+Index("rpc_failures_received_at_idx", rpc_failures.c.received_at)

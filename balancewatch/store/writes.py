@@ -114,8 +114,11 @@ class PeriodEnd:
 
 
 _CONFIRM_HOLDER: Final = """
-INSERT INTO coverage_holders AS k (holder, started_at, confirmed_at) VALUES ($1, $2, $2)
-ON CONFLICT (holder) DO UPDATE SET confirmed_at = greatest(k.confirmed_at, excluded.confirmed_at)
+INSERT INTO coverage_holders AS k (holder, started_at, confirmed_at, snapshot_queue)
+VALUES ($1, $2, $2, $3)
+ON CONFLICT (holder) DO UPDATE SET
+    confirmed_at = greatest(k.confirmed_at, excluded.confirmed_at),
+    snapshot_queue = excluded.snapshot_queue
 """
 _START_PERIODS: Final = """
 INSERT INTO coverage (id, wallet, token, started_at, holder)
@@ -140,16 +143,18 @@ WHERE c.holder = k.holder AND c.ended_at IS NULL
 
 async def write_periods(
     raw: RawConnection,
-    holder: str,
+    holder: tuple[str, int],
     confirmed: datetime,
     periods: tuple[Sequence[PeriodStart], Sequence[PeriodEnd]],
     timeout: float,
 ) -> None:
-    """In one transaction: this holder confirmed up to `confirmed`, the periods that started,
-    then those that ended (a period may start and end in one call: the order makes it right)."""
+    """In one transaction: this holder (its name, and its snapshot queue now) confirmed up to
+    `confirmed`, the periods that started, then those that ended (a period may start and end
+    in one call: the order makes it right)."""
     starts, ends = periods
+    name, snapshot_queue = holder
     async with raw.transaction():
-        await raw.execute(_CONFIRM_HOLDER, holder, confirmed, timeout=timeout)
+        await raw.execute(_CONFIRM_HOLDER, name, confirmed, snapshot_queue, timeout=timeout)
         if starts:
             await raw.execute(
                 _START_PERIODS,
@@ -157,7 +162,7 @@ async def write_periods(
                 [start.pair[0] for start in starts],
                 [start.pair[1] for start in starts],
                 [start.at for start in starts],
-                holder,
+                name,
                 timeout=timeout,
             )
         if ends:

@@ -8,6 +8,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -170,12 +171,13 @@ async def test_a_failed_status_write_is_counted_kept_and_beaten_by_a_newer_chang
     # The other table was written at the first try, and only once.
     assert await stored_frames(db) == ["frame 1"]
     assert book.failures == {"subscription_status": 2}
-    assert book.pending == {"subscription_status": 1, "rejected_messages": 0, "coverage": 0}
+    assert book.pending["subscription_status"] == 1
+    assert sum(book.pending.values()) == 1
 
     book.set_status([PAIR], "joined")  # newer than the failed change: it must win
     assert await book.flush() is True
     assert (await status_row(db))["state"] == "joined"
-    assert book.pending == {"subscription_status": 0, "rejected_messages": 0, "coverage": 0}
+    assert sum(book.pending.values()) == 0
 
 
 async def test_rejected_frames_past_the_bound_drop_the_oldest_and_count_them(
@@ -329,3 +331,53 @@ async def test_balance_as_of_is_certain_inside_one_period_and_not_across_a_gap(
         await db.fetchval("SELECT balance_at($1, $2, $3)::text", *PAIR, T0 + timedelta(minutes=15))
         == "5"
     )
+
+
+# --- balances read from the chain ----------------------------------------------------------------
+
+
+async def test_chain_rows_failures_and_read_counts_are_stored_and_counts_add_up(
+    engine: AsyncEngine, db: Any
+) -> None:
+    book = make_bookkeeping(engine)
+    book.add_chain_row((*PAIR, Decimal("1.5"), T0, "snapshot", 341197053))
+    book.add_chain_row((*PAIR2, Decimal(0), T0, "check", 341197060))
+    book.add_rpc_failure((T0, *PAIR, "wrong_owner", "the account's owner is not the wallet", "{}"))
+    book.count_reads("snapshot", "stored", 2)
+    book.count_reads("check", "drift")
+    book.snapshot_queue = 7
+    book.confirm(T0, T0 - timedelta(minutes=1))
+    assert await book.flush()
+    book.count_reads("snapshot", "stored")
+    assert await book.flush()
+    rows = await db.fetch(
+        "SELECT wallet, token, amount, source, slot FROM balance_history ORDER BY slot"
+    )
+    assert [tuple(row) for row in rows] == [
+        (*PAIR, Decimal("1.5"), "snapshot", 341197053),
+        (*PAIR2, Decimal(0), "check", 341197060),
+    ]
+    failure = await db.fetchrow("SELECT wallet, token, reason, answer FROM rpc_failures")
+    assert tuple(failure) == (*PAIR, "wrong_owner", "{}")
+    counts = await db.fetch("SELECT kind, result, reads FROM chain_reads ORDER BY kind")
+    assert [tuple(row) for row in counts] == [("check", "drift", 1), ("snapshot", "stored", 3)]
+    queue = await db.fetchval(
+        "SELECT snapshot_queue FROM coverage_holders WHERE holder = $1", holder_of(book)
+    )
+    assert queue == 7
+
+
+async def test_read_counts_wait_out_a_failure_and_are_not_counted_twice(
+    engine: AsyncEngine, db: Any
+) -> None:
+    book = make_bookkeeping(engine)
+    book.count_reads("check", "match", 5)
+    await db.execute("ALTER TABLE chain_reads RENAME TO chain_reads_away")
+    try:
+        assert await book.flush() is False
+        book.count_reads("check", "match", 1)
+    finally:
+        await db.execute("ALTER TABLE chain_reads_away RENAME TO chain_reads")
+    assert book.failures["chain_reads"] == 1
+    assert await book.flush()
+    assert await db.fetchval("SELECT sum(reads) FROM chain_reads") == 6
