@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
@@ -50,6 +50,14 @@ class PeriodSink(Protocol):
     def confirm(self, listening_until: datetime | None, silent_since: datetime) -> None: ...
 
 
+class PairWatcher(Protocol):
+    """Told when a pair's listening starts and ends (the snapshots of the chain reads)."""
+
+    def pair_started(self, pair: Pair) -> None: ...
+
+    def pair_ended(self, pair: Pair) -> None: ...
+
+
 class Coverage:
     """The open period of each pair, from what the subscriptions see on the live connection."""
 
@@ -61,11 +69,16 @@ class Coverage:
         self._prefix = secrets.randbits(64) << 64
         self._count = 0
         self._open: dict[Pair, int] = {}
+        self.watchers: list[PairWatcher] = []
 
     @property
     def listening(self) -> int:
         """Pairs with an open period."""
         return len(self._open)
+
+    def open_pairs(self) -> Collection[Pair]:
+        """The pairs being listened to now (a live view, not a copy)."""
+        return self._open.keys()
 
     def started(self, pair: Pair) -> None:
         """The pair is being listened to now (its join acknowledged, or a message came)."""
@@ -73,6 +86,8 @@ class Coverage:
             self._count += 1
             self._open[pair] = self._count
             self._sink.period_started(PeriodStart(self._id(self._count), pair, self._clock()))
+            for watcher in self.watchers:
+                watcher.pair_started(pair)
 
     def ended(self, pairs: Iterable[Pair], reason: EndReason, at: datetime | None = None) -> None:
         """These pairs are no longer listened to, since `at` (now if not given)."""
@@ -82,6 +97,8 @@ class Coverage:
             if number is not None:
                 # Never before its start: the store writes greatest(ended_at, started_at).
                 self._sink.period_ended(PeriodEnd(self._id(number), when, reason))
+                for watcher in self.watchers:
+                    watcher.pair_ended(pair)
 
     def _id(self, number: int) -> uuid.UUID:
         return uuid.UUID(int=self._prefix | number)

@@ -8,6 +8,7 @@ logged, and kept (secrets scrubbed, truncated) for the `rejected_messages` table
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
@@ -31,6 +32,25 @@ class RejectSink(Protocol):
     def add_rejected(self, row: RejectedRow) -> None: ...
 
 
+class MessageWatch:
+    """The rooms a check is waiting on: the ingest marks each one a message arrives for (one
+    dict look-up per message, and only a check's few rooms are ever in it)."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, bool] = {}
+
+    def start(self, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            self.rooms[room] = False
+
+    def seen(self, room: str) -> bool:
+        return self.rooms.get(room, False)
+
+    def end(self, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            self.rooms.pop(room, None)
+
+
 class Ingest:
     def __init__(
         self,
@@ -40,6 +60,7 @@ class Ingest:
         *,
         max_frame_bytes: int,
         rejected_frame_chars: int,
+        watch: MessageWatch | None = None,
     ) -> None:
         self._subscriptions = subscriptions
         self._rows = rows
@@ -47,6 +68,7 @@ class Ingest:
         self._max_frame_bytes = max_frame_bytes
         self._rejected_frame_chars = rejected_frame_chars
         self._stamps = Stamps()
+        self._watched = (watch or MessageWatch()).rooms
         self.messages = 0
         self.acks = 0
         self.rejected: Counter[str] = Counter()
@@ -88,6 +110,8 @@ class Ingest:
         self.messages += 1
         self._rows.add(balance_line(update.wallet, update.token, update.amount, self._stamps.now()))
         self._subscriptions.delivered(room)
+        if room in self._watched:
+            self._watched[room] = True
 
     def _reject(self, rejected: Rejected, frame: str, size: int) -> None:
         received_at = datetime.now(UTC)

@@ -12,16 +12,27 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from balancewatch.domain import PAIR_STATES, Pair, PairState
+from balancewatch.chain.answers import FailureReason
+from balancewatch.chain.rpc import RequestOutcome
+from balancewatch.domain import (
+    CHAIN_READ_RESULTS,
+    PAIR_STATES,
+    ChainReadKind,
+    ChainReadResult,
+    Pair,
+    PairState,
+)
 from balancewatch.pipeline.bookkeeping import TABLES as BOOKKEEPING_TABLES
 from balancewatch.pipeline.bookkeeping import Table
 from balancewatch.progress import Progress
+
+Label = TypeVar("Label", bound=str)
 
 _BATCH_ROWS_BUCKETS: Final = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 50_000)
 _WRITE_SECONDS_BUCKETS: Final = (
@@ -118,6 +129,17 @@ class Snapshot:
     reading_paused: bool
     newest_stored: datetime | None
     database_up: bool | None
+    chain: ChainCounts | None = None  # None: no RPC URL, nothing read from the chain
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCounts:
+    """What the chain reads did since the start."""
+
+    results: Mapping[tuple[ChainReadKind, ChainReadResult], int]
+    refused: Mapping[FailureReason, int]  # RPC answers not taken, by reason
+    requests: Mapping[RequestOutcome, int]  # RPC requests, by outcome
+    snapshot_queue: int
 
 
 class DaemonCollector(Collector):
@@ -130,12 +152,13 @@ class DaemonCollector(Collector):
         c = self._snapshot()
         yield _counter("messages_received", "Balance messages received and queued.", c.messages)
         yield _counter("rows_written", "Balance rows committed to balance_history.", c.rows_written)
-        rejected = CounterMetricFamily(
-            "balancewatch_frames_rejected", "Frames not stored as a balance.", labels=["reason"]
+        yield _labelled(
+            CounterMetricFamily,
+            "frames_rejected",
+            "Frames not stored as a balance.",
+            "reason",
+            c.rejected,
         )
-        for reason, count in sorted(c.rejected.items()):
-            rejected.add_metric([reason], count)
-        yield rejected
         yield _counter(
             "rejected_frames_dropped",
             "Rejected frames dropped unstored (too many waiting for the database).",
@@ -193,6 +216,50 @@ class DaemonCollector(Collector):
             yield _gauge(
                 "database_up", "1 if the database answered the last check.", int(c.database_up)
             )
+        yield _gauge(
+            "rpc_configured",
+            "1 if an RPC URL is set (snapshots, checks).",
+            int(c.chain is not None),
+        )
+        if c.chain is not None:
+            yield from _chain_metrics(c.chain)
+
+
+def _chain_metrics(chain: ChainCounts) -> Iterable[Metric]:
+    kinds: tuple[tuple[ChainReadKind, str, str], ...] = (
+        ("snapshot", "snapshots", "Balances read from the chain as a listening period started."),
+        ("check", "balance_checks", "Stored balances checked against the chain (drift: wrong)."),
+    )
+    for kind, name, documentation in kinds:
+        family = CounterMetricFamily(f"balancewatch_{name}", documentation, labels=["result"])
+        for result in CHAIN_READ_RESULTS:
+            if kind == "check" or result in ("stored", "failed"):
+                family.add_metric([result], chain.results.get((kind, result), 0))
+        yield family
+    yield _gauge("snapshot_queue", "Pairs waiting for their snapshot.", chain.snapshot_queue)
+    yield _labelled(
+        CounterMetricFamily, "rpc_requests", "RPC requests, by outcome.", "outcome", chain.requests
+    )
+    yield _labelled(
+        CounterMetricFamily,
+        "rpc_answers_refused",
+        "RPC answers not taken as a balance, by reason (kept in rpc_failures).",
+        "reason",
+        chain.refused,
+    )
+
+
+def _labelled(
+    family: type[CounterMetricFamily | GaugeMetricFamily],
+    name: str,
+    documentation: str,
+    label: str,
+    values: Mapping[Label, int],
+) -> Metric:
+    metric = family(f"balancewatch_{name}", documentation, labels=[label])
+    for value, count in sorted(values.items()):
+        metric.add_metric([value], count)
+    return metric
 
 
 def _by_table(

@@ -14,29 +14,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from decimal import Decimal
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
 from balancewatch.aio import run_to_exit_code
+from balancewatch.chain.rpc import RequestOutcome, RpcConfig, SolanaRpc
+from balancewatch.daemon.chain_reads import BalanceReader, ChainReads, ChainReadsConfig
 from balancewatch.daemon.coverage import Coverage, holder_name
 from balancewatch.daemon.datastream import DatastreamClient, StreamConfig
 from balancewatch.daemon.http import DatabaseProbe, HttpServer, Readiness
-from balancewatch.daemon.ingest import Ingest
-from balancewatch.daemon.metrics import DaemonCollector, PairStates, Snapshot, WriteMetrics
+from balancewatch.daemon.ingest import Ingest, MessageWatch
+from balancewatch.daemon.metrics import (
+    ChainCounts,
+    DaemonCollector,
+    PairStates,
+    Snapshot,
+    WriteMetrics,
+)
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
 from balancewatch.daemon.sync import SyncConfig, WatchlistSync
-from balancewatch.domain import SETTLED_STATES, pair_for
+from balancewatch.domain import SETTLED_STATES, Pair, pair_for
 from balancewatch.errors import StartupError
 from balancewatch.logs import get_logger
 from balancewatch.pipeline.bookkeeping import Bookkeeping, BookkeepingConfig
 from balancewatch.pipeline.spool import Spool
 from balancewatch.pipeline.writer import Writer, WriterConfig
 from balancewatch.settings import Settings, config_from, load_settings
-from balancewatch.store import migrate
+from balancewatch.store import chain, migrate
 from balancewatch.store.db import create_engine, describe
 
 log = get_logger(__name__)
@@ -55,15 +65,23 @@ class Daemon:
         """The one way to build a daemon (`run`, the demo, the bench and the tests all use it):
         its engine and spool opened, the schema checked, the start logged; closed on exit."""
         engine = create_engine(settings.sqlalchemy_url)
+        rpc_requests: Counter[RequestOutcome] = Counter()
         try:
             await check_schema(engine)
             with open_spool(settings) as spool:
-                _log_start(settings, spool)
-                yield cls(settings, engine, spool)
+                async with open_rpc(settings, rpc_requests) as rpc:
+                    _log_start(settings, spool)
+                    yield cls(settings, engine, spool, (rpc, rpc_requests))
         finally:
             await engine.dispose()
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, spool: Spool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        spool: Spool,
+        rpc: tuple[BalanceReader | None, Counter[RequestOutcome]],
+    ) -> None:
         url = settings.sqlalchemy_url
         self.spool = spool
         self.registry = CollectorRegistry()
@@ -87,12 +105,18 @@ class Daemon:
         self.sync = WatchlistSync(
             engine, url, self.subscriptions, config_from(settings, SyncConfig)
         )
+        watch = MessageWatch()
         self.ingest = Ingest(
             self.subscriptions,
             self.writer,
             self.bookkeeping,
             max_frame_bytes=settings.max_frame_bytes,
             rejected_frame_chars=settings.rejected_frame_chars,
+            watch=watch,
+        )
+        reader, self.rpc_requests = rpc
+        self.chain_reads = (
+            None if reader is None else self._chain_reads(settings, engine, reader, watch)
         )
         self.client = DatastreamClient(
             config_from(settings, StreamConfig),
@@ -112,6 +136,23 @@ class Daemon:
             database=self.database,
             registry=self.registry,
         )
+
+    def _chain_reads(
+        self, settings: Settings, engine: AsyncEngine, reader: BalanceReader, watch: MessageWatch
+    ) -> ChainReads:
+        async def newest(pairs: Sequence[Pair]) -> dict[Pair, Decimal]:
+            return await chain.newest_amounts(engine, pairs)
+
+        reads = ChainReads(
+            reader,
+            newest,
+            self.bookkeeping,
+            ChainReadsConfig.from_settings(settings),
+            listening=self.coverage.open_pairs,
+            watch=watch,
+        )
+        self.coverage.watchers.append(reads)
+        return reads
 
     async def _connected(self, sender: RoomSender) -> None:
         self.sync.request_reconcile()
@@ -150,6 +191,18 @@ class Daemon:
             reading_paused=not self.writer.may_read.is_set(),
             newest_stored=self.write_metrics.newest_stored,
             database_up=self.database.up,
+            chain=self._chain_counts(),
+        )
+
+    def _chain_counts(self) -> ChainCounts | None:
+        reads = self.chain_reads
+        if reads is None:
+            return None
+        return ChainCounts(
+            results=dict(reads.results),
+            refused=dict(reads.refused),
+            requests=dict(self.rpc_requests),
+            snapshot_queue=reads.snapshot_queue,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -172,6 +225,8 @@ class Daemon:
                 readers.create_task(
                     self.coverage.confirm_until(stop, self.client.last_sign_of_life)
                 )
+                if self.chain_reads is not None:
+                    readers.create_task(self.chain_reads.run(stop))
         finally:
             drain.set()
             await asyncio.wait(writers)  # both drain, even when one of them failed
@@ -212,6 +267,33 @@ async def check_schema(engine: AsyncEngine) -> None:
             f"the database schema is at revision {current or 'none'}, not {head}: "
             "run `balancewatch migrate` first"
         )
+
+
+@contextlib.asynccontextmanager
+async def open_rpc(
+    settings: Settings, requests: Counter[RequestOutcome]
+) -> AsyncIterator[SolanaRpc | None]:
+    """The Solana RPC client, if a URL is set; each request's outcome counted in `requests`."""
+    if settings.rpc_url is None:
+        log.warning(
+            "daemon.no_rpc_url",
+            message="BALANCEWATCH_RPC_URL is not set: no snapshots and no checks of balances "
+            "against the chain; listening periods are still recorded",
+        )
+        yield None
+        return
+
+    def count(outcome: RequestOutcome) -> None:
+        requests[outcome] += 1
+
+    config = RpcConfig(
+        url=settings.rpc_url.get_secret_value(),
+        max_rps=settings.rpc_max_rps,
+        batch_size=settings.rpc_batch_size,
+        timeout=settings.rpc_timeout,
+    )
+    async with SolanaRpc(config, on_request=count) as rpc:
+        yield rpc
 
 
 @contextlib.contextmanager

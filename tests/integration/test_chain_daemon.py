@@ -1,0 +1,234 @@
+"""Balances read from the chain by a running daemon, against the simulator's JSON-RPC over real
+HTTP: a snapshot when each listening period starts, checks that find drift, and RPC answers
+that must never become a balance."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import URL
+from structlog.testing import capture_logs
+
+from balancewatch.devtools.chainsim import FaultKind
+from balancewatch.devtools.simulator import Simulator
+from balancewatch.domain import Pair
+from tests.data import WALLET3
+from tests.helpers import (
+    SOL,
+    TOKEN,
+    WALLET,
+    WALLET2,
+    make_settings,
+    room,
+    running_daemon,
+    wait_until,
+    watch,
+)
+
+TOKEN2022 = "2b1kV6DkPAnxd5ixfnxCpjxmKwqjjaYmCZfHsFu24GXo"
+MULTI: Pair = (WALLET, TOKEN)  # three accounts of one mint
+T2022: Pair = (WALLET2, TOKEN2022)  # a Token-2022 account
+EMPTY: Pair = (WALLET3, TOKEN)  # no account at all
+NATIVE: Pair = (WALLET2, SOL)  # native SOL
+
+
+async def rows(db: Any, source: str) -> list[Any]:
+    return list(
+        await db.fetch(
+            "SELECT wallet, token, amount, slot, received_at FROM balance_history "
+            "WHERE source = $1 ORDER BY id",
+            source,
+        )
+    )
+
+
+def has_rows(db: Any, source: str, count: int) -> Any:
+    async def check() -> bool:
+        return len(await rows(db, source)) >= count
+
+    return check
+
+
+def chain_settings(database_url: URL, simulator: Simulator, **overrides: Any) -> Any:
+    values: dict[str, Any] = {"rpc_url": simulator.rpc_url, "balance_check_interval": 0}
+    return make_settings(database_url, simulator.url, **(values | overrides))
+
+
+async def test_each_pair_gets_a_snapshot_row_with_the_exact_balance_on_the_chain(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    chain = simulator.chain
+    chain.set_layout(*MULTI, accounts=3, decimals=6)
+    chain.set_layout(*T2022, program="spl-token-2022", decimals=9)
+    chain.set_balance(*MULTI, "76989.158861")
+    chain.set_balance(*T2022, "123456789.123456789")  # more digits than a double holds
+    chain.set_balance(*NATIVE, "1.5")
+    for pair in (MULTI, T2022, EMPTY, NATIVE):
+        await watch(db, *pair)
+    async with running_daemon(chain_settings(database_url, simulator)):
+        await wait_until(has_rows(db, "snapshot", 4), timeout=10, what="four snapshots")
+    snapshots = {(r["wallet"], r["token"]): r for r in await rows(db, "snapshot")}
+    assert {pair: r["amount"] for pair, r in snapshots.items()} == {
+        MULTI: Decimal("76989.158861"),
+        T2022: Decimal("123456789.123456789"),
+        EMPTY: Decimal(0),
+        NATIVE: Decimal("1.5"),
+    }
+    assert all(r["slot"] > 0 for r in snapshots.values())
+    started = await db.fetchval("SELECT max(started_at) FROM coverage")
+    assert all(r["received_at"] >= started for r in snapshots.values())
+
+
+async def test_a_dropped_connection_ends_a_period_and_the_next_one_starts_with_a_snapshot(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    simulator.chain.set_balance(WALLET, TOKEN, "10")
+    await watch(db)
+    async with running_daemon(chain_settings(database_url, simulator)):
+        await wait_until(has_rows(db, "snapshot", 1), timeout=10, what="the first snapshot")
+        simulator.chain.set_balance(WALLET, TOKEN, "11")  # changed while not listening
+        await simulator.drop_connections()
+        await simulator.wait_for(lambda: room() in simulator.joined_rooms(), timeout=10)
+        await wait_until(has_rows(db, "snapshot", 2), timeout=10, what="the second snapshot")
+    periods = await db.fetch(
+        "SELECT started_at, ended_at, end_reason FROM coverage ORDER BY started_at"
+    )
+    assert [p["end_reason"] for p in periods] == ["disconnected", "shutdown"]
+    first, second = await rows(db, "snapshot")
+    assert (first["amount"], second["amount"]) == (Decimal(10), Decimal(11))
+    assert second["received_at"] >= periods[1]["started_at"]
+
+    async def as_of(at: Any) -> tuple[Decimal, bool]:
+        found = await db.fetchrow("SELECT * FROM balance_as_of($1, $2, $3)", WALLET, TOKEN, at)
+        return found["amount"], found["certain"]
+
+    in_the_gap = periods[0]["ended_at"] + (periods[1]["started_at"] - periods[0]["ended_at"]) / 2
+    assert await as_of(in_the_gap) == (Decimal(10), False)
+    assert await as_of(periods[1]["ended_at"]) == (Decimal(11), True)
+
+
+async def test_balances_changed_upstream_without_a_message_are_found_as_drift(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    pairs = [MULTI, T2022, NATIVE, EMPTY]
+    for pair in pairs:
+        simulator.chain.set_balance(*pair, "5")
+        await watch(db, *pair)
+    settings = chain_settings(database_url, simulator, balance_check_interval=1.0)
+    async with running_daemon(settings) as running:
+        await wait_until(has_rows(db, "snapshot", 4), timeout=10, what="the snapshots")
+        injected = pairs[:3]
+        for pair in injected:  # no message: the stream missed these
+            simulator.chain.set_balance(*pair, "7.25")
+        await wait_until(has_rows(db, "check", 3), timeout=15, what="three check rows")
+        drift = running.daemon.registry.get_sample_value(
+            "balancewatch_balance_checks_total", {"result": "drift"}
+        )
+    checks = await rows(db, "check")
+    assert sorted((r["wallet"], r["token"]) for r in checks) == sorted(injected)
+    assert {r["amount"] for r in checks} == {Decimal("7.25")}
+    assert drift == 3
+    assert (
+        await db.fetchval(
+            "SELECT sum(reads) FROM chain_reads WHERE kind = 'check' AND result = 'drift'"
+        )
+        == 3
+    )
+
+
+async def test_a_message_in_flight_during_a_check_is_not_drift(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    simulator.chain.set_balance(WALLET, TOKEN, "5")
+    await watch(db)
+    settings = chain_settings(database_url, simulator, balance_check_interval=1.0)
+    async with running_daemon(settings) as running:
+        await wait_until(has_rows(db, "snapshot", 1), timeout=10, what="the snapshot")
+        simulator.chain.set_balance(WALLET, TOKEN, "6")  # the change lands on the chain...
+        asked = len(simulator.chain.requests)
+        await wait_until(lambda: len(simulator.chain.requests) > asked, what="a check's read")
+        await simulator.send_balance(WALLET, TOKEN, "6")  # ...and its message comes late
+        checks = running.daemon.chain_reads
+        assert checks is not None
+        await wait_until(
+            lambda: checks.results["check", "match"] + checks.results["check", "in_flight"] >= 2,
+            timeout=10,
+            what="two more checks",
+        )
+    assert await rows(db, "check") == []
+    assert checks.results["check", "drift"] == 0
+
+
+MALFORMED: list[FaultKind] = [
+    "not_json",
+    "bad_shape",
+    "rpc_error",
+    "bad_amount",
+    "bad_decimals",
+    "wrong_mint",
+    "wrong_owner",
+]
+
+
+@pytest.mark.parametrize("kind", MALFORMED)
+async def test_a_malformed_rpc_answer_never_becomes_a_balance_row(
+    kind: FaultKind, database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    simulator.chain.set_balance(WALLET, TOKEN, "5")
+    simulator.chain.fail_next(kind, times=1000)
+    await watch(db)
+    async with running_daemon(chain_settings(database_url, simulator)):
+        await wait_until(
+            lambda: db.fetchval("SELECT count(*) FROM rpc_failures"), timeout=10, what="a failure"
+        )
+    assert await rows(db, "snapshot") == []
+    failure = await db.fetchrow("SELECT wallet, token, reason FROM rpc_failures")
+    assert (failure["wallet"], failure["token"]) == (WALLET, TOKEN)
+    assert failure["reason"] == kind
+    assert await db.fetchval(
+        "SELECT reads FROM chain_reads WHERE kind = 'snapshot' AND result = 'failed'"
+    )
+
+
+async def test_a_rate_limited_rpc_is_waited_for_and_the_snapshot_still_comes(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    simulator.chain.set_balance(WALLET, TOKEN, "5")
+    simulator.chain.fail_next("429", times=1, retry_after=1.0)
+    simulator.chain.fail_next("503", times=1)
+    await watch(db)
+    async with running_daemon(chain_settings(database_url, simulator)) as running:
+        await wait_until(has_rows(db, "snapshot", 1), timeout=15, what="the snapshot")
+        outcomes = dict(running.daemon.rpc_requests)
+    statuses = [request.status for request in simulator.chain.requests]
+    assert statuses[:3] == [429, 503, 200]
+    limited, after = simulator.chain.requests[0], simulator.chain.requests[1]
+    assert after.at - limited.at >= 1.0  # Retry-After honoured
+    assert outcomes["rate_limited"] == 1
+    assert outcomes["server_error"] == 1
+    assert outcomes["ok"] >= 1
+
+
+async def test_the_rpc_urls_secret_parts_appear_in_no_log_row_or_metric(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    secret_path, secret_query = "path-secret-5d1c07e3", "query-secret-93b7aa10"
+    url = f"{simulator.rpc_url}/{secret_path}?api-key={secret_query}"
+    simulator.chain.fail_next("500", times=2)
+    simulator.chain.fail_next("not_json", times=1)
+    await watch(db)
+    settings = chain_settings(database_url, simulator, rpc_url=url)
+    with capture_logs() as logs:
+        async with running_daemon(settings) as running:
+            await wait_until(
+                lambda: db.fetchval("SELECT count(*) FROM rpc_failures"), timeout=10, what="failure"
+            )
+            metrics = running.daemon.registry
+            page = "\n".join(str(m) for m in metrics.collect())
+            shown = repr(running.daemon.chain_reads) + repr(settings)
+    stored = "\n".join(map(str, await db.fetch("SELECT * FROM rpc_failures")))
+    everything = "\n".join([repr(logs), page, shown, stored])
+    for secret in (secret_path, secret_query):
+        assert secret not in everything
