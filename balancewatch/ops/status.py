@@ -1,7 +1,8 @@
 """`balancewatch status`: one screen that answers "is it working?", and `balancewatch healthcheck`.
 
 `status` reads the database (pairs by state, pairs with problems, rows in the last minute and
-hour, the newest row's age, rejected frames by reason) and, when it answers, the daemon's HTTP
+hour, the newest row's age, listening coverage, snapshots and checks of the chain, rejected
+frames and RPC answers by reason) and, when it answers, the daemon's HTTP
 endpoint (`/readyz` and `/metrics`: connected, pending rows, reconnects).
 
 The queries are in store/reports.py, each cheap on a large history.
@@ -21,7 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import aiohttp
@@ -123,6 +124,7 @@ def render(report: Report, daemon: DaemonView | None) -> str:
         else "no gap in the last 24 h"
     )
     lines.append(f"coverage {report.listening} pairs being listened to; {gaps}")
+    lines += _chain_lines(report)
     if report.problems:
         lines += ["", "pairs with problems"]
         for problem in report.problems:
@@ -131,10 +133,31 @@ def render(report: Report, daemon: DaemonView | None) -> str:
             lines.append(f"  {problem.state:8} {pair}  {since}{problem.error or ''}")
         if report.more_problems:
             lines.append(f"  ... and {report.more_problems} more")
-    lines += ["", "rejected frames, last 24 h" + ("" if report.rejected else ": none")]
-    for reason, count, last in report.rejected:
-        lines.append(f"  {reason:22} {count:>8,}  last {last:%Y-%m-%d %H:%M:%S}")
+    lines += _by_reason("rejected frames, last 24 h", report.rejected)
+    if report.rpc_failures:
+        lines += _by_reason("RPC answers refused, last 24 h", report.rpc_failures)
     return "\n".join(lines)
+
+
+def _chain_lines(report: Report) -> list[str]:
+    reads = report.chain_reads
+
+    def count(kind: str, *results: str) -> int:
+        return sum(reads.get((kind, result), 0) for result in results)
+
+    return [
+        f"chain    snapshots: {report.snapshot_queue:,} waiting; last 24 h: "
+        f"{count('snapshot', 'stored'):,} stored, {count('snapshot', 'failed'):,} failed",
+        f"         checks, last 24 h: {count('check', 'match', 'in_flight'):,} matched, "
+        f"{count('check', 'drift'):,} found drift, {count('check', 'failed'):,} failed",
+    ]
+
+
+def _by_reason(title: str, counts: list[tuple[str, int, datetime]]) -> list[str]:
+    lines = ["", title + ("" if counts else ": none")]
+    for reason, count, last in counts:
+        lines.append(f"  {reason:22} {count:>8,}  last {last:%Y-%m-%d %H:%M:%S}")
+    return lines
 
 
 def _daemon_lines(daemon: DaemonView) -> list[str]:

@@ -40,6 +40,9 @@ class Report:
     listening: int = 0  # pairs in an open listening period
     gapped: int = 0  # enabled pairs with a gap in their listening in the last 24 h
     uncovered: timedelta = timedelta(0)  # those gaps' time within the 24 h, added up
+    snapshot_queue: int = 0  # pairs waiting for a snapshot, in the daemons confirming now
+    chain_reads: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, result)
+    rpc_failures: list[tuple[str, int, datetime]] = field(default_factory=list)  # last 24 h
 
 
 _PAIRS = """
@@ -71,6 +74,19 @@ FROM periods
 WHERE ended_at IS NOT NULL
   AND (next IS NULL OR next > ended_at)
   AND coalesce(next, now()) > now() - interval '24 hours'
+"""
+_SNAPSHOT_QUEUE = """
+SELECT coalesce(sum(snapshot_queue), 0) FROM coverage_holders
+WHERE confirmed_at > now() - interval '30 seconds'
+"""
+# Whole hours: the last 24 h counts are those of the hours that began since then.
+_CHAIN_READS = """
+SELECT kind, result, sum(reads) AS n FROM chain_reads
+WHERE hour > now() - interval '24 hours' GROUP BY kind, result
+"""
+_RPC_FAILURES = """
+SELECT reason, count(*) AS n, max(received_at) AS last FROM rpc_failures
+WHERE received_at > now() - interval '24 hours' GROUP BY reason ORDER BY n DESC, reason
 """
 _REJECTED = """
 SELECT reason, count(*) AS n, max(received_at) AS last FROM rejected_messages
@@ -104,7 +120,18 @@ async def gather(engine: AsyncEngine) -> Report:
         report.listening = (await connection.execute(text(_LISTENING))).scalar_one()
         gaps = (await connection.execute(text(_GAPS))).one()
         report.gapped, report.uncovered = gaps.pairs, gaps.uncovered
+        await _chain(connection, report)
         return report
+
+
+async def _chain(connection: AsyncConnection, report: Report) -> None:
+    """What was read from the chain: the snapshot queue, reads by result, refused answers."""
+    report.snapshot_queue = (await connection.execute(text(_SNAPSHOT_QUEUE))).scalar_one()
+    for row in await connection.execute(text(_CHAIN_READS)):
+        report.chain_reads[row.kind, row.result] = int(row.n)
+    report.rpc_failures = [
+        (row.reason, row.n, row.last) for row in await connection.execute(text(_RPC_FAILURES))
+    ]
 
 
 async def rows_since(connection: AsyncConnection, cutoff: datetime) -> int:

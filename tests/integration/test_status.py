@@ -154,3 +154,35 @@ async def test_status_without_any_listening_period(
 ) -> None:
     assert await status.show(engine, "none") == 0
     assert "coverage 0 pairs being listened to; no gap in the last 24 h" in capsys.readouterr().out
+
+
+async def test_status_shows_the_snapshot_queue_checks_drift_and_refused_rpc_answers(
+    engine: AsyncEngine, db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await db.execute(
+        "INSERT INTO coverage_holders (holder, started_at, confirmed_at, snapshot_queue) VALUES "
+        "('live', now(), now(), 40), ('gone', now() - interval '1 h', now() - interval '1 h', 9)"
+    )
+    await db.execute(
+        "INSERT INTO chain_reads (hour, kind, result, reads) VALUES "
+        "(date_trunc('hour', now()), 'snapshot', 'stored', 1200),"
+        "(date_trunc('hour', now()) - interval '1 hour', 'snapshot', 'failed', 3),"
+        "(date_trunc('hour', now()), 'check', 'match', 5000),"
+        "(date_trunc('hour', now()), 'check', 'in_flight', 2),"
+        "(date_trunc('hour', now()), 'check', 'drift', 4),"
+        "(date_trunc('hour', now()) - interval '2 days', 'check', 'drift', 99)"
+    )
+    await db.execute(
+        "INSERT INTO rpc_failures (received_at, wallet, token, reason, detail) VALUES "
+        "(now(), $1, $2, 'bad_amount', 'x'), (now(), $1, $2, 'bad_amount', 'x'),"
+        "(now() - interval '2 days', $1, $2, 'wrong_mint', 'x')",
+        WALLET,
+        TOKEN,
+    )
+    assert await status.show(engine, "none") == 0
+    out = capsys.readouterr().out
+    assert "chain    snapshots: 40 waiting; last 24 h: 1,200 stored, 3 failed" in out
+    assert "checks, last 24 h: 5,002 matched, 4 found drift, 0 failed" in out
+    refused = out.split("RPC answers refused, last 24 h")[1]
+    assert re.search(r"bad_amount +2", refused)
+    assert "wrong_mint" not in refused
