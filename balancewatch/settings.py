@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     # Solana JSON-RPC, for the balances read from the chain (snapshots and checks). The URL
     # often carries the provider's key, so it is a secret as a whole. Unset: neither happens.
     rpc_url: SecretStr | None = None
+    rpc_url_file: Path | None = None
     rpc_max_rps: float = Field(default=10.0, gt=0, le=10_000)
     rpc_batch_size: int = Field(default=100, ge=1, le=1000)
     rpc_timeout: float = Field(default=10.0, gt=0, le=300)
@@ -140,10 +141,7 @@ class Settings(BaseSettings):
     def _valid_rpc_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None  # an empty variable is the same as none
-        parts = urlsplit(value.get_secret_value().strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("must be an http:// or https:// URL of a Solana JSON-RPC endpoint")
-        return SecretStr(value.get_secret_value().strip())
+        return SecretStr(check_rpc_url(value.get_secret_value()))
 
     @field_validator("backoff_max")
     @classmethod
@@ -183,9 +181,34 @@ class Settings(BaseSettings):
         found = [str(self.sqlalchemy_url.password or "")]
         if self.api_key is not None or self.api_key_file is not None:
             found.append(self.datastream_key())
-        if self.rpc_url is not None:
-            found.extend(rpc_url_secrets(self.rpc_url.get_secret_value()))
+        rpc_url = self.rpc_endpoint()
+        if rpc_url is not None:
+            found.extend(rpc_url_secrets(rpc_url))
         return [secret for secret in found if secret]
+
+    def rpc_endpoint(self) -> str | None:
+        """The RPC URL, if any: the setting, or read from its file each call (an empty file is
+        none, as compose makes from an unset variable)."""
+        if self.rpc_url is not None:
+            return self.rpc_url.get_secret_value()
+        if self.rpc_url_file is None:
+            return None
+        name = f"{ENV_PREFIX}RPC_URL_FILE"
+        try:
+            url = self.rpc_url_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {self.rpc_url_file}: {exc.strerror}") from None
+        try:
+            return check_rpc_url(url) if url else None
+        except ValueError as exc:
+            raise ConfigError(f"{name}: the URL in {self.rpc_url_file} {exc}") from None
+
+
+def check_rpc_url(url: str) -> str:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http:// or https:// URL of a Solana JSON-RPC endpoint")
+    return url.strip()
 
 
 def rpc_url_secrets(url: str) -> list[str]:
@@ -240,6 +263,7 @@ def load_settings(*, need_key: bool, **overrides: object) -> Settings:
         raise ConfigError(f"{CONFIG_ENV}: {exc}") from None
     if need_key:
         settings.datastream_key()
+    settings.rpc_endpoint()  # a file that cannot be read, or holds no URL, stops the start
     return settings
 
 

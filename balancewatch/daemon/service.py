@@ -274,7 +274,8 @@ async def open_rpc(
     settings: Settings, requests: Counter[RequestOutcome]
 ) -> AsyncIterator[SolanaRpc | None]:
     """The Solana RPC client, if a URL is set; each request's outcome counted in `requests`."""
-    if settings.rpc_url is None:
+    url = settings.rpc_endpoint()
+    if url is None:
         log.warning(
             "daemon.no_rpc_url",
             message="BALANCEWATCH_RPC_URL is not set: no snapshots and no checks of balances "
@@ -287,7 +288,7 @@ async def open_rpc(
         requests[outcome] += 1
 
     config = RpcConfig(
-        url=settings.rpc_url.get_secret_value(),
+        url=url,
         max_rps=settings.rpc_max_rps,
         batch_size=settings.rpc_batch_size,
         timeout=settings.rpc_timeout,

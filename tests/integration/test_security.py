@@ -186,6 +186,36 @@ async def test_without_its_grant_on_subscription_status_balance_rows_are_still_s
     assert await db.fetchval("SELECT count(*) FROM subscription_status") == 0
 
 
+async def test_snapshots_checks_and_refused_answers_work_with_only_the_readme_grants(
+    daemon_url: URL, db: Any, simulator: Simulator, tmp_path: Path
+) -> None:
+    await watch(db)
+    simulator.chain.set_balance(WALLET, TOKEN, "5")
+    settings = make_settings(
+        daemon_url,
+        simulator.url,
+        spool_dir=tmp_path / "spool",
+        rpc_url=simulator.rpc_url,
+        balance_check_interval=0.5,
+    )
+    with capture_logs() as logs:
+        async with running_daemon(settings) as running:
+            reads = running.daemon.chain_reads
+            assert reads is not None
+            await wait_until(lambda: reads.results["snapshot", "stored"] == 1, what="snapshot")
+            simulator.chain.set_balance(WALLET, TOKEN, "6")  # no message: drift
+            await wait_until(lambda: reads.results["check", "drift"] == 1, timeout=10, what="drift")
+            simulator.chain.fail_next("wrong_owner", times=50)
+            await wait_until(lambda: reads.refused["wrong_owner"] >= 1, timeout=10, what="refusal")
+            book = running.daemon.bookkeeping
+            await wait_until(lambda: sum(book.pending.values()) == 0, what="all written")
+    denied = [e for e in logs if re.search(r"permission denied|InsufficientPrivilege", repr(e))]
+    assert denied == []
+    assert await db.fetchval("SELECT count(*) FROM balance_history WHERE source = 'check'") == 1
+    assert await db.fetchval("SELECT count(*) FROM rpc_failures") >= 1
+    assert await db.fetchval("SELECT sum(reads) FROM chain_reads WHERE result = 'drift'") == 1
+
+
 DENIED = [
     "UPDATE balance_history SET amount = 0",
     "DELETE FROM balance_history",
@@ -198,6 +228,9 @@ DENIED = [
     "SELECT * FROM rejected_messages",
     "DELETE FROM rejected_messages",
     "DELETE FROM spool_checkpoint",
+    "SELECT * FROM rpc_failures",
+    "DELETE FROM rpc_failures",
+    "DELETE FROM chain_reads",
     "DELETE FROM coverage",
     "DELETE FROM coverage_holders",
     "UPDATE alembic_version SET version_num = 'x'",

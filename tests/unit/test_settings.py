@@ -24,6 +24,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "CONFIG",
         "BATCH_SIZE",
         "RPC_URL",
+        "RPC_URL_FILE",
         "RPC_MAX_RPS",
         "BALANCE_CHECK_INTERVAL",
     ):
@@ -217,3 +218,21 @@ def test_every_part_of_the_rpc_url_that_may_be_a_key_is_a_secret(
     assert {url, SECRET, PASSWORD} <= set(secrets)
     assert "v1" not in secrets
     assert secrets.index(url) < secrets.index(SECRET)  # the whole before its parts
+
+
+def test_the_rpc_url_may_come_from_a_file_and_an_empty_one_means_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    url_file = tmp_path / "rpc_url"
+    monkeypatch.setenv("BALANCEWATCH_RPC_URL_FILE", str(url_file))
+    url_file.write_text(f"https://rpc.example/{SECRET}\n")
+    settings = load_settings(need_key=False)
+    assert settings.rpc_endpoint() == f"https://rpc.example/{SECRET}"
+    assert SECRET in settings.secrets()
+    url_file.write_text("")
+    assert load_settings(need_key=False).rpc_endpoint() is None
+    url_file.write_text(f"ftp://{SECRET}")
+    with pytest.raises(ConfigError, match="BALANCEWATCH_RPC_URL_FILE: the URL in") as caught:
+        load_settings(need_key=False)
+    assert SECRET not in str(caught.value)
