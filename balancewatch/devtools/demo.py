@@ -1,8 +1,11 @@
 """`balancewatch demo`: the whole service on a throwaway Postgres and a simulated Datastream.
 
-It starts a local cluster, migrates it, seeds a few watchlist rows, starts the simulator and
-the daemon, prints each row as it is committed, and adds one more pair on the fly to show the
-watchlist sync. Ctrl-C (or --seconds) stops all of it and deletes the cluster.
+It starts a local cluster, migrates it, seeds a few watchlist rows, starts the simulator (the
+Datastream, and the chain behind it as Solana JSON-RPC) and the daemon, and prints each row as
+it is committed, with where it came from. Along the way it adds a pair with SQL (the watchlist
+sync), cuts the connection (the gap it leaves, and the snapshots that close it), and changes a
+cold wallet's balance on the chain without a message (the check that finds the drift). Ctrl-C
+(or --seconds) stops all of it and deletes the cluster.
 """
 
 from __future__ import annotations
@@ -37,8 +40,18 @@ SEED = [
     ("FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1", USDT, "upstream example"),
     ("FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1", WSOL, "native SOL"),
     ("7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", USDC, "a trader"),
+    ("9WzDXwBbmkg8ZTbNMqUxvQRAyrZzDsGYdLVL9zYtAWWM", USDC, "a cold wallet"),
 ]
+# What the chain holds before anything is streamed: the snapshots read these.
+ON_CHAIN = {
+    SEED[0][:2]: "1520.25",
+    SEED[1][:2]: "3.5",
+    SEED[2][:2]: "88000",
+    SEED[3][:2]: "2500.75",
+}
+COLD = SEED[3]  # the random walk never sends it a message
 LATE_PAIR = ("7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", WSOL, "added while running")
+CHECK_INTERVAL = 5.0
 _FEED_POLL = 0.25
 
 
@@ -69,12 +82,15 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
         await migrate.upgrade(engine)
         say(f"schema migrated to revision {migrate.head_revision()}")
         async with _database(url) as db, Simulator(api_key=DEMO_KEY, ping_interval=5.0) as sim:
-            await _seed(db)
+            await _seed(db, sim)
             say(f"simulated Datastream at {sim.url}, {rate:g} balance changes a second")
+            say(f"simulated Solana JSON-RPC at {sim.rpc_url}; checks every {CHECK_INTERVAL:g} s")
             settings = Settings(
                 database_url=url.render_as_string(hide_password=False),
                 datastream_url=sim.url,
                 api_key=DEMO_KEY,
+                rpc_url=sim.rpc_url,
+                balance_check_interval=CHECK_INTERVAL,
                 spool_dir=spool_dir,
                 http_port=0,  # any free port (logged): the demo must not need 8080
             )
@@ -86,6 +102,7 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                     tasks.create_task(_feed(db, stop))
                     tasks.create_task(_add_late_pair(db, sim, stop))
                     tasks.create_task(_drop_and_show_the_gap(db, sim, stop))
+                    tasks.create_task(_drift_and_its_check(db, sim, stop))
                     if seconds is not None:
                         tasks.create_task(_stop_after(seconds, stop))
     finally:
@@ -105,9 +122,15 @@ async def _database(url: URL) -> AsyncIterator[Any]:
         await connection.close()
 
 
-async def _seed(db: Any) -> None:
+async def _seed(db: Any, sim: Simulator) -> None:
+    for (wallet, token), amount in ON_CHAIN.items():
+        sim.chain.set_balance(wallet, token, amount)
+    sim.quiet_rooms.add(room_for(*COLD[:2]))
     await db.executemany("INSERT INTO watchlist (wallet, token, label) VALUES ($1, $2, $3)", SEED)
-    say(f"watchlist seeded with {len(SEED)} pairs")
+    say(
+        f"watchlist seeded with {len(SEED)} pairs; each gets a snapshot row from the chain as "
+        "soon as it is joined, even the cold wallet that no message will ever come for"
+    )
 
 
 async def _feed(db: Any, stop: asyncio.Event) -> None:
@@ -115,14 +138,19 @@ async def _feed(db: Any, stop: asyncio.Event) -> None:
     last_id = 0
     while not stop.is_set():
         rows = await db.fetch(
-            "SELECT h.id, h.received_at, h.amount, coalesce(w.label, '') AS label "
+            "SELECT h.id, h.received_at, h.amount, h.source, h.slot, "
+            "coalesce(w.label, '') AS label "
             "FROM balance_history h LEFT JOIN watchlist w USING (wallet, token) "
             "WHERE h.id > $1 ORDER BY h.id",
             last_id,
         )
         for row in rows:
             stamp = row["received_at"].strftime("%H:%M:%S.%f")[:-3]
-            print(f"  row {row['id']:>5}  {stamp}  {row['amount']:>24}  {row['label']}", flush=True)
+            source = row["source"] if row["slot"] is None else f"{row['source']}@{row['slot']}"
+            print(
+                f"  row {row['id']:>5}  {stamp}  {row['amount']:>24}  {source:<18}  {row['label']}",
+                flush=True,
+            )
             last_id = row["id"]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _FEED_POLL)
@@ -173,6 +201,56 @@ async def _drop_and_show_the_gap(db: Any, sim: Simulator, stop: asyncio.Event) -
                 f"coverage ({label}): not listening from {ended:%H:%M:%S.%f} to "
                 f"{resumed:%H:%M:%S.%f}, {(resumed - ended).total_seconds() * 1000:.0f} ms "
                 "(README query 12 lists such gaps)"
+            )
+            await _show_the_snapshot_after(db, (wallet, token, label), resumed, stop)
+            return
+        await asyncio.sleep(_FEED_POLL)
+
+
+async def _show_the_snapshot_after(
+    db: Any, pair: tuple[str, str, str], resumed: Any, stop: asyncio.Event
+) -> None:
+    wallet, token, label = pair
+    deadline = time.monotonic() + 10.0
+    while not stop.is_set() and time.monotonic() < deadline:
+        found = await db.fetchrow(_SNAPSHOT_AFTER, wallet, token, resumed)
+        if found is not None:
+            say(
+                f"snapshot ({label}) at {found['received_at']:%H:%M:%S.%f}: {found['amount']}, "
+                f"read from the chain at slot {found['slot']}: what was missed is known again"
+            )
+            return
+        await asyncio.sleep(_FEED_POLL)
+
+
+_SNAPSHOT_AFTER = """
+SELECT received_at, amount, slot FROM balance_history
+WHERE wallet = $1 AND token = $2 AND source = 'snapshot' AND received_at >= $3
+ORDER BY received_at LIMIT 1
+"""
+_CHECK_ROW = """
+SELECT received_at, amount, slot FROM balance_history
+WHERE wallet = $1 AND token = $2 AND source = 'check' LIMIT 1
+"""
+
+
+async def _drift_and_its_check(db: Any, sim: Simulator, stop: asyncio.Event) -> None:
+    """Change the cold wallet's balance on the chain without a message, as a message lost
+    upstream would leave it, and show the check that finds it."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 9.0)
+    if stop.is_set():
+        return
+    wallet, token, label = COLD
+    sim.chain.set_balance(wallet, token, "2400")
+    say(f"the chain's balance of {label} changed to 2400 with no message (a lost message)")
+    deadline = time.monotonic() + 3 * CHECK_INTERVAL
+    while not stop.is_set() and time.monotonic() < deadline:
+        found = await db.fetchrow(_CHECK_ROW, wallet, token)
+        if found is not None:
+            say(
+                f"a check found the drift: stored 2500.75, the chain {found['amount']} at slot "
+                f"{found['slot']}; a 'check' row corrects the history (status counts drift)"
             )
             return
         await asyncio.sleep(_FEED_POLL)

@@ -107,6 +107,8 @@ class Simulator:
         self.listeners: list[Callable[[SimEvent], None]] = []
         # The chain behind the stream, served as Solana JSON-RPC on POST /rpc.
         self.chain = Chain()
+        # Rooms the random walk never sends a message to: cold wallets.
+        self.quiet_rooms: set[str] = set()
         self._connections: dict[int, _Connection] = {}
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -270,10 +272,13 @@ class Simulator:
         per_tick = max(1, round(rate * tick))
         walk = _RandomWalk(random.Random())
         while not stop.is_set():
-            pairs = [pair for room in self.joined_rooms() if (pair := pair_for(room))]
+            rooms = self.joined_rooms() - self.quiet_rooms
+            pairs = [pair for room in rooms if (pair := pair_for(room))]
             for wallet, token in walk.rng.choices(pairs, k=per_tick) if pairs else ():
-                room = room_for(wallet, token)
-                amount = walk.next_amount(room, self.chain.decimals(token))
+                # The walk goes on from the chain's balance: a snapshot and the messages after
+                # it tell one story.
+                current = self.chain.balance(wallet, token)
+                amount = walk.next_amount(current, self.chain.decimals(token))
                 await self.send_balance(wallet, token, amount)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), tick)
@@ -376,26 +381,24 @@ class Simulator:
 
 
 class _RandomWalk:
-    """One balance per room, moving a few percent per message, sometimes sold down to 0; with
-    no more digits after the point than the mint's decimals, and within a u64 of base units,
-    so that the chain holds exactly what is streamed."""
+    """A balance moving a few percent per message, sometimes sold down to 0; with no more
+    digits after the point than the mint's decimals, and within a u64 of base units, so that
+    the chain holds exactly what is streamed."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self._amounts: dict[str, Decimal] = {}
 
-    def next_amount(self, room: str, mint_decimals: int = DEFAULT_DECIMALS) -> str:
+    def next_amount(self, current: Decimal, mint_decimals: int = DEFAULT_DECIMALS) -> str:
         if self.rng.random() < _ZERO_CHANCE:
             amount = Decimal(0)
         else:
-            # A balance at 0 (sold out, or rounded down) starts over from a fresh one.
-            current = self._amounts.get(room) or Decimal(self.rng.randint(1, 10**15)).scaleb(-9)
+            # A balance at 0 (sold out, or never held) starts over from a fresh one.
+            current = current or Decimal(self.rng.randint(1, 10**15)).scaleb(-9)
             step = Decimal(self.rng.randint(-_MAX_STEP_PER_10K, _MAX_STEP_PER_10K)).scaleb(-4)
             amount = max(current + current * step, Decimal(0))
         amount = min(amount, Decimal(U64_MAX).scaleb(-mint_decimals))
         decimals = self.rng.randint(0, mint_decimals)
         amount = amount.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
-        self._amounts[room] = amount
         return format(amount, "f")
 
 

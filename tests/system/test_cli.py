@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -114,13 +115,18 @@ async def test_a_signal_stores_every_received_message_and_exits_0(
 
 
 async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> None:
-    async with started(environment(None), "demo", "--rate", "50", deadline=30) as demo:
+    async with started(environment(None), "demo", "--rate", "50", deadline=40) as demo:
         await demo.wait_for(lambda: "added while running" in demo.text(), "a pair added")
+        await demo.wait_for(lambda: "a check found the drift" in demo.text(), "the drift found")
+        await demo.wait_for(lambda: "check@" in demo.text(), "the check row printed")
         code = await demo.stop(signal.SIGINT, timeout=20)
     text = demo.text()
     assert code == 0, text
     assert "join on the socket in" in text
     assert text.count("  row ") >= 5
+    assert re.search(r"2500\.750000000 +snapshot@\d+ +a cold wallet", text)  # at the join
+    assert "what was missed is known again" in text  # the snapshot after the gap
+    assert re.search(r"2400\.000000000 +check@\d+ +a cold wallet", text)
     base_dir = Path(text.split("throwaway Postgres in ")[1].split(";")[0])
     assert not base_dir.exists()
     assert "the throwaway database is deleted" in text
