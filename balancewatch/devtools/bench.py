@@ -1,6 +1,6 @@
 """`balancewatch bench`: how fast the daemon is, against a real Postgres and a real websocket.
 
-Four measurements, printed as one table:
+Five measurements, printed as one table:
 
 - ingest: N balance frames over 100 rooms, sent as fast as the simulator can, from the first
   frame written to the socket until the daemon's writer has committed the last row; beside it,
@@ -14,9 +14,16 @@ Four measurements, printed as one table:
 - sync: from a committed single-row INSERT / DELETE in `watchlist` (the bench's `execute`
   has returned) until the simulator has read the join / leave frame; and one transaction of
   many rows until the simulator has read the last of their joins.
+- chain: a second daemon reading balances from the simulator's chain (Solana JSON-RPC) at
+  10 requests a second: from each join's ack (its listening period's start) until its
+  snapshot row is seen committed; the ingest run again with checks every 2 s (the busiest
+  schedule a user would set) beside the first run's rate; then the chain set to what is
+  stored, a fifth of the pairs changed on the chain without a message, and the `check` rows
+  that found them (and any on an unchanged pair: a false drift).
 - scale: many watched pairs; `python -m balancewatch run` as a subprocess, from its start
   until the simulator has read every join and `subscription_status` says every pair is
-  `joined` (acked, recorded and committed); the subprocess's peak RSS (VmHWM).
+  `joined` (acked, recorded and committed); the subprocess's peak RSS (VmHWM); then until a
+  snapshot of every pair is stored, at 10 RPC requests a second in batches.
 
 The simulator runs in the bench's process; its fast path writes pre-built frames, many per
 socket write, and its own ceiling (to a client that reads and discards) is printed too.
@@ -62,6 +69,8 @@ MINT = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
 _ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _FRAMES_PER_WRITE = 1000
 _POLL = 0.002
+# The RPC rate of the chain stages: the default a provider's free plan allows.
+CHAIN_RPS = 10.0
 _NOTIFY_CHANNEL = "balancewatch_bench_commit"
 _INSTALL_TRIGGER = """
 CREATE OR REPLACE FUNCTION bench_notify_commit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -92,6 +101,7 @@ class Plan:
     sync_txn_rows: int = 10_000
     scale_pairs: int = 100_000
     scale_sync_changes: int = 100  # single-row changes with scale_pairs watched
+    check_interval: float = 2.0  # the chain stage's checks: the busiest a user would set
     flush_interval: float | None = None  # None: the daemon's default
     uvloop: bool = False  # run the bench's process (and the in-process daemon) on uvloop
 
@@ -265,10 +275,44 @@ async def _raw_websocket(port: int) -> tuple[asyncio.StreamReader, asyncio.Strea
 
 
 async def _in_process(plan: Plan, url: URL, db: Any, results: Results) -> None:
+    async with _daemon_in_process(plan, url, db, results, chain=False) as run:
+        rates = {False: [await _ingest(run)], True: []}
+        await _latency(run)
+        await _sync(plan, run.sim, db, results)
+    async with _daemon_in_process(plan, url, db, results, chain=True) as run:
+        await _snapshots_and_drift(run)
+    # Ingest with checks and without, in turn (a fresh daemon each): one run of each on a
+    # shared, noisy machine says little; the medians of three do.
+    for chain in (True, False, True, False, True):
+        async with _daemon_in_process(plan, url, db, results, chain=chain) as run:
+            rates[chain].append(await _daemon_rate(run))
+    with_checks, without = statistics.median(rates[True]), statistics.median(rates[False])
+    every = f"checks every {plan.check_interval:g} s at {CHAIN_RPS:g} rps"
+    results.add("chain", f"ingest, {every}, median of 3", f"{with_checks:,.0f} rows/s")
+    results.add("chain", "ingest without them, median of 3", f"{without:,.0f} rows/s")
+    results.add(
+        "chain", "with checks / without", f"{with_checks / without:.2f}x", "target >= 0.95x"
+    )
+
+
+@contextlib.asynccontextmanager
+async def _daemon_in_process(
+    plan: Plan, url: URL, db: Any, results: Results, *, chain: bool
+) -> AsyncIterator[_Run]:
+    """A daemon in this process with the bench's rooms joined; `chain`: reading balances from
+    the simulator's chain too (snapshots, and checks every `plan.check_interval`)."""
     pairs = bench_pairs(plan.rooms)
     scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
+    await db.execute("DELETE FROM watchlist")
     await db.executemany("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", pairs)
     async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
+        overrides = _daemon_overrides(plan)
+        if chain:
+            overrides |= {
+                "rpc_url": sim.rpc_url,
+                "rpc_max_rps": CHAIN_RPS,
+                "balance_check_interval": plan.check_interval,
+            }
         settings = Settings(
             database_url=url.render_as_string(hide_password=False),
             datastream_url=sim.url,
@@ -276,7 +320,7 @@ async def _in_process(plan: Plan, url: URL, db: Any, results: Results) -> None:
             spool_dir=scratch / "spool",
             http_port=0,  # any free port: the bench must not need 8080
             log_level="error",
-            **_daemon_overrides(plan),
+            **overrides,
         )
         stop = asyncio.Event()
         try:
@@ -285,10 +329,7 @@ async def _in_process(plan: Plan, url: URL, db: Any, results: Results) -> None:
                 try:
                     rooms = {room_for(*pair) for pair in pairs}
                     await sim.wait_for(lambda: rooms <= sim.joined_rooms(), timeout=30)
-                    run = _Run(plan, url, db, results, sim, daemon, pairs, settings.batch_size)
-                    await _ingest(run)
-                    await _latency(run)
-                    await _sync(plan, sim, db, results)
+                    yield _Run(plan, url, db, results, sim, daemon, pairs, settings.batch_size)
                 finally:
                     stop.set()
                     await asyncio.wait_for(task, timeout=60)
@@ -296,26 +337,11 @@ async def _in_process(plan: Plan, url: URL, db: Any, results: Results) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-async def _ingest(run: _Run) -> None:
-    plan, daemon, sim, db, pairs, results = (
-        run.plan,
-        run.daemon,
-        run.sim,
-        run.db,
-        run.pairs,
-        run.results,
-    )
-    amounts = [f"{random.randint(0, 10**9)}.{random.randint(0, 999_999):06d}" for _ in range(997)]
-    frames = _prebuilt(pairs, plan.messages, lambda seq: amounts[seq % len(amounts)])
-    before = daemon.writer.rows_written
-    target = before + plan.messages
-    started = time.perf_counter()
-    for chunk in frames:
-        await sim.write_prebuilt(chunk)
-    # The writer's count of committed rows is the only sign of a commit; no event to wait on.
-    while daemon.writer.rows_written < target:  # noqa: ASYNC110
-        await asyncio.sleep(_POLL)
-    daemon_rate = plan.messages / (time.perf_counter() - started)
+async def _ingest(run: _Run) -> float:
+    """The daemon's ingest rate beside its ceilings; returns the daemon's rate."""
+    plan, db, pairs, results = run.plan, run.db, run.pairs, run.results
+    daemon_rate = await _daemon_rate(run)
+    amounts = _amounts()
 
     # The ceiling: the same rows as typed values, copied the plain asyncpg way into a twin.
     await db.execute("CREATE TABLE bench_twin (LIKE balance_history INCLUDING ALL)")
@@ -354,6 +380,27 @@ async def _ingest(run: _Run) -> None:
     )
     results.add("ingest", "daemon / raw COPY", f"{daemon_rate / copy_rate:.2f}x", "target >= 0.6x")
     results.add("ingest", "daemon / naive", f"{daemon_rate / naive_rate:.1f}x", "target >= 50x")
+    return daemon_rate
+
+
+def _amounts() -> list[str]:
+    rng = random.Random(7)  # the same amounts in both ingest runs
+    return [f"{rng.randint(0, 10**9)}.{rng.randint(0, 999_999):06d}" for _ in range(997)]
+
+
+async def _daemon_rate(run: _Run) -> float:
+    """Rows a second, from the first frame written to the socket until the last row of
+    `plan.messages` is committed."""
+    amounts = _amounts()
+    frames = _prebuilt(run.pairs, run.plan.messages, lambda seq: amounts[seq % len(amounts)])
+    target = run.daemon.writer.rows_written + run.plan.messages
+    started = time.perf_counter()
+    for chunk in frames:
+        await run.sim.write_prebuilt(chunk)
+    # The writer's count of committed rows is the only sign of a commit; no event to wait on.
+    while run.daemon.writer.rows_written < target:  # noqa: ASYNC110
+        await asyncio.sleep(_POLL)
+    return run.plan.messages / (time.perf_counter() - started)
 
 
 async def _latency(run: _Run) -> None:
@@ -487,6 +534,77 @@ async def _sync(plan: Plan, sim: Simulator, db: Any, results: Results) -> None:
         sim.listeners.remove(record)
 
 
+# -- balances read from the chain: snapshots, checks, drift ----------------------------------------
+
+
+async def _snapshots_and_drift(run: _Run) -> None:
+    delays = await _ack_to_snapshot(run)
+    results = run.results
+    results.add(
+        "chain",
+        f"join ack -> snapshot row stored p50 ({len(delays)} pairs)",
+        f"{_pct(delays, 50):.0f} ms",
+    )
+    results.add("chain", "join ack -> snapshot row stored max", f"{delays[-1]:.0f} ms")
+    injected, found, false = await _drift(run)
+    results.add(
+        "chain",
+        "drift injected -> found (false)",
+        f"{injected} -> {found} ({false})",
+        "target: all (0)",
+    )
+
+
+async def _ack_to_snapshot(run: _Run) -> list[float]:
+    """For each pair, ms from its period's start (the join's ack; the newest period: an earlier
+    daemon listened too) until its snapshot row is seen committed; sorted."""
+    seen: dict[tuple[str, str], float] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < len(run.pairs) and time.monotonic() < deadline:
+        rows = await run.db.fetch(
+            "SELECT wallet, token FROM balance_history WHERE source = 'snapshot'"
+        )
+        now = time.time()
+        for row in rows:
+            seen.setdefault((row["wallet"], row["token"]), now)
+        await asyncio.sleep(_POLL)
+    starts = {
+        (row["wallet"], row["token"]): row["started"].timestamp()
+        for row in await run.db.fetch(
+            "SELECT wallet, token, max(started_at) AS started FROM coverage GROUP BY 1, 2"
+        )
+    }
+    return sorted((at - starts[pair]) * 1000 for pair, at in seen.items() if pair in starts)
+
+
+async def _drift(run: _Run) -> tuple[int, int, int]:
+    """Set the chain to what is stored, let a round pass, then change some balances on the
+    chain without a message: (changed, found as drift, drift found on an unchanged pair)."""
+    reads = run.daemon.chain_reads
+    assert reads is not None
+    newest = await run.db.fetch(
+        "SELECT DISTINCT ON (wallet, token) wallet, token, amount FROM balance_history "
+        "ORDER BY wallet, token, received_at DESC, id DESC"
+    )
+    for row in newest:
+        run.sim.chain.set_balance(row["wallet"], row["token"], row["amount"])
+    settle = run.plan.check_interval + 3.0  # a round, and a second look at a difference
+    await asyncio.sleep(settle)
+    since = await run.db.fetchval("SELECT now()")
+    changed = run.pairs[: max(1, len(run.pairs) // 5)]
+    for wallet, token in changed:
+        run.sim.chain.set_balance(wallet, token, run.sim.chain.balance(wallet, token) + 1)
+    await asyncio.sleep(settle + run.plan.check_interval)
+    found = {
+        (row["wallet"], row["token"])
+        for row in await run.db.fetch(
+            "SELECT wallet, token FROM balance_history WHERE source = 'check' AND received_at > $1",
+            since,
+        )
+    }
+    return len(changed), len(found & set(changed)), len(found - set(changed))
+
+
 # -- scale: the daemon as a subprocess -------------------------------------------------------------
 
 
@@ -497,20 +615,7 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
     await db.copy_records_to_table("watchlist", records=pairs, columns=("wallet", "token"))
     async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
         sim.coalesce_acks = True
-        env = {
-            **os.environ,
-            "BALANCEWATCH_DATABASE_URL": url.render_as_string(hide_password=False),
-            "BALANCEWATCH_DATASTREAM_URL": sim.url,
-            "BALANCEWATCH_API_KEY": BENCH_KEY,
-            "BALANCEWATCH_SPOOL_DIR": str(scratch / "scale-spool"),
-            "BALANCEWATCH_HTTP_PORT": "0",
-            "BALANCEWATCH_LOG_LEVEL": "error",
-            "BALANCEWATCH_LOG_FORMAT": "json",
-        }
-        env.pop("BALANCEWATCH_CONFIG", None)
-        env |= {
-            f"BALANCEWATCH_{name.upper()}": str(v) for name, v in _daemon_overrides(plan).items()
-        }
+        env = _scale_env(plan, url, sim, scratch)
         joined: set[str] = set()
 
         def count_join(event: SimEvent) -> None:
@@ -518,6 +623,7 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
                 joined.add(event.room)
 
         sim.listeners.append(count_join)
+        baseline = await db.fetchval(_SNAPSHOTS_STORED)
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "balancewatch", "run", env=env, stdout=subprocess.DEVNULL
@@ -542,6 +648,8 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
             sim.listeners.append(_recorder(seen))
             changes = bench_pairs(plan.scale_sync_changes // 2, start=9_000_000)
             delays = await _single_row_delays(sim, db, changes, seen)
+            snapshots_stored = await _snapshot_round(db, baseline + len(pairs), process) - started
+            snapshot_peak = _peak_rss_mb(process.pid)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
@@ -563,6 +671,50 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
         f"{_pct(delays, 50):.1f} ms",
     )
     results.add("scale", "then commit -> frame p99", f"{_pct(delays, 99):.1f} ms")
+    requests = len(sim.chain.requests)
+    results.add(
+        "scale",
+        f"start -> every snapshot stored ({requests:,} RPC requests at {CHAIN_RPS:g}/s)",
+        f"{snapshots_stored:.1f} s",
+    )
+    results.add("scale", "daemon peak RSS after the snapshots", f"{snapshot_peak:.0f} MB")
+
+
+_SNAPSHOTS_STORED = """
+SELECT coalesce(sum(reads), 0) FROM chain_reads WHERE kind = 'snapshot' AND result = 'stored'
+"""
+
+
+async def _snapshot_round(db: Any, total: int, process: asyncio.subprocess.Process) -> float:
+    """When (monotonic) chain_reads counted `total` snapshots stored (the daemon adds to it
+    with every write of their rows)."""
+    deadline = time.monotonic() + 600
+    while (stored := await db.fetchval(_SNAPSHOTS_STORED)) < total:
+        if process.returncode is not None:
+            raise RuntimeError(f"the daemon exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{stored} of {total} snapshots stored after 600 s")
+        await asyncio.sleep(0.5)
+    return time.monotonic()
+
+
+def _scale_env(plan: Plan, url: URL, sim: Simulator, scratch: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "BALANCEWATCH_DATABASE_URL": url.render_as_string(hide_password=False),
+        "BALANCEWATCH_DATASTREAM_URL": sim.url,
+        "BALANCEWATCH_API_KEY": BENCH_KEY,
+        "BALANCEWATCH_SPOOL_DIR": str(scratch / "scale-spool"),
+        "BALANCEWATCH_HTTP_PORT": "0",
+        "BALANCEWATCH_LOG_LEVEL": "error",
+        "BALANCEWATCH_LOG_FORMAT": "json",
+        "BALANCEWATCH_RPC_URL": sim.rpc_url,
+        "BALANCEWATCH_RPC_MAX_RPS": str(CHAIN_RPS),
+    }
+    env.pop("BALANCEWATCH_CONFIG", None)
+    return env | {
+        f"BALANCEWATCH_{name.upper()}": str(v) for name, v in _daemon_overrides(plan).items()
+    }
 
 
 def _daemon_overrides(plan: Plan) -> dict[str, Any]:

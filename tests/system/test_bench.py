@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 # section, metric, value, unit (and the target, if any, after it).
 _ROW = re.compile(
-    r"^\s+(sim|ingest|latency|sync|scale)\s+(.+?)\s([\d,.]+) ?(frames/s|rows/s|ms|s|MB|x)"
+    r"^\s+(sim|ingest|latency|sync|chain|scale)\s+(.+?)\s([\d,.]+) ?(frames/s|rows/s|ms|s|MB|x)"
     r"\s*(?:target.*)?$",
     re.M,
 )
@@ -38,7 +38,7 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
     assert result.code == 0, result.stdout + result.stderr
     rows = _ROW.findall(result.stdout)
     sections = {section for section, *_ in rows}
-    assert sections == {"sim", "ingest", "latency", "sync", "scale"}, result.stdout
+    assert sections == {"sim", "ingest", "latency", "sync", "chain", "scale"}, result.stdout
     metrics = {metric for _, metric, *_ in rows}
     for expected in (
         "simulator ceiling",
@@ -56,10 +56,14 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
         "subscription_status",
         "peak RSS",
         "single-row changes",
+        "join ack -> snapshot row stored p50",
+        "with checks / without",
+        "every snapshot stored",
     ):
         assert any(expected in metric for metric in metrics), (expected, result.stdout)
     # Each figure is a rate, a time, a size or a ratio of something that did happen: above zero
     # (the pattern above cannot match a minus sign, so `>= 0` could never fail).
     for _, metric, value, unit in rows:
         assert float(value.replace(",", "")) > 0, (metric, value, unit)
+    assert re.search(r"drift injected -> found \(false\)\s+\d+ -> \d+ \(\d+\)", result.stdout)
     assert result.stdout.rstrip().endswith("done")
