@@ -1,0 +1,407 @@
+"""The Solana JSON-RPC client: reads many pairs' balances, in batches, within a rate limit.
+
+`SolanaRpc.read` never raises for what a network or a provider does: every pair comes back as
+a `ChainBalance` or a `ReadFailure` with a reason. Every HTTP request waits on one leaky
+bucket (`max_rps`); a 429 holds every request of the client for its Retry-After; 5xx, timeouts
+and refused or reset connections are retried with full-jitter backoff, `max_attempts` times in
+all. A provider that refuses batches is remembered, and sent single calls from then on.
+
+The URL is a secret (providers put the key in its path or query): it is in no log line, no
+error, no repr. aiohttp's exceptions put the URL in their text, so none is ever turned into a
+string here: a failure is described by its HTTP status or its exception's class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import math
+import random
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, Literal, Self
+
+import aiohttp
+import msgspec
+from aiolimiter import AsyncLimiter
+from yarl import URL
+
+from balancewatch import logs
+from balancewatch.aio import Backoff
+from balancewatch.chain.answers import (
+    ChainRead,
+    FailureReason,
+    ReadFailure,
+    balance_call,
+    excerpt,
+    parse_answer,
+)
+from balancewatch.domain import Pair
+
+log = logs.get_logger(__name__)
+
+# The longest Retry-After obeyed: a provider's "come back in a day" is a bug, not a plan.
+MAX_RETRY_AFTER: Final = 120.0
+_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+# Parts of the URL that look like keys, registered with the log scrubber as a last defence:
+# a path segment at least this long, or a query value at least this long.
+_SECRET_SEGMENT_CHARS: Final = 16
+_SECRET_QUERY_CHARS: Final = 8
+
+RequestOutcome = Literal[
+    "ok",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "refused",
+    "batch_refused",
+    "client_error",
+    "malformed",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RpcConfig:
+    url: str = field(repr=False)  # a secret: may carry the key in its path or query
+    max_rps: float = 10.0  # HTTP requests a second at most (a batch is one request)
+    batch_size: int = 100  # calls per JSON-RPC batch
+    timeout: float = 10.0  # per HTTP request, seconds
+    max_attempts: int = 5  # per request, before its pairs are ReadFailure("unavailable")
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems = _url_problems(self.url) + [
+            f"{name} must be positive"
+            for name, value in [
+                ("max_rps", self.max_rps),
+                ("batch_size", self.batch_size),
+                ("timeout", self.timeout),
+                ("max_attempts", self.max_attempts),
+                ("retry_max", self.retry_max),
+            ]
+            if not value > 0
+        ]
+        if self.retry_initial < 0:
+            problems.append("retry_initial must not be negative")
+        if problems:
+            raise ValueError(f"RpcConfig: {'; '.join(problems)}")
+
+
+def _url_problems(url: str) -> list[str]:
+    """What is wrong with the RPC URL, in words that never quote it."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return ["url is not a valid URL"]
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return ["url must be http:// or https:// with a host"]
+    return []
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of an RPC URL that look like a key (and then the URL itself): long path
+    segments and query values. A plain `http://host:port/rpc` has none."""
+    parsed = URL(url)
+    found = [segment for segment in parsed.parts if len(segment) >= _SECRET_SEGMENT_CHARS]
+    found += [value for value in parsed.query.values() if len(value) >= _SECRET_QUERY_CHARS]
+    return [url, *found] if found else []
+
+
+# -- what one HTTP request gave ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    status: int
+    retry_after: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Fault:
+    outcome: Literal["timeout", "refused"]
+    error: str  # the exception's class (and errno), never its text
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    value: object
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    reason: FailureReason
+    detail: str
+    answer: str | None = None
+
+    def of(self, pairs: Sequence[Pair]) -> list[ChainRead]:
+        return [ReadFailure(pair, self.reason, self.detail, self.answer) for pair in pairs]
+
+
+class _BatchRefused:
+    pass
+
+
+_BATCH_REFUSED: Final = _BatchRefused()
+_Settled = _Decoded | _Failed | _BatchRefused
+
+
+class SolanaRpc:
+    """Reads balances over one aiohttp session; use as `async with SolanaRpc(config) as rpc`."""
+
+    def __init__(
+        self,
+        config: RpcConfig,
+        *,
+        on_request: Callable[[RequestOutcome], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._on_request = on_request
+        self._rng = rng or random.Random()
+        # A bucket of one: requests are spaced 1/max_rps apart, with no burst at the start.
+        self._limiter = AsyncLimiter(1, 1.0 / config.max_rps)
+        self._session: aiohttp.ClientSession | None = None
+        self._batches_refused = False
+        self._resume_at = 0.0  # loop time before which no request goes (a 429's Retry-After)
+        self._ids = itertools.count(1)
+        logs.scrubber.register(url_secrets(config.url))
+
+    def __repr__(self) -> str:
+        return f"SolanaRpc({self._config!r}, batches_refused={self._batches_refused})"
+
+    async def __aenter__(self) -> Self:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    @property
+    def batches_refused(self) -> bool:
+        """Whether the provider refused a batch: every call then goes on its own."""
+        return self._batches_refused
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def read(self, pairs: Sequence[Pair]) -> list[ChainRead]:
+        """One result per pair, in the order given."""
+        if self._session is None:
+            raise RuntimeError("SolanaRpc is not open: use it as `async with SolanaRpc(...)`")
+        size = self._config.batch_size
+        chunks = [pairs[start : start + size] for start in range(0, len(pairs), size)]
+        done = await asyncio.gather(*(self._read_chunk(chunk) for chunk in chunks))
+        return [read for chunk in done for read in chunk]
+
+    async def _read_chunk(self, pairs: Sequence[Pair]) -> list[ChainRead]:
+        if len(pairs) > 1 and not self._batches_refused:
+            reads = await self._read_batch(pairs)
+            if reads is not None:
+                return reads
+        return list(await asyncio.gather(*(self._read_single(pair) for pair in pairs)))
+
+    async def _read_batch(self, pairs: Sequence[Pair]) -> list[ChainRead] | None:
+        """The pairs' reads, or None if the provider refused the batch."""
+        calls = {next(self._ids): pair for pair in pairs}
+        settled = await self._post([balance_call(i, pair) for i, pair in calls.items()], batch=True)
+        if isinstance(settled, _BatchRefused):
+            return None
+        if isinstance(settled, _Failed):
+            return settled.of(pairs)
+        assert isinstance(settled.value, list)  # _classify checked it
+        answers = _by_id(settled.value, calls.keys())
+        return [
+            parse_answer(pair, answers[call_id])
+            if call_id in answers
+            else ReadFailure(
+                pair, "missing_answer", f"the batch has no answer to call {call_id}", None
+            )
+            for call_id, pair in calls.items()
+        ]
+
+    async def _read_single(self, pair: Pair) -> ChainRead:
+        call_id = next(self._ids)
+        settled = await self._post(balance_call(call_id, pair), batch=False)
+        if isinstance(settled, _Failed):
+            return settled.of([pair])[0]
+        assert isinstance(settled, _Decoded)
+        assert isinstance(settled.value, dict)  # _classify checked it
+        answered = settled.value.get("id")
+        if answered is not None and (answered != call_id or isinstance(answered, bool)):
+            text = excerpt(msgspec.json.encode(settled.value).decode())
+            return ReadFailure(pair, "bad_shape", "the answer is to another call's id", text)
+        return parse_answer(pair, settled.value)
+
+    # -- one request, with its retries ---------------------------------------------------------
+
+    async def _post(self, payload: object, *, batch: bool) -> _Settled:
+        body = msgspec.json.encode(payload)
+        backoff = Backoff(self._config.retry_initial, self._config.retry_max, rng=self._rng)
+        attempts = self._config.max_attempts
+        for attempt in range(1, attempts + 1):
+            reply = await self._exchange(body)
+            outcome, settled = _classify(reply, batch=batch)
+            self._report(outcome)
+            if isinstance(settled, _BatchRefused):
+                self._refuse_batches(reply)
+            if settled is not None:
+                return settled
+            failure = _describe(reply)
+            if attempt < attempts:
+                delay = self._retry_delay(reply, backoff)
+                log.warning(
+                    "chain.request_retried",
+                    outcome=outcome,
+                    failure=failure,
+                    attempt=attempt,
+                    retry_in=round(delay, 3),
+                )
+                if outcome == "rate_limited":
+                    self._pause(delay)  # every request of this client waits, in _slot
+                else:
+                    await asyncio.sleep(delay)
+        log.warning("chain.request_failed", failure=failure, attempts=attempts)
+        return _Failed("unavailable", f"no answer after {attempts} attempts, the last: {failure}")
+
+    async def _exchange(self, body: bytes) -> _Reply | _Fault:
+        """One HTTP request, once the rate limit and any Retry-After allow it."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("SolanaRpc was closed while reading")
+        await self._slot()
+        try:
+            async with (
+                asyncio.timeout(self._config.timeout),
+                session.post(
+                    self._config.url, data=body, headers=_HEADERS, allow_redirects=False
+                ) as response,
+            ):
+                return _Reply(
+                    response.status, response.headers.get("Retry-After"), await response.read()
+                )
+        except TimeoutError:
+            return _Fault("timeout", f"no answer within {self._config.timeout} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return _Fault("refused", _error_name(exc))
+
+    async def _slot(self) -> None:
+        """Wait out any Retry-After, then the leaky bucket; again if a 429 came meanwhile."""
+        loop = asyncio.get_running_loop()
+        while True:
+            # Not a poll: each sleep lasts until the pause ends, unless a later 429 moved it.
+            while (wait := self._resume_at - loop.time()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            await self._limiter.acquire()
+            if loop.time() >= self._resume_at:
+                return
+
+    def _retry_delay(self, reply: _Reply | _Fault, backoff: Backoff) -> float:
+        """How long before the next attempt: a 429's Retry-After, or the backoff's delay."""
+        if isinstance(reply, _Reply) and reply.status == 429:
+            wait = _retry_after(reply.retry_after)
+            if wait is not None:
+                return wait
+        return backoff.next_delay()
+
+    def _pause(self, seconds: float) -> None:
+        """Hold every request of this client for `seconds` (unless held longer already)."""
+        loop = asyncio.get_running_loop()
+        self._resume_at = max(self._resume_at, loop.time() + seconds)
+
+    def _refuse_batches(self, reply: _Reply | _Fault) -> None:
+        if not self._batches_refused:
+            self._batches_refused = True
+            status = reply.status if isinstance(reply, _Reply) else None
+            log.warning("chain.batches_refused", status=status)
+
+    def _report(self, outcome: RequestOutcome) -> None:
+        if self._on_request is not None:
+            self._on_request(outcome)
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+
+def _classify(reply: _Reply | _Fault, *, batch: bool) -> tuple[RequestOutcome, _Settled | None]:
+    """What one HTTP request's reply means; None: worth another attempt."""
+    if isinstance(reply, _Fault):
+        return reply.outcome, None
+    if reply.status == 429:
+        return "rate_limited", None
+    if reply.status >= 500:
+        return "server_error", None
+    if reply.status >= 400 and batch:
+        return "batch_refused", _BATCH_REFUSED
+    if reply.status != 200:
+        detail = f"HTTP {reply.status} from the RPC provider"
+        return "client_error", _Failed("rpc_error", detail, _body_excerpt(reply.body))
+    return _classify_body(reply.body, batch=batch)
+
+
+def _classify_body(body: bytes, *, batch: bool) -> tuple[RequestOutcome, _Settled]:
+    try:
+        value: object = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return "malformed", _Failed("not_json", "the answer is not JSON", _body_excerpt(body))
+    if batch and isinstance(value, dict) and value.get("error") is not None:
+        return "batch_refused", _BATCH_REFUSED  # one error for the whole batch
+    expected = list if batch else dict
+    if not isinstance(value, expected):
+        kind = "an array" if batch else "an object"
+        detail = f"the answer to a {'batch' if batch else 'call'} is not {kind}"
+        return "malformed", _Failed("bad_shape", detail, _body_excerpt(body))
+    return "ok", _Decoded(value)
+
+
+def _by_id(answers: list[object], wanted: Collection[int]) -> dict[int, object]:
+    """Each call's answer by its id (the first, if one comes twice); others are ignored."""
+    found: dict[int, object] = {}
+    for answer in answers:
+        call_id = answer.get("id") if isinstance(answer, dict) else None
+        if isinstance(call_id, int) and not isinstance(call_id, bool) and call_id in wanted:
+            found.setdefault(call_id, answer)
+    return found
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Retry-After in seconds (a number; the HTTP-date form is not used by RPC providers),
+    capped at MAX_RETRY_AFTER; None if absent or not a number."""
+    if header is None:
+        return None
+    try:
+        seconds = float(header.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+def _describe(reply: _Reply | _Fault) -> str:
+    return reply.error if isinstance(reply, _Fault) else f"HTTP {reply.status}"
+
+
+def _error_name(exc: BaseException) -> str:
+    """The exception's class, and its errno's name if it has one: never its text, which for
+    aiohttp names the URL."""
+    code = getattr(exc, "errno", None)
+    name = errno.errorcode.get(code) if isinstance(code, int) else None
+    return f"{type(exc).__name__} ({name})" if name else type(exc).__name__
+
+
+def _body_excerpt(body: bytes) -> str:
+    return excerpt(body.decode("utf-8", "replace"))
