@@ -31,8 +31,10 @@ from aiohttp import WSMessage, WSMsgType, web
 
 from balancewatch import logs
 from balancewatch.aio import run_to_exit_code
+from balancewatch.chain.answers import U64_MAX
 from balancewatch.daemon.protocol import PING
 from balancewatch.daemon.signals import stop_on_signals
+from balancewatch.devtools.chainsim import DEFAULT_DECIMALS, Chain
 from balancewatch.domain import pair_for, room_for
 
 log = structlog.get_logger(__name__)
@@ -103,6 +105,8 @@ class Simulator:
         self.coalesce_acks = False
         # Called with each event as it is recorded, to check an invariant at every step.
         self.listeners: list[Callable[[SimEvent], None]] = []
+        # The chain behind the stream, served as Solana JSON-RPC on POST /rpc.
+        self.chain = Chain()
         self._connections: dict[int, _Connection] = {}
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -111,6 +115,9 @@ class Simulator:
 
     async def start(self) -> None:
         app = web.Application()
+        # A provider's key may be in the path or the query: any is accepted.
+        app.router.add_post("/rpc", self.chain.handle)
+        app.router.add_post("/rpc/{key:.*}", self.chain.handle)
         app.router.add_get("/{key:.*}", self._handle)
         self._runner = web.AppRunner(app, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await self._runner.setup()
@@ -121,6 +128,7 @@ class Simulator:
     async def stop(self) -> None:
         if self._runner is None:
             return
+        self.chain.release()
         await self.close_connections()
         await self._runner.cleanup()
         self._runner = None
@@ -149,6 +157,12 @@ class Simulator:
         """The base URL (`wss://` when serving TLS); the client appends /KEY."""
         scheme = "ws" if self._ssl_context is None else "wss"
         return f"{scheme}://{self._host}:{self.port}"
+
+    @property
+    def rpc_url(self) -> str:
+        """The simulated Solana JSON-RPC endpoint (`https://` when serving TLS)."""
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{self._host}:{self.port}/rpc"
 
     # -- introspection -----------------------------------------------------------------------
 
@@ -187,8 +201,12 @@ class Simulator:
         """Send a balance message to the connections that joined its room; returns how many.
 
         `amount` goes on the wire verbatim as the JSON number, so a test can send exactly the
-        text the real server might (or a malformed one).
+        text the real server might (or a malformed one). It is the chain's balance from then
+        on when the chain can hold it (a plain non-negative decimal with at most the mint's
+        decimals, within a u64); a malformed one leaves the chain alone.
         """
+        if (on_chain := self.chain.chain_amount(token, amount)) is not None:
+            self.chain.set_balance(wallet, token, on_chain)
         room = room_for(wallet, token)
         frame = (
             f'{{"type":"message","room":{json.dumps(room)},"data":{{"wallet":{json.dumps(wallet)},'
@@ -254,7 +272,9 @@ class Simulator:
         while not stop.is_set():
             pairs = [pair for room in self.joined_rooms() if (pair := pair_for(room))]
             for wallet, token in walk.rng.choices(pairs, k=per_tick) if pairs else ():
-                await self.send_balance(wallet, token, walk.next_amount(room_for(wallet, token)))
+                room = room_for(wallet, token)
+                amount = walk.next_amount(room, self.chain.decimals(token))
+                await self.send_balance(wallet, token, amount)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), tick)
 
@@ -356,13 +376,15 @@ class Simulator:
 
 
 class _RandomWalk:
-    """One balance per room, moving a few percent per message, sometimes sold down to 0."""
+    """One balance per room, moving a few percent per message, sometimes sold down to 0; with
+    no more digits after the point than the mint's decimals, and within a u64 of base units,
+    so that the chain holds exactly what is streamed."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
         self._amounts: dict[str, Decimal] = {}
 
-    def next_amount(self, room: str) -> str:
+    def next_amount(self, room: str, mint_decimals: int = DEFAULT_DECIMALS) -> str:
         if self.rng.random() < _ZERO_CHANCE:
             amount = Decimal(0)
         else:
@@ -370,7 +392,8 @@ class _RandomWalk:
             current = self._amounts.get(room) or Decimal(self.rng.randint(1, 10**15)).scaleb(-9)
             step = Decimal(self.rng.randint(-_MAX_STEP_PER_10K, _MAX_STEP_PER_10K)).scaleb(-4)
             amount = max(current + current * step, Decimal(0))
-        decimals = self.rng.randint(0, 9)
+        amount = min(amount, Decimal(U64_MAX).scaleb(-mint_decimals))
+        decimals = self.rng.randint(0, mint_decimals)
         amount = amount.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN)
         self._amounts[room] = amount
         return format(amount, "f")
@@ -440,7 +463,12 @@ async def serve(
     async with Simulator(api_key=api_key, host=host, port=port) as sim:
         bound = sim.port
         log.info(
-            "simulator.started", host=host, port=bound, rate=rate, key_required=api_key is not None
+            "simulator.started",
+            host=host,
+            port=bound,
+            rpc_url=sim.rpc_url,
+            rate=rate,
+            key_required=api_key is not None,
         )
         await (sim.run_random_walk(rate, stop) if rate > 0 else stop.wait())
     log.info("simulator.stopped", host=host, port=bound)
