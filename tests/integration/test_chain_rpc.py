@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from balancewatch.chain.answers import WRAPPED_SOL_MINT, ChainBalance, ChainRead, ReadFailure
@@ -301,3 +302,35 @@ async def test_the_url_is_in_no_log_error_or_repr(
     )
     for secret in (SECRET_PATH, SECRET_QUERY):
         assert secret not in everything
+
+
+async def test_batch_answers_are_matched_by_id_in_any_order_and_a_missing_one_is_named() -> None:
+    """A provider that answers a batch backwards, drops one call and adds a stranger."""
+
+    async def backwards(request: web.Request) -> web.Response:
+        calls = await request.json()
+        answers = [
+            {"jsonrpc": "2.0", "id": call["id"], "result": {"context": {"slot": 9}, "value": []}}
+            for call in calls[1:]
+        ]
+        answers.append({"jsonrpc": "2.0", "id": 10**9, "result": None})
+        return web.json_response(answers[::-1])
+
+    app = web.Application()
+    app.router.add_post("/rpc", backwards)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        pairs = [(WALLET, TOKEN), (WALLET2, TOKEN), (WALLET, MINT_2022)]
+        async with SolanaRpc(RpcConfig(f"http://127.0.0.1:{port}/rpc", **FAST)) as rpc:
+            reads = await rpc.read(pairs)
+    finally:
+        await runner.cleanup()
+
+    assert [read.pair for read in reads] == pairs
+    assert isinstance(reads[0], ReadFailure)
+    assert reads[0].reason == "missing_answer"
+    assert reads[1:] == [ChainBalance(pair, Decimal(0), 9) for pair in pairs[1:]]
