@@ -312,7 +312,7 @@ class SolanaRpc:
     def _retry_delay(self, reply: _Reply | _Fault, backoff: Backoff) -> float:
         """How long before the next attempt: a 429's Retry-After, or the backoff's delay."""
         if isinstance(reply, _Reply) and reply.status == 429:
-            wait = _retry_after(reply.retry_after)
+            wait = retry_after_seconds(reply.retry_after)
             if wait is not None:
                 return wait
         return backoff.next_delay()
@@ -377,7 +377,7 @@ def _by_id(answers: list[object], wanted: Collection[int]) -> dict[int, object]:
     return found
 
 
-def _retry_after(header: str | None) -> float | None:
+def retry_after_seconds(header: str | None) -> float | None:
     """Retry-After in seconds (a number; the HTTP-date form is not used by RPC providers),
     capped at MAX_RETRY_AFTER; None if absent or not a number."""
     if header is None:

@@ -9,14 +9,17 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from decimal import Decimal
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import ClientWebSocketResponse, WSMsgType
+from structlog.testing import capture_logs
 
 from balancewatch.daemon.protocol import PONG, BalanceUpdate, join_frame, leave_frame, parse_frame
 from balancewatch.devtools.simulator import Simulator, serve
 from balancewatch.domain import room_for
+from tests.helpers import wait_until
 
 KEY = "test-key-0123"
 WALLET = "FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1"
@@ -386,3 +389,186 @@ async def _connect_when_listening(connect: Connect, url: str) -> ClientWebSocket
         except aiohttp.ClientConnectorError:
             await asyncio.sleep(0.02)
     raise AssertionError(f"nothing listening at {url}")
+
+
+# -- the chain behind the stream: Solana JSON-RPC on POST /rpc --------------------------------
+
+
+async def rpc(sim: Simulator, payload: object, path: str = "") -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{sim.rpc_url}{path}", json=payload) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+def token_accounts_call(call_id: int, wallet: str, mint: str) -> dict[str, object]:
+    config = {"encoding": "jsonParsed", "commitment": "confirmed"}
+    return {
+        "jsonrpc": "2.0",
+        "id": call_id,
+        "method": "getTokenAccountsByOwner",
+        "params": [wallet, {"mint": mint}, config],
+    }
+
+
+async def test_a_streamed_balance_is_the_chain_balance(sim: Simulator, connect: Connect) -> None:
+    ws = await connect(sim.url)
+    await join(ws, ROOM_USDT)
+    sim.chain.set_layout(WALLET, USDT, accounts=3, decimals=6)
+
+    await sim.send_balance(WALLET, USDT, "76989.158861")
+
+    update = parse_frame(await ws.receive_str(timeout=2.0))
+    assert isinstance(update, BalanceUpdate)
+    assert sim.chain.balance(WALLET, USDT) == Decimal(update.amount) == Decimal("76989.158861")
+    status, answer = await rpc(sim, token_accounts_call(4, WALLET, USDT), "/a-key?api-key=x")
+    assert status == 200
+    accounts = answer["result"]["value"]
+    assert len(accounts) == 3
+    raw = [int(a["account"]["data"]["parsed"]["info"]["tokenAmount"]["amount"]) for a in accounts]
+    assert sum(raw) == 76989158861
+    assert len(set(raw)) == 3  # split unevenly
+
+
+@pytest.mark.parametrize("amount", ["1e-7", "2e+21", "-3", "0.0000000001", "1" * 30])
+async def test_a_balance_the_chain_cannot_hold_is_streamed_but_leaves_the_chain_alone(
+    sim: Simulator, connect: Connect, amount: str
+) -> None:
+    ws = await connect(sim.url)
+    await join(ws, ROOM_USDT)
+    sim.chain.set_balance(WALLET, USDT, "5")
+    slot = sim.chain.slot
+
+    await sim.send_balance(WALLET, USDT, amount)
+
+    assert amount in await ws.receive_str(timeout=2.0)
+    assert sim.chain.balance(WALLET, USDT) == 5
+    assert sim.chain.slot == slot
+
+
+async def test_set_balance_changes_the_chain_without_a_message(
+    sim: Simulator, connect: Connect
+) -> None:
+    ws = await connect(sim.url)
+    await join(ws, ROOM_USDT)
+    slot = sim.chain.slot
+
+    sim.chain.set_balance(WALLET, USDT, Decimal("12.5"))
+
+    await assert_silent(ws)
+    assert sim.chain.balance(WALLET, USDT) == Decimal("12.5")
+    assert sim.chain.slot > slot
+    with pytest.raises(ValueError, match="not a balance this mint can hold"):
+        sim.chain.set_balance(WALLET, USDT, "0.0000000001")  # 10 decimals; the mint has 9
+
+
+async def test_the_random_walk_leaves_the_chain_at_the_last_amount_streamed(
+    sim: Simulator, connect: Connect
+) -> None:
+    sim.chain.set_layout(WALLET, USDT, decimals=2)
+    ws = await connect(sim.url)
+    await join(ws, ROOM_USDT)
+    stop = asyncio.Event()
+    walk = asyncio.create_task(sim.run_random_walk(rate=400.0, stop=stop))
+    updates = [parse_frame(await ws.receive_str(timeout=2.0)) for _ in range(20)]
+    stop.set()
+    await asyncio.wait_for(walk, timeout=1.0)
+    with contextlib.suppress(asyncio.TimeoutError):  # the walk's last ones, already sent
+        while True:
+            updates.append(parse_frame(await ws.receive_str(timeout=SILENCE)))
+
+    last = updates[-1]
+    assert isinstance(last, BalanceUpdate)
+    assert sim.chain.balance(WALLET, USDT) == Decimal(last.amount)
+    for update in updates:
+        assert isinstance(update, BalanceUpdate)
+        assert -int(Decimal(update.amount).as_tuple().exponent) <= 2
+
+
+async def test_rpc_answers_single_calls_and_batches_in_the_documented_shape(
+    sim: Simulator,
+) -> None:
+    sim.chain.set_layout(WALLET, USDT, accounts=1, program="spl-token-2022", decimals=6)
+    sim.chain.set_balance(WALLET, USDT, "76989.158861")
+    sim.chain.set_balance(WALLET, WSOL, "1.5")
+
+    status, answer = await rpc(sim, token_accounts_call(1, WALLET, USDT))
+    assert status == 200
+    [account] = answer["result"]["value"]
+    assert answer["id"] == 1
+    assert set(answer["result"]["context"]) == {"apiVersion", "slot"}
+    assert account["account"]["owner"] == "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb"
+    assert account["account"]["data"]["program"] == "spl-token-2022"
+    assert account["account"]["data"]["parsed"]["info"] == {
+        "isNative": False,
+        "mint": USDT,
+        "owner": WALLET,
+        "state": "initialized",
+        "tokenAmount": {
+            "amount": "76989158861",
+            "decimals": 6,
+            "uiAmount": 76989.158861,
+            "uiAmountString": "76989.158861",
+        },
+    }
+    get_balance = {"jsonrpc": "2.0", "id": 2, "method": "getBalance", "params": [WALLET]}
+    unknown = {"jsonrpc": "2.0", "id": 3, "method": "getSlot", "params": []}
+    nobody = token_accounts_call(4, WALLET, WSOL.replace("1", "2"))
+    status, answers = await rpc(sim, [get_balance, unknown, nobody], "/path-key")
+    assert status == 200
+    by_id = {a["id"]: a for a in answers}
+    assert by_id[2]["result"]["value"] == 1_500_000_000
+    assert by_id[3]["error"]["code"] == -32601
+    assert by_id[4]["result"]["value"] == []  # never given a balance: no account
+    assert by_id[2]["result"]["context"]["slot"] > answer["result"]["context"]["slot"]
+    assert [(r.calls, r.batch, r.status) for r in sim.chain.requests] == [
+        (1, False, 200),
+        (3, True, 200),
+    ]
+
+
+async def test_refused_batches_and_faults_apply_to_the_next_requests(sim: Simulator) -> None:
+    call = token_accounts_call(1, WALLET, USDT)
+    sim.chain.refuse_batches = True
+    status, refused = await rpc(sim, [call])
+    assert status == 400
+    assert "error" in refused
+    assert (await rpc(sim, call))[0] == 200  # single calls still answered
+
+    sim.chain.fail_next("429", times=2, retry_after=7)
+    sim.chain.fail_next("bad_decimals")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            async with session.post(sim.rpc_url, json=call) as response:
+                assert (response.status, response.headers["Retry-After"]) == (429, "7")
+    status, corrupted = await rpc(sim, call)
+    decimals = corrupted["result"]["value"][0]["account"]["data"]["parsed"]["info"]
+    assert decimals["tokenAmount"]["decimals"] == 300  # an owner with no account gets a bad one
+    assert (await rpc(sim, call))[1]["result"]["value"] == []
+    assert [r.fault for r in sim.chain.requests] == [None, None, "429", "429", "bad_decimals", None]
+
+
+async def test_a_held_request_is_let_go_when_the_simulator_stops() -> None:
+    sim = Simulator(ping_interval=None)
+    await sim.start()
+    sim.chain.fail_next("timeout")
+    held = asyncio.create_task(rpc(sim, token_accounts_call(1, WALLET, USDT)))
+    await wait_until(lambda: len(sim.chain.requests) == 1, what="the request to arrive")
+
+    async with asyncio.timeout(3.0):
+        await sim.stop()
+        with contextlib.suppress(aiohttp.ClientError):
+            assert (await held)[0] == 504
+    assert sim.chain.requests[0].status is None
+
+
+async def test_serve_logs_the_rpc_url_at_start() -> None:
+    stop = asyncio.Event()
+    with capture_logs() as logged:
+        server = asyncio.create_task(serve("127.0.0.1", 0, None, 0, stop))
+        await wait_until(lambda: any(e["event"] == "simulator.started" for e in logged))
+        stop.set()
+        await asyncio.wait_for(server, timeout=3.0)
+    started = next(e for e in logged if e["event"] == "simulator.started")
+    assert started["rpc_url"] == f"http://127.0.0.1:{started['port']}/rpc"
