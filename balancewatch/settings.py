@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 ENV_PREFIX = "BALANCEWATCH_"
 CONFIG_ENV = "BALANCEWATCH_CONFIG"
 _DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
-# A path segment or query value this long may be a provider's key ("rpc", "v1" are not).
-_KEY_PART_CHARS = 8
+# A path segment or a query value this long may be a provider's key (keys are 32 or more
+# characters at the usual providers; "rpc", "v1", "mainnet" are not keys).
+_KEY_SEGMENT_CHARS = 16
+_KEY_VALUE_CHARS = 8
 
 
 def parse_database_url(raw: str) -> URL:
@@ -205,23 +207,28 @@ class Settings(BaseSettings):
 
 
 def check_rpc_url(url: str) -> str:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """The URL, stripped; a ValueError that never quotes it if it is not an RPC endpoint's."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http:// or https:// URL of a Solana JSON-RPC endpoint")
     return url.strip()
 
 
 def rpc_url_secrets(url: str) -> list[str]:
-    """The RPC URL and each part of it that may be a key on its own (a library's error may
-    quote only the path, or only the query): longest first, so the scrub takes whole ones."""
+    """The parts of an RPC URL that may be a key, with the whole URL and its path and query, the
+    whole first so that a scrub takes it entire: long path segments, long query values, a
+    password. A plain `http://host:port/rpc` has none (and nothing of it is hidden)."""
     parts = urlsplit(url)
-    found = [url, parts.path + ("?" + parts.query if parts.query else ""), parts.query]
-    found += [segment for segment in parts.path.split("/") if len(segment) >= _KEY_PART_CHARS]
-    found += [value for _, value in parse_qsl(parts.query) if len(value) >= _KEY_PART_CHARS]
-    if parts.password:
-        found.append(parts.password)
-    unique = {part for part in found if part and part not in ("/", "?")}
-    return sorted(unique, key=len, reverse=True)
+    found = [segment for segment in parts.path.split("/") if len(segment) >= _KEY_SEGMENT_CHARS]
+    found += [value for _, value in parse_qsl(parts.query) if len(value) >= _KEY_VALUE_CHARS]
+    found += [parts.password] if parts.password else []
+    if not found:
+        return []
+    tail = parts.path + ("?" + parts.query if parts.query else "")
+    return sorted({url, tail, *found}, key=len, reverse=True)
 
 
 def config_from(settings: Settings, config: type[Config], **given: object) -> Config:

@@ -26,7 +26,6 @@ from typing import Final, Literal, Self
 import aiohttp
 import msgspec
 from aiolimiter import AsyncLimiter
-from yarl import URL
 
 from balancewatch import logs
 from balancewatch.aio import Backoff
@@ -39,16 +38,13 @@ from balancewatch.chain.answers import (
     parse_answer,
 )
 from balancewatch.domain import Pair
+from balancewatch.settings import check_rpc_url, rpc_url_secrets
 
 log = logs.get_logger(__name__)
 
 # The longest Retry-After obeyed: a provider's "come back in a day" is a bug, not a plan.
 MAX_RETRY_AFTER: Final = 120.0
 _HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
-# Parts of the URL that look like keys, registered with the log scrubber as a last defence:
-# a path segment at least this long, or a query value at least this long.
-_SECRET_SEGMENT_CHARS: Final = 16
-_SECRET_QUERY_CHARS: Final = 8
 
 RequestOutcome = Literal[
     "ok",
@@ -93,21 +89,10 @@ class RpcConfig:
 def _url_problems(url: str) -> list[str]:
     """What is wrong with the RPC URL, in words that never quote it."""
     try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        return ["url is not a valid URL"]
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        return ["url must be http:// or https:// with a host"]
+        check_rpc_url(url)
+    except ValueError as exc:
+        return [f"url {exc}"]
     return []
-
-
-def url_secrets(url: str) -> list[str]:
-    """The parts of an RPC URL that look like a key (and then the URL itself): long path
-    segments and query values. A plain `http://host:port/rpc` has none."""
-    parsed = URL(url)
-    found = [segment for segment in parsed.parts if len(segment) >= _SECRET_SEGMENT_CHARS]
-    found += [value for value in parsed.query.values() if len(value) >= _SECRET_QUERY_CHARS]
-    return [url, *found] if found else []
 
 
 # -- what one HTTP request gave ----------------------------------------------------------------
@@ -168,7 +153,8 @@ class SolanaRpc:
         self._batches_refused = False
         self._resume_at = 0.0  # loop time before which no request goes (a 429's Retry-After)
         self._ids = itertools.count(1)
-        logs.scrubber.register(url_secrets(config.url))
+        # A last defence, for a caller that did not configure the logs with the settings'.
+        logs.scrubber.register(rpc_url_secrets(config.url))
 
     def __repr__(self) -> str:
         return f"SolanaRpc({self._config!r}, batches_refused={self._batches_refused})"

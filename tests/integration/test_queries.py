@@ -1,4 +1,4 @@
-"""The twelve queries of the README's "Querying" section, taken from README.md as written and run
+"""The thirteen queries of the README's "Querying" section, taken from README.md as written and run
 on known data: each answer is checked, not just that it runs."""
 
 from __future__ import annotations
@@ -193,3 +193,22 @@ async def test_12_when_the_daemon_was_not_listening(db: Any, known: dict[str, An
         (now - timedelta(hours=5), now - timedelta(hours=4), "disconnected"),
         (now - timedelta(hours=1), now - timedelta(minutes=30), "lost"),
     ]
+
+
+async def test_13_what_the_chain_said_of_one_pair(db: Any, known: dict[str, Any]) -> None:
+    now = known["now"]
+    await db.executemany(
+        "INSERT INTO balance_history (wallet, token, amount, received_at, source, slot) "
+        "VALUES ($1, $2, $3::numeric, $4, $5, $6)",
+        [
+            (*A, "300", now - timedelta(minutes=40), "snapshot", 1000),
+            (*A, "310", now - timedelta(minutes=5), "check", 2000),
+        ],
+    )
+    rows = await run(db, 13)
+    assert [(r["source"], r["amount"], r["slot"], r["stored_before"]) for r in rows[:3]] == [
+        ("check", Decimal(310), 2000, Decimal("300.25")),
+        ("stream", Decimal("300.25"), None, Decimal(300)),
+        ("snapshot", Decimal(300), 1000, Decimal("255.5")),
+    ]
+    assert len(rows) == 9  # every row of the pair, the chain's among them

@@ -10,8 +10,8 @@ from balancewatch.chain.rpc import (
     RpcConfig,
     SolanaRpc,
     retry_after_seconds,
-    url_secrets,
 )
+from balancewatch.settings import rpc_url_secrets
 
 SECRET_URL = "https://mainnet.example.com/rpc/SECRET-PATH-TOKEN-0123?api-key=SECRET-QUERY"
 
@@ -29,6 +29,7 @@ def test_the_url_is_in_no_repr() -> None:
     [
         ({"url": "ftp://host/SECRET-PATH"}, "http:// or https://"),
         ({"url": "SECRET-PATH-no-scheme"}, "http:// or https://"),
+        ({"url": "https:///SECRET-PATH"}, "http:// or https://"),
         ({"url": "http://[SECRET-PATH"}, "not a valid URL"),
         ({"max_rps": 0}, "max_rps must be positive"),
         ({"batch_size": 0}, "batch_size must be positive"),
@@ -47,9 +48,14 @@ def test_bad_settings_are_refused_without_quoting_the_url(
 
 
 def test_the_parts_of_the_url_that_look_like_a_key_are_found() -> None:
-    assert url_secrets(SECRET_URL) == [SECRET_URL, "SECRET-PATH-TOKEN-0123", "SECRET-QUERY"]
-    assert url_secrets("http://127.0.0.1:8765/rpc") == []
-    assert url_secrets("http://127.0.0.1:8765/rpc?cluster=main") == []
+    assert rpc_url_secrets(SECRET_URL) == [
+        SECRET_URL,
+        "/rpc/SECRET-PATH-TOKEN-0123?api-key=SECRET-QUERY",
+        "SECRET-PATH-TOKEN-0123",
+        "SECRET-QUERY",
+    ]
+    assert rpc_url_secrets("http://127.0.0.1:8765/rpc") == []
+    assert rpc_url_secrets("http://127.0.0.1:8765/rpc?cluster=main") == []
 
 
 @pytest.mark.parametrize(

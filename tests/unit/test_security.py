@@ -106,7 +106,7 @@ def test_compose_runs_balancewatch_unprivileged_on_a_read_only_root(name: str) -
     assert "privileged" not in service
 
 
-def test_compose_gives_the_daemon_its_spool_volume_its_key_as_a_file_and_time_to_drain() -> None:
+def test_compose_gives_the_daemon_its_spool_volume_its_secrets_as_files_and_time_to_drain() -> None:
     service = compose()["services"]["balancewatch"]
     environment = service["environment"]
     spool_dir = PurePosixPath(environment["BALANCEWATCH_SPOOL_DIR"])
@@ -121,7 +121,10 @@ def test_compose_gives_the_daemon_its_spool_volume_its_key_as_a_file_and_time_to
     assert not any(name.startswith("BALANCEWATCH_API_KEY=") for name in environment)
     assert "BALANCEWATCH_API_KEY" not in environment
     assert environment["BALANCEWATCH_API_KEY_FILE"] == "/run/secrets/datastream_key"
-    assert service["secrets"] == ["datastream_key"]
+    assert "BALANCEWATCH_RPC_URL" not in environment
+    assert environment["BALANCEWATCH_RPC_URL_FILE"] == "/run/secrets/rpc_url"
+    assert service["secrets"] == ["datastream_key", "rpc_url"]
+    assert compose()["secrets"]["rpc_url"] == {"environment": "BALANCEWATCH_RPC_URL"}
     assert service["stop_signal"] == "SIGTERM"
     grace = float(service["stop_grace_period"].removesuffix("s"))
     assert grace > Settings.model_fields["shutdown_timeout"].default
