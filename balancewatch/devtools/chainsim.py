@@ -209,7 +209,7 @@ class Chain:
         if fault is not None and fault.kind == "not_json":
             return web.Response(text="<html><body>502 Bad Gateway</body></html>", status=200)
         kind = fault.kind if fault is not None else None
-        answers = [self._answer(call, kind) for call in calls]
+        answers = [self._answer(call, kind, request.path_qs) for call in calls]
         return web.json_response(answers if batch else answers[0])
 
     async def _transport_fault(
@@ -238,12 +238,13 @@ class Chain:
         kind = fault.kind if fault is not None else None
         self.requests.append(RpcRecord(arrived, calls, batch, status, kind))
 
-    def _answer(self, call: object, fault: FaultKind | None) -> dict[str, object]:
+    def _answer(self, call: object, fault: FaultKind | None, path: str) -> dict[str, object]:
         if not isinstance(call, dict):
             return _error(None, -32600, "Invalid request")
         call_id, method, params = call.get("id"), call.get("method"), call.get("params")
         if fault == "rpc_error":
-            return _error(call_id, -32005, "Node is behind by 153 slots")
+            # Providers quote what they were sent, the key in the URL with it.
+            return _error(call_id, -32005, f"Node is behind by 153 slots (request {path})")
         value: object
         if method == "getBalance":
             value = self._lamports(params)

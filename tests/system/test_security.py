@@ -121,6 +121,37 @@ async def test_no_output_or_stored_text_of_a_real_daemon_holds_a_secret(
         assert [text for text in stored if secret in text] == []
 
 
+async def test_no_output_or_stored_text_of_a_real_daemon_holds_the_rpc_urls_key(
+    secret_url: URL, db: Any, simulator: Simulator, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    path_key, query_key = "rpc-path-key-6f0e2a9c41d7", "rpc-query-key-b83d"
+    rpc_url = f"{simulator.rpc_url}/{path_key}?api-key={query_key}"
+    await watch(db)
+    # A provider in trouble (retried), then an error answer that quotes the URL it was sent,
+    # key and all (kept in rpc_failures).
+    for fault in ("500", "timeout", "429", "rpc_error"):
+        simulator.chain.fail_next(fault)  # type: ignore[arg-type]
+    simulator.chain.set_balance(WALLET, TOKEN, "42")
+    env = daemon_env(
+        secret_url, simulator.url, tmp_path / "spool", api_key=API_KEY, rpc_url=rpc_url
+    ) | {"BALANCEWATCH_RPC_TIMEOUT": "1"}
+    daemon = await start_daemon(env)
+    await wait_until(
+        lambda: db.fetchval("SELECT count(*) FROM rpc_failures WHERE reason = 'rpc_error'"),
+        timeout=DEADLINE,
+        what="the error answer that quotes the key, kept",
+    )
+    assert await daemon.stop() == 0, daemon.text()
+    assert daemon.events("chain.request_retried")  # the failures were logged, not hidden
+    stored = "\n".join(
+        row["text"] for row in await db.fetch("SELECT r::text AS text FROM rpc_failures r")
+    )
+    assert "Node is behind" in stored  # the answer was kept: the check below is not vacuous
+    for secret in (path_key, query_key):
+        assert secret not in daemon.text()
+        assert secret not in stored
+
+
 # -- TLS ---------------------------------------------------------------------------------------
 
 
