@@ -130,7 +130,7 @@ async def test_no_output_or_stored_text_of_a_real_daemon_holds_the_rpc_urls_key(
     # A provider in trouble (retried), then an error answer that quotes the URL it was sent,
     # key and all (kept in rpc_failures).
     for fault in ("500", "timeout", "429", "rpc_error"):
-        simulator.chain.fail_next(fault)  # type: ignore[arg-type]
+        simulator.chain.fail_next(fault)
     simulator.chain.set_balance(WALLET, TOKEN, "42")
     env = daemon_env(
         secret_url, simulator.url, tmp_path / "spool", api_key=API_KEY, rpc_url=rpc_url
