@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 from structlog.testing import capture_logs
 
-from balancewatch.devtools.chainsim import FaultKind
+from balancewatch.devtools.chainsim import ANSWER_FAULTS, FaultKind
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import Pair
 from tests.data import WALLET3
@@ -161,15 +161,8 @@ async def test_a_message_in_flight_during_a_check_is_not_drift(
     assert checks.results["check", "drift"] == 0
 
 
-MALFORMED: list[FaultKind] = [
-    "not_json",
-    "bad_shape",
-    "rpc_error",
-    "bad_amount",
-    "bad_decimals",
-    "wrong_mint",
-    "wrong_owner",
-]
+# Every answer-level fault of the simulated provider has a refusal reason of the same name.
+MALFORMED: list[FaultKind] = sorted(ANSWER_FAULTS)
 
 
 @pytest.mark.parametrize("kind", MALFORMED)
@@ -232,3 +225,47 @@ async def test_the_rpc_urls_secret_parts_appear_in_no_log_row_or_metric(
     everything = "\n".join([repr(logs), page, shown, stored])
     for secret in (secret_path, secret_query):
         assert secret not in everything
+
+
+async def test_without_an_rpc_url_one_warning_says_so_and_periods_are_still_kept(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    await watch(db)
+    with capture_logs() as logs:
+        async with running_daemon(make_settings(database_url, simulator.url)) as running:
+            await simulator.wait_for(lambda: room() in simulator.joined_rooms())
+            await wait_until(
+                lambda: db.fetchval("SELECT count(*) FROM coverage"), what="a listening period"
+            )
+            registry = running.daemon.registry
+            configured = registry.get_sample_value("balancewatch_rpc_configured")
+            queue = registry.get_sample_value("balancewatch_snapshot_queue")
+    assert [e["event"] for e in logs].count("daemon.no_rpc_url") == 1
+    assert (configured, queue) == (0, None)
+    assert simulator.chain.requests == []
+    assert await rows(db, "snapshot") == []
+
+
+async def test_the_metrics_count_snapshots_checks_the_queue_and_rpc_requests(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    simulator.chain.fail_next("503")
+    for pair in (MULTI, NATIVE):
+        await watch(db, *pair)
+    settings = chain_settings(database_url, simulator, balance_check_interval=0.5)
+    async with running_daemon(settings) as running:
+        registry = running.daemon.registry
+
+        def sample(name: str, **labels: str) -> float:
+            return registry.get_sample_value(name, labels) or 0.0
+
+        await wait_until(
+            lambda: sample("balancewatch_balance_checks_total", result="match") >= 2,
+            timeout=10,
+            what="two checks",
+        )
+        assert sample("balancewatch_rpc_configured") == 1
+        assert sample("balancewatch_snapshots_total", result="stored") == 2
+        assert sample("balancewatch_snapshot_queue") == 0
+        assert sample("balancewatch_rpc_requests_total", outcome="server_error") == 1
+        assert sample("balancewatch_rpc_requests_total", outcome="ok") >= 2
