@@ -57,7 +57,8 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
         "peak RSS",
         "single-row changes",
         "join ack -> snapshot row stored p50",
-        "with checks / without",
+        "checks every 3600 s / no RPC",
+        "checks every 2 s / no RPC",
         "every snapshot stored",
     ):
         assert any(expected in metric for metric in metrics), (expected, result.stdout)
