@@ -310,10 +310,10 @@ async def _ingest_with_checks(plan: Plan, url: URL, db: Any, results: Results) -
 
 
 async def _settle(db: Any) -> None:
-    """The same start for every run: the history vacuumed and analysed (else autovacuum wakes
-    in the middle of some runs and not others, as the table grows by each run's rows) and a
-    checkpoint taken (else one lands in some runs)."""
-    await db.execute("VACUUM (ANALYZE) balance_history")
+    """The same start for every run: an empty history (it grows by each run's rows, and every
+    run was slower than the one before it, whatever it measured) and a checkpoint taken (else
+    one lands in some runs and not others)."""
+    await db.execute("TRUNCATE balance_history")
     with contextlib.suppress(asyncpg.InsufficientPrivilegeError):  # --database-url, no superuser
         await db.execute("CHECKPOINT")
 
