@@ -6,7 +6,9 @@ rejected frames) store what was read and return. If any long-lived task dies, th
 stopped and the error reaches the caller, so the process exits instead of running half-alive
 (the container restarts it); the writers still drain what they hold on the way out. The HTTP
 endpoints (health, readiness, metrics) are one more reader; their address is bound before
-anything starts, so a port in use stops the daemon before it reads a frame.
+anything starts, so a port in use stops the daemon before it reads a frame. With an RPC URL,
+the chain reads (a snapshot at each period's start, checks on a schedule) are one more: they
+hand their rows to the bookkeeping, and the stream never waits for them.
 """
 
 from __future__ import annotations
