@@ -45,6 +45,7 @@ log = logs.get_logger(__name__)
 # The longest Retry-After obeyed: a provider's "come back in a day" is a bug, not a plan.
 MAX_RETRY_AFTER: Final = 120.0
 _HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json"}
+_KEY_REFUSED: Final = frozenset({401, 403})
 
 RequestOutcome = Literal[
     "ok",
@@ -326,16 +327,26 @@ def _classify(reply: _Reply | _Fault, *, batch: bool) -> tuple[RequestOutcome, _
     """What one HTTP request's reply means; None: worth another attempt."""
     if isinstance(reply, _Fault):
         return reply.outcome, None
+    if reply.status == 200:
+        return _classify_body(reply.body, batch=batch)
+    return _classify_status(reply, batch=batch)
+
+
+def _classify_status(reply: _Reply, *, batch: bool) -> tuple[RequestOutcome, _Settled | None]:
+    """What an HTTP status other than 200 means."""
     if reply.status == 429:
         return "rate_limited", None
     if reply.status >= 500:
         return "server_error", None
+    if reply.status in _KEY_REFUSED:
+        # Not the pairs' fault, nor the batch's: every call would get the same. Unavailable,
+        # so that a wrong key does not leave a refused-answer row per pair every retry.
+        detail = f"HTTP {reply.status}: the RPC provider refused the request (check its key)"
+        return "client_error", _Failed("unavailable", detail)
     if reply.status >= 400 and batch:
         return "batch_refused", _BATCH_REFUSED
-    if reply.status != 200:
-        detail = f"HTTP {reply.status} from the RPC provider"
-        return "client_error", _Failed("rpc_error", detail, _body_excerpt(reply.body))
-    return _classify_body(reply.body, batch=batch)
+    detail = f"HTTP {reply.status} from the RPC provider"
+    return "client_error", _Failed("rpc_error", detail, _body_excerpt(reply.body))
 
 
 def _classify_body(body: bytes, *, batch: bool) -> tuple[RequestOutcome, _Settled]:

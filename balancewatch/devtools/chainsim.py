@@ -41,6 +41,7 @@ FIRST_SLOT: Final = 341_000_000
 
 Program = Literal["spl-token", "spl-token-2022"]
 FaultKind = Literal[
+    "401",
     "429",
     "500",
     "503",
@@ -54,10 +55,9 @@ FaultKind = Literal[
     "wrong_owner",
 ]
 FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
+_HTTP_FAULTS: Final[dict[FaultKind, int]] = {"401": 401, "429": 429, "500": 500, "503": 503}
 # The answer-level faults: every call of the request is answered, wrongly.
-ANSWER_FAULTS: Final[frozenset[FaultKind]] = frozenset(FAULT_KINDS[4:])
-
-_HTTP_FAULTS: Final[dict[FaultKind, int]] = {"429": 429, "500": 500, "503": 503}
+ANSWER_FAULTS: Final[frozenset[FaultKind]] = frozenset(FAULT_KINDS) - {*_HTTP_FAULTS, "timeout"}
 # A held request ("timeout") is answered when the simulator stops, or after this long.
 _HOLD_SECONDS: Final = 600.0
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")

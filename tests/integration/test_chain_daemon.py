@@ -269,3 +269,18 @@ async def test_the_metrics_count_snapshots_checks_the_queue_and_rpc_requests(
         assert sample("balancewatch_snapshot_queue") == 0
         assert sample("balancewatch_rpc_requests_total", outcome="server_error") == 1
         assert sample("balancewatch_rpc_requests_total", outcome="ok") >= 2
+
+
+async def test_a_refused_rpc_key_is_counted_and_leaves_no_refused_answer_row_per_pair(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    simulator.chain.set_balance(WALLET, TOKEN, "5")
+    simulator.chain.fail_next("401")
+    await watch(db)
+    async with running_daemon(chain_settings(database_url, simulator)) as running:
+        reads = running.daemon.chain_reads
+        assert reads is not None
+        await wait_until(lambda: reads.refused["unavailable"] == 1, what="the refusal")
+        await running.daemon.bookkeeping.flush()
+        assert await db.fetchval("SELECT count(*) FROM rpc_failures") == 0
+        assert running.daemon.rpc_requests["client_error"] == 1

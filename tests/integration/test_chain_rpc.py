@@ -216,6 +216,23 @@ async def test_after_max_attempts_the_pairs_are_unavailable(sim: Simulator) -> N
     assert [e["event"] for e in logged] == ["chain.request_retried"] * 2 + ["chain.request_failed"]
 
 
+@pytest.mark.parametrize("count", [1, 3], ids=["single", "batch"])
+async def test_a_refused_key_is_unavailable_not_a_refused_batch_and_not_retried(
+    sim: Simulator, count: int
+) -> None:
+    sim.chain.fail_next("401")
+    pairs = [(wallet, TOKEN) for wallet in wallets(count)]
+    async with SolanaRpc(config(sim), on_request=(outcomes := Outcomes())) as rpc:
+        reads = await rpc.read(pairs)
+        assert not rpc.batches_refused  # the next request is a batch again
+    assert [(read.pair, read.reason) for read in reads if isinstance(read, ReadFailure)] == [
+        (pair, "unavailable") for pair in pairs
+    ]
+    assert "check its key" in reads[0].detail  # type: ignore[union-attr]
+    assert [request.status for request in sim.chain.requests] == [401]
+    assert outcomes == ["client_error"]
+
+
 # -- bad answers -------------------------------------------------------------------------------
 
 
