@@ -7,6 +7,7 @@ daemon can all name these without pulling in each other.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from typing import Final, Literal, get_args
 
@@ -33,8 +34,9 @@ ChainReadResult = Literal["stored", "match", "drift", "in_flight", "failed"]
 CHAIN_READ_RESULTS: Final[tuple[ChainReadResult, ...]] = get_args(ChainReadResult)
 
 # Why a listening period ended: the pair was left (removed, disabled, or the server refused
-# it), the connection went, the daemon stopped, or its process stopped confirming it.
-EndReason = Literal["left", "error", "disconnected", "shutdown", "lost"]
+# it), its shard went to another replica or its lease could no longer be trusted, the
+# connection went, the daemon stopped, or its process stopped confirming it.
+EndReason = Literal["left", "error", "handover", "disconnected", "shutdown", "lost"]
 
 BASE58_PATTERN: Final = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"
 _BASE58 = re.compile(BASE58_PATTERN)
@@ -69,3 +71,15 @@ def pair_for(room: str) -> Pair | None:
 @functools.lru_cache(maxsize=16_384)
 def is_room(text: str) -> bool:
     return _ROOM.fullmatch(text) is not None
+
+
+# Pairs are spread over this many shards unless the database records another count (its
+# `shard_config`): the unit a replica holds, hands over and fences.
+DEFAULT_SHARDS: Final = 64
+
+
+def shard_of(pair: Pair, shards: int) -> int:
+    """The shard a pair belongs to: the same in every process and every version (blake2b of the
+    pair, never `hash()`, which Python salts per process)."""
+    digest = hashlib.blake2b(f"{pair[0]}:{pair[1]}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards

@@ -1,7 +1,9 @@
 """The rows the daemon writes.
 
 A balance row is kept, from the read loop to the database, as the one line Postgres `COPY ...
-FROM STDIN` takes in its text format: `wallet<TAB>token<TAB>amount<TAB>received_at<LF>`. The
+FROM STDIN` takes in its text format:
+`wallet<TAB>token<TAB>amount<TAB>received_at<TAB>epoch<LF>`, the epoch being the shard tenure it
+was received under (`\\N`, COPY's NULL, when there is none). The
 same bytes wait in memory, go to the spool and are sent to COPY, so a row is formatted once and
 never parsed again in Python; the amount is the frame's own digits, so no float or Decimal is
 ever made of it. Nothing in a row needs COPY's escaping: the addresses are base58, the amount
@@ -16,6 +18,8 @@ from typing import Final
 
 BalanceLine = bytes
 
+NO_EPOCH: Final = "\\N"
+NO_EPOCH_BYTES: Final = NO_EPOCH.encode()
 _MICROS: Final = 1_000_000
 _NANOS: Final = 1_000_000_000
 # ".000" to ".999" and "000+00:00" to "999+00:00": a time's fraction is two look-ups.
@@ -23,14 +27,23 @@ _MILLIS_TEXT: Final = tuple(f".{n:03d}" for n in range(1000))
 _MICROS_TEXT: Final = tuple(f"{n:03d}+00:00" for n in range(1000))
 
 
-def balance_line(wallet: str, token: str, amount: str, received_at: str) -> BalanceLine:
+def balance_line(
+    wallet: str, token: str, amount: str, received_at: str, epoch: int | None = None
+) -> BalanceLine:
     """A row as a COPY text line; `amount` in plain decimal notation, `received_at` a stamp."""
-    return f"{wallet}\t{token}\t{amount}\t{received_at}\n".encode()
+    tenure = NO_EPOCH if epoch is None else str(epoch)
+    return f"{wallet}\t{token}\t{amount}\t{received_at}\t{tenure}\n".encode()
 
 
 def received_at(line: BalanceLine) -> datetime:
     """The time a row was received, read back from its line."""
-    return datetime.fromisoformat(line[line.rindex(b"\t") + 1 : -1].decode())
+    return datetime.fromisoformat(line.split(b"\t", 4)[3].decode())
+
+
+def epoch_of(line: BalanceLine) -> int | None:
+    """The shard tenure a row was received under, read back from its line."""
+    tenure = line[line.rindex(b"\t") + 1 : -1]
+    return None if tenure == NO_EPOCH_BYTES else int(tenure)
 
 
 def stamp_from_micros(micros: int) -> str:

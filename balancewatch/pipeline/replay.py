@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from balancewatch.logs import get_logger
+from balancewatch.pipeline.fencing import Fenced, fence
 from balancewatch.pipeline.records import BalanceLine, received_at
 from balancewatch.pipeline.spool import Position, Spool
 from balancewatch.progress import Progress
@@ -24,11 +25,21 @@ class Written:
     rows: int
     spool_end: Position | None = None  # for a spool batch: just after its last row
     newest: datetime | None = None  # received_at of the last row written
+    refused: int = 0  # rows the fencing check refused (received after their lease was lost)
 
 
-def written(lines: list[BalanceLine], spool_end: Position | None = None) -> Written:
+def written(fenced: Fenced, spool_end: Position | None = None) -> Written:
+    lines = fenced.kept
     newest = received_at(lines[-1]) if lines else None
-    return Written(len(lines), spool_end, newest)
+    return Written(len(lines), spool_end, newest, fenced.refused)
+
+
+async def store_lines(raw: RawConnection, lines: list[BalanceLine], timeout: float) -> Fenced:
+    """The rows that pass the fencing check, stored; inside the caller's transaction."""
+    fenced = await fence(raw, lines, timeout)
+    if fenced.kept:
+        await writes.copy_balance_lines(raw, fenced.kept, timeout)
+    return fenced
 
 
 class SpoolReplay:
@@ -56,12 +67,11 @@ class SpoolReplay:
                 log.warning("writer.spool_reset", checkpoint=str(start), end=str(spool.end()))
                 start = spool.start()
             rows, end = spool.read(start, self._batch_size)
-            if rows:
-                await writes.copy_balance_lines(raw, rows, self._timeout)
+            fenced = await store_lines(raw, rows, self._timeout)
             await writes.write_checkpoint(
                 raw, spool.spool_id, end.segment, end.offset, self._timeout
             )
-        return written(rows, end)
+        return written(fenced, end)
 
     def stored(self, batch: Written, *, free_all: bool) -> bool:
         """A batch was committed: give its space back; True once the spool is caught up.

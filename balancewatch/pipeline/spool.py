@@ -25,7 +25,12 @@ from decimal import Decimal
 from pathlib import Path
 
 from balancewatch.errors import StartupError
-from balancewatch.pipeline.records import BalanceLine, balance_line, stamp_from_micros
+from balancewatch.pipeline.records import (
+    NO_EPOCH_BYTES,
+    BalanceLine,
+    balance_line,
+    stamp_from_micros,
+)
 
 _SUFFIX = ".spool"
 _TEMPORARY = ".tmp"  # a segment being filled: not a segment (*.spool) until renamed
@@ -46,11 +51,13 @@ class Position:
 
 
 def current_line(line: bytes) -> BalanceLine:
-    """A spooled line as COPY takes it. Before the spool held COPY lines, a line ended in
-    microseconds since the epoch and its amount could have an exponent (which the text input
-    of Postgres 14 and older refuses past 1000): a spool left by such a version is replayed
-    all the same."""
+    """A spooled line as COPY takes it now. Lines spooled by older versions are replayed all the
+    same: before replicas a line had no epoch (it ended in the time, `+00:00`); before that it
+    ended in microseconds since the epoch, and its amount could have an exponent (which the
+    text input of Postgres 14 and older refuses past 1000)."""
     if line.endswith(b"+00:00\n"):
+        return line[:-1] + b"\t" + NO_EPOCH_BYTES + b"\n"
+    if line.count(b"\t") == 4:
         return line
     wallet, token, amount, micros = line.decode().rstrip("\n").split("\t")
     plain = format(Decimal(amount), "f")

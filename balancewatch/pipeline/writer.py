@@ -25,10 +25,9 @@ from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.pipeline.buffer import Buffer
 from balancewatch.pipeline.records import BalanceLine
-from balancewatch.pipeline.replay import SpoolReplay, Written, written
+from balancewatch.pipeline.replay import SpoolReplay, Written, store_lines, written
 from balancewatch.pipeline.spool import Spool
 from balancewatch.settings import Settings, config_from
-from balancewatch.store import writes
 from balancewatch.store.db import DB_ERRORS, DedicatedConnection
 
 log = get_logger(__name__)
@@ -85,11 +84,13 @@ class Writer:
         self._connection = DedicatedConnection(url, role="writer", timeout=config.write_timeout)
         self._work = asyncio.Event()
         self._full = asyncio.Event()
+        self._batch_stored = asyncio.Event()
         self._retry = Backoff(config.retry_initial, config.retry_max)
         # Set while the websocket may read on; cleared when the spool is full (backpressure).
         self.may_read = asyncio.Event()
         self.may_read.set()
         self.rows_written = 0
+        self.rows_fenced = 0
 
     @property
     def pending_rows(self) -> int:
@@ -136,6 +137,15 @@ class Writer:
         return await finish_despite_cancel(
             self._write(batch), self._config.drain_timeout, lambda done: self._settle(done, batch)
         )
+
+    async def caught_up(self, timeout: float) -> None:
+        """Until every row waiting now is stored, or `timeout` passes: a handover waits so that
+        the rows of the shards it gives up are in the database when the new owner starts."""
+        self._full.set()
+        deadline = time.monotonic() + timeout
+        while self._buffer.has_rows() and time.monotonic() < deadline:
+            self._batch_stored.clear()
+            await wait_first(self._batch_stored, timeout=deadline - time.monotonic())
 
     async def close(self) -> None:
         """Close the writer's connection (`run` does, once drained)."""
@@ -187,7 +197,16 @@ class Writer:
         return False
 
     def _stored(self, batch: Written) -> None:
+        self._batch_stored.set()
         self.rows_written += batch.rows
+        if batch.refused:
+            self.rows_fenced += batch.refused
+            log.warning(
+                "writer.rows_fenced",
+                rows=batch.refused,
+                message="received after this replica's lease on their shard had ended: "
+                "another replica holds it, and stores them",
+            )
         if batch.spool_end is None:
             return
         paused = not self.may_read.is_set()
@@ -213,8 +232,9 @@ class Writer:
             if batch.from_spool:
                 result = await self._replay.write_next(raw)
             else:
-                await writes.copy_balance_lines(raw, batch.rows, self._config.write_timeout)
-                result = written(batch.rows)
+                async with raw.transaction():
+                    fenced = await store_lines(raw, batch.rows, self._config.write_timeout)
+                result = written(fenced)
         except BaseException:
             # Broken, or cancelled in the middle of a COPY: this connection is never reused.
             self._connection.discard()

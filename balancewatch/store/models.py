@@ -14,9 +14,11 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    Interval,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -30,6 +32,8 @@ from balancewatch.domain import BASE58_PATTERN, CHAIN_READ_KINDS, PAIR_STATES, R
 
 # NOTIFY channel of the watchlist trigger (created by the migrations, not here).
 WATCHLIST_CHANNEL: Final = "balancewatch_watchlist"
+# NOTIFY channel of the replicas: one joined, or one released shards.
+SHARDS_CHANNEL: Final = "balancewatch_shards"
 
 metadata = MetaData()
 
@@ -60,6 +64,8 @@ balance_history = Table(
     # started; check: read from the chain by a check that found the stored balance wrong.
     Column("source", Text, nullable=False, server_default=text("'stream'")),
     Column("slot", BigInteger, nullable=True),  # the RPC answer's context.slot
+    # The shard tenure a stream row was received under (shard_tenures.epoch).
+    Column("epoch", BigInteger, nullable=True),
     CheckConstraint(
         f"source IN ({', '.join(repr(source) for source in ROW_SOURCES)})",
         name="balance_history_source_known",
@@ -176,3 +182,51 @@ rpc_failures = Table(
     Column("answer", Text, nullable=True),  # an excerpt of the answer, secrets scrubbed
 )
 Index("rpc_failures_received_at_idx", rpc_failures.c.received_at)
+
+
+# How many shards the pairs are spread over (one row).
+shard_config = Table(
+    "shard_config",
+    metadata,
+    Column("only", Boolean, primary_key=True, server_default=true()),
+    Column("shards", SmallInteger, nullable=False),
+    CheckConstraint("only", name="shard_config_one_row"),
+    CheckConstraint("shards BETWEEN 1 AND 4096", name="shard_config_shards_in_range"),
+)
+
+# Each running process (instance) under its replica id, and when it was last heard from.
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("instance", Text, primary_key=True),
+    Column("replica_id", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("lease_ttl", Interval, nullable=False),
+    Column("spool_dir", Text, nullable=False),
+    Column("pairs_held", Integer, nullable=False, server_default=text("0")),
+)
+
+# Each shard's lease: its holder, its fencing epoch and its expiry in the database's clock.
+shard_leases = Table(
+    "shard_leases",
+    metadata,
+    Column("shard", SmallInteger, primary_key=True, autoincrement=False),
+    Column("owner", Text, nullable=True),
+    Column("epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column(
+        "expires_at", DateTime(timezone=True), nullable=False, server_default=text("'-infinity'")
+    ),
+)
+
+# One row per tenure of a shard: the epoch drawn when it was claimed, until it ended.
+shard_tenures = Table(
+    "shard_tenures",
+    metadata,
+    Column("epoch", BigInteger, primary_key=True, autoincrement=False),
+    Column("shard", SmallInteger, nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+)
+Index("shard_tenures_shard_idx", shard_tenures.c.shard, shard_tenures.c.granted_at)

@@ -17,7 +17,7 @@ from typing import Final
 from balancewatch.domain import EndReason, Pair, PairState
 from balancewatch.store.db import RawConnection
 
-BALANCE_COLUMNS: Final = ("wallet", "token", "amount", "received_at")
+BALANCE_COLUMNS: Final = ("wallet", "token", "amount", "received_at", "epoch")
 
 # A frame that was not stored as a balance: received_at, reason, detail, room, frame, size.
 RejectedRow = tuple[datetime, str, str, str | None, str, int]
@@ -60,6 +60,20 @@ async def copy_balance_lines(raw: RawConnection, lines: Sequence[bytes], timeout
     await raw.copy_to_table(
         "balance_history", source=chunks(), columns=BALANCE_COLUMNS, timeout=timeout
     )
+
+
+async def tenure_ends(
+    raw: RawConnection, epochs: Sequence[int], timeout: float
+) -> tuple[dict[int, datetime | None], datetime]:
+    """When each of these shard tenures ended (or ends, for a current one: its lease's expiry),
+    and the database's time now. Inside a transaction, the leases of their shards stay locked
+    FOR SHARE until it ends: no tenure named here can end meanwhile. An epoch the database
+    does not know is left out."""
+    found = await raw.fetch("SELECT * FROM tenure_ends($1::bigint[])", epochs, timeout=timeout)
+    if not found:
+        checked_at = await raw.fetchval("SELECT clock_timestamp()", timeout=timeout)
+        return {}, checked_at
+    return {row["epoch"]: row["valid_until"] for row in found}, found[0]["checked_at"]
 
 
 async def copy_rejected(raw: RawConnection, rows: Sequence[RejectedRow], timeout: float) -> None:
