@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -62,6 +63,11 @@ def default_spool_dir() -> Path:
     return base / "balancewatch" / "spool"
 
 
+def default_replica_id() -> str:
+    """The host name and the process id: unique among live processes, and readable."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
@@ -106,6 +112,13 @@ class Settings(BaseSettings):
     rpc_batch_size: int = Field(default=100, ge=1, le=1000)
     rpc_timeout: float = Field(default=10.0, gt=0, le=300)
     balance_check_interval: float = Field(default=3600.0, ge=0)
+
+    # Replicas: this process's name among them (stable across restarts, so a restarted replica
+    # wins back the same shards), and how long a shard's lease lasts in the database's clock.
+    replica_id: str = Field(
+        default_factory=default_replica_id, min_length=1, max_length=200, pattern=r"^[\w.:@-]+$"
+    )
+    lease_ttl: float = Field(default=15.0, ge=3, le=600)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"

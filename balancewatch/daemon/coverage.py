@@ -14,9 +14,7 @@ wait in the bookkeeping and are written when it is back.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import socket
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime, timedelta
@@ -36,10 +34,10 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def holder_name() -> str:
-    """This process among all that ever listened: the host, the pid and a random part (a pid
-    is reused after a restart, a container's host name too)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+def holder_name(replica_id: str) -> str:
+    """This process among all that ever listened, and among the replicas: its replica id and
+    a random part (a replica id is kept across restarts, a pid and a host name are reused)."""
+    return f"{replica_id}/{secrets.token_hex(4)}"
 
 
 class PeriodSink(Protocol):

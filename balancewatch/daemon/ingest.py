@@ -8,7 +8,7 @@ logged, and kept (secrets scrubbed, truncated) for the `rejected_messages` table
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
@@ -61,6 +61,7 @@ class Ingest:
         max_frame_bytes: int,
         rejected_frame_chars: int,
         watch: MessageWatch | None = None,
+        epoch_for: Callable[[str], int | None] | None = None,
     ) -> None:
         self._subscriptions = subscriptions
         self._rows = rows
@@ -69,7 +70,11 @@ class Ingest:
         self._rejected_frame_chars = rejected_frame_chars
         self._stamps = Stamps()
         self._watched = (watch or MessageWatch()).rooms
+        # The epoch of a room's shard while its lease is trusted, else None: the frame is then
+        # refused (fenced). Not given: no shards, every row stored without an epoch.
+        self._epoch_for = epoch_for
         self.messages = 0
+        self.fenced = 0
         self.acks = 0
         self.rejected: Counter[str] = Counter()
 
@@ -107,8 +112,17 @@ class Ingest:
             not_joined = Rejected("room_not_joined", "no join was sent for this room", room)
             self._reject(not_joined, data, _utf8_size(data))
             return
+        epoch = None
+        if self._epoch_for is not None:
+            epoch = self._epoch_for(room)
+            if epoch is None:
+                # Received after this replica stopped trusting the shard's lease: another one
+                # holds the room by now, or will, and stores what it receives.
+                self.fenced += 1
+                return
         self.messages += 1
-        self._rows.add(balance_line(update.wallet, update.token, update.amount, self._stamps.now()))
+        stamp = self._stamps.now()
+        self._rows.add(balance_line(update.wallet, update.token, update.amount, stamp, epoch))
         self._subscriptions.delivered(room)
         if room in self._watched:
             self._watched[room] = True

@@ -31,6 +31,7 @@ from balancewatch.daemon.coverage import Coverage, holder_name
 from balancewatch.daemon.datastream import DatastreamClient, StreamConfig
 from balancewatch.daemon.http import DatabaseProbe, HttpServer, Readiness
 from balancewatch.daemon.ingest import Ingest, MessageWatch
+from balancewatch.daemon.leases import LeaseConfig, LeaseKeeper
 from balancewatch.daemon.metrics import (
     ChainCounts,
     DaemonCollector,
@@ -38,18 +39,20 @@ from balancewatch.daemon.metrics import (
     Snapshot,
     WriteMetrics,
 )
+from balancewatch.daemon.sharding import ShardedRooms
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
 from balancewatch.daemon.sync import SyncConfig, WatchlistSync
-from balancewatch.domain import SETTLED_STATES, Pair, pair_for
+from balancewatch.domain import DEFAULT_SHARDS, SETTLED_STATES, Pair, pair_for
 from balancewatch.errors import StartupError
 from balancewatch.logs import get_logger
 from balancewatch.pipeline.bookkeeping import Bookkeeping, BookkeepingConfig
 from balancewatch.pipeline.spool import Spool
 from balancewatch.pipeline.writer import Writer, WriterConfig
 from balancewatch.settings import Settings, config_from, load_settings
-from balancewatch.store import chain, migrate
+from balancewatch.store import chain, leases, migrate
 from balancewatch.store.db import create_engine, describe
+from balancewatch.store.leases import Member
 
 log = get_logger(__name__)
 
@@ -70,10 +73,11 @@ class Daemon:
         rpc_requests: Counter[RequestOutcome] = Counter()
         try:
             await check_schema(engine)
+            shards = await leases.shard_count(engine)
             with open_spool(settings) as spool:
                 async with open_rpc(settings, rpc_requests) as rpc:
                     _log_start(settings, spool)
-                    yield cls(settings, engine, spool, (rpc, rpc_requests))
+                    yield cls(settings, engine, spool, (rpc, rpc_requests), shards)
         finally:
             await engine.dispose()
 
@@ -83,6 +87,7 @@ class Daemon:
         engine: AsyncEngine,
         spool: Spool,
         rpc: tuple[BalanceReader | None, Counter[RequestOutcome]],
+        shards: int = DEFAULT_SHARDS,
     ) -> None:
         url = settings.sqlalchemy_url
         self.spool = spool
@@ -91,7 +96,7 @@ class Daemon:
         self.writer = Writer(
             url, spool, WriterConfig.from_settings(settings), self.write_metrics.observe
         )
-        self.holder = holder_name()
+        self.holder = holder_name(settings.replica_id)
         self.bookkeeping = Bookkeeping(
             url, BookkeepingConfig.from_settings(settings), holder=self.holder
         )
@@ -104,8 +109,16 @@ class Daemon:
             join_ack_timeout=settings.join_ack_timeout,
             join_retry_max=settings.backoff_max,
         )
-        self.sync = WatchlistSync(
-            engine, url, self.subscriptions, config_from(settings, SyncConfig)
+        # Of the rooms the watchlist wants, the subscriptions get those of the shards held.
+        self.rooms = ShardedRooms(self.subscriptions, shards)
+        self.sync = WatchlistSync(engine, url, self.rooms, config_from(settings, SyncConfig))
+        self.leases = LeaseKeeper(
+            url,
+            self.rooms,
+            Member(self.holder, settings.replica_id, str(settings.spool_dir)),
+            LeaseConfig(ttl=settings.lease_ttl, timeout=settings.connect_timeout),
+            flush=self.writer.caught_up,
+            pairs_held=lambda: self.subscriptions.wanted_count,
         )
         watch = MessageWatch()
         self.ingest = Ingest(
@@ -115,6 +128,7 @@ class Daemon:
             max_frame_bytes=settings.max_frame_bytes,
             rejected_frame_chars=settings.rejected_frame_chars,
             watch=watch,
+            epoch_for=self.rooms.epoch_for,
         )
         reader, self.rpc_requests = rpc
         self.chain_reads = (
@@ -223,6 +237,7 @@ class Daemon:
             async with asyncio.TaskGroup() as readers:
                 readers.create_task(self.client.run(stop))
                 readers.create_task(self.sync.run(stop))
+                readers.create_task(self.leases.run(stop))
                 readers.create_task(self.http.serve(stop))
                 readers.create_task(
                     self.coverage.confirm_until(stop, self.client.last_sign_of_life)
@@ -232,6 +247,8 @@ class Daemon:
         finally:
             drain.set()
             await asyncio.wait(writers)  # both drain, even when one of them failed
+            # What was received is stored: the other replicas may take the shards now.
+            await self.leases.retire()
             for writer in writers:
                 writer.result()
         log.info(

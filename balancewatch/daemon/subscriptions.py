@@ -60,10 +60,17 @@ class Subscriptions:
         self._clock = clock
         self._sender: RoomSender | None = None
         self._lock = asyncio.Lock()
+        # True for a room the watchlist wants but another replica holds (sharding.py): leaving
+        # it is a handover, and its state is that replica's to say.
+        self.elsewhere: Callable[[str], bool] = lambda _room: False
 
     @property
     def wanted(self) -> frozenset[str]:
         return frozenset(self._wanted)
+
+    @property
+    def wanted_count(self) -> int:
+        return len(self._wanted)
 
     @property
     def held(self) -> frozenset[str]:
@@ -153,7 +160,8 @@ class Subscriptions:
         # Every wanted room, not just the held ones: a join cut short was never held.
         self._status.set_status(list(self._wanted.values()), "joining", error)
         # A room being left when the connection went is left now: nothing holds it.
-        self._status.set_status([_pair_of(room) for room in self._held - set(self._wanted)], "left")
+        gone = [room for room in self._held - set(self._wanted) if not self.elsewhere(room)]
+        self._status.set_status(list(map(_pair_of, gone)), "left")
         self._held = set()
         self._unacked.clear()
 
@@ -180,7 +188,8 @@ class Subscriptions:
 
     def _status_offline(self, before: Mapping[str, Pair], after: Mapping[str, Pair]) -> None:
         """With no connection nothing is sent: the status says what the next one will do."""
-        self._status.set_status(_pairs(before, before.keys() - after.keys()), "left")
+        gone = [room for room in before.keys() - after.keys() if not self.elsewhere(room)]
+        self._status.set_status(_pairs(before, gone), "left")
         self._status.set_status(_pairs(after, after.keys() - before.keys()), "joining")
 
     async def _apply(self, sender: RoomSender, scope: Set[str] | None = None) -> None:
@@ -189,12 +198,14 @@ class Subscriptions:
             diff = diff_rooms(set(self._wanted), self._held)
         else:
             diff = diff_rooms(scope & self._wanted.keys(), scope & self._held)
-        leaving = [_pair_of(room) for room in diff.leave]
+        moved = {room for room in diff.leave if self.elsewhere(room)}
+        leaving = [_pair_of(room) for room in diff.leave - moved]
         try:
             if diff.leave:
                 self._unacked.forget(diff.leave)
                 self._status.set_status(leaving, "leaving")
                 self._coverage.ended(leaving, "left")
+                self._coverage.ended(map(_pair_of, moved), "handover")
                 await sender.leave(diff.leave)
                 if self._sender is not sender:
                     return  # dropped meanwhile: the next connection starts from nothing

@@ -11,7 +11,9 @@ and whenever the websocket reconnects.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 from sqlalchemy.engine import URL
@@ -19,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import Backoff, wait_first
 from balancewatch.daemon.rooms import Wanted, wanted_rooms
-from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.store import watchlist
@@ -36,6 +37,14 @@ class ListenConnectionLost(ConnectionError):
     pass
 
 
+class RoomWants(Protocol):
+    """Where the wanted rooms go (the shard filter in front of the subscriptions)."""
+
+    async def want(self, wanted: Wanted) -> None: ...
+
+    async def update(self, checked: Collection[Pair], wanted: Wanted) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SyncConfig:
     reconcile_interval: float
@@ -46,7 +55,7 @@ class SyncConfig:
 
 class WatchlistSync:
     def __init__(
-        self, engine: AsyncEngine, url: URL, subscriptions: Subscriptions, config: SyncConfig
+        self, engine: AsyncEngine, url: URL, subscriptions: RoomWants, config: SyncConfig
     ) -> None:
         self._engine = engine
         self._url = url

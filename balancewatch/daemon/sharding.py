@@ -1,0 +1,111 @@
+"""Between the watchlist and the subscriptions: of every room the watchlist wants, only those of
+the shards this process holds a lease on are passed on to be joined, and the epoch each room's
+rows are stored under.
+
+The watchlist sync hands every enabled pair here (it does not know about shards); the lease
+loop says which shards are held, under which epochs, and until when on this process's
+monotonic clock (a safety margin before the database would let another replica take them).
+Past that moment no room has an epoch: the ingest refuses its frames, even before the lease
+loop has had a turn to leave the rooms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+
+from balancewatch.daemon.rooms import Wanted
+from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.domain import Pair, room_for, shard_of
+
+
+class ShardedRooms:
+    def __init__(
+        self,
+        subscriptions: Subscriptions,
+        shards: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._subscriptions = subscriptions
+        self._shards = shards
+        self._clock = clock
+        self._rooms: dict[str, Pair] = {}  # every room the watchlist wants
+        self._invalid: Mapping[Pair, str] = {}
+        self._shard: dict[str, int] = {}  # room -> shard, for every room in _rooms
+        self._epochs: dict[int, int] = {}  # held shard -> epoch
+        self._deadline = float("-inf")
+        subscriptions.elsewhere = self.held_elsewhere
+
+    @property
+    def shards(self) -> int:
+        return self._shards
+
+    @property
+    def held(self) -> Mapping[int, int]:
+        """The shards this process holds, with their epochs (empty past the deadline)."""
+        return self._epochs if self._clock() < self._deadline else {}
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    def epoch_for(self, room: str) -> int | None:
+        """The epoch a message of `room` is stored under, or None: its shard is not held, or
+        the lease can no longer be trusted (the frame is then refused)."""
+        if self._clock() >= self._deadline:
+            return None
+        shard = self._shard.get(room)
+        return None if shard is None else self._epochs.get(shard)
+
+    def held_elsewhere(self, room: str) -> bool:
+        """Wanted by the watchlist, but its shard is not held here: another replica's."""
+        shard = self._shard.get(room)
+        return shard is not None and shard not in self._epochs
+
+    async def want(self, wanted: Wanted) -> None:
+        """The whole watchlist, read again."""
+        self._rooms = dict(wanted.rooms)
+        self._invalid = wanted.invalid
+        known = self._shard
+        self._shard = {
+            room: known[room] if room in known else shard_of(pair, self._shards)
+            for room, pair in self._rooms.items()
+        }
+        await self._subscriptions.want(self._here())
+
+    async def update(self, checked: Collection[Pair], wanted: Wanted) -> None:
+        """Only these pairs were read again."""
+        for pair in checked:
+            room = room_for(*pair)
+            self._rooms.pop(room, None)
+            self._shard.pop(room, None)
+        self._rooms.update(wanted.rooms)
+        for room, pair in wanted.rooms.items():
+            self._shard[room] = shard_of(pair, self._shards)
+        self._invalid = {
+            pair: reason for pair, reason in self._invalid.items() if pair not in checked
+        } | dict(wanted.invalid)
+        await self._subscriptions.update(checked, self._mine(wanted))
+
+    async def hold(self, epochs: Mapping[int, int], deadline: float) -> None:
+        """The lease loop's word: these shards are held, under these epochs, until `deadline`.
+        Rooms of shards no longer held are left, those of newly held shards joined."""
+        changed = epochs.keys() != self._epochs.keys()
+        self._epochs = dict(epochs)
+        self._deadline = deadline
+        if changed:
+            await self._subscriptions.want(self._here())
+
+    def _here(self) -> Wanted:
+        return self._mine(Wanted(rooms=self._rooms, invalid=self._invalid))
+
+    def _mine(self, wanted: Wanted) -> Wanted:
+        epochs = self._epochs
+        rooms = {room: pair for room, pair in wanted.rooms.items() if self._shard[room] in epochs}
+        invalid = {
+            pair: reason
+            for pair, reason in wanted.invalid.items()
+            if shard_of(pair, self._shards) in epochs
+        }
+        return Wanted(rooms=rooms, invalid=invalid)
