@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from balancewatch.settings import CONFIG_ENV, ENV_PREFIX, Settings
-from tests.files import image_env, image_user, kubernetes
+from tests.files import compose, image_env, image_user, kubernetes
 
 # Settings issue 11 adds (the replica's name in the leases, and the leases' time to live); the
 # example sets them already.
@@ -176,3 +176,45 @@ def test_the_metrics_service_scrapes_every_daemon_pod_even_when_not_ready() -> N
     assert service["spec"]["publishNotReadyAddresses"] is True
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] == "http"
+
+
+# -- compose: a second replica with `--profile replicas` ---------------------------------------
+
+
+def spool_volume(service: dict[str, Any]) -> str:
+    spool_dir = PurePosixPath(service["environment"][f"{ENV_PREFIX}SPOOL_DIR"])
+    (source,) = [
+        source
+        for source, target, *_ in (volume.split(":") for volume in service["volumes"])
+        if PurePosixPath(target) in (spool_dir, *spool_dir.parents)
+    ]
+    return str(source)
+
+
+def test_compose_runs_a_second_replica_only_with_the_replicas_profile() -> None:
+    services = compose()["services"]
+    assert "profiles" not in services["balancewatch"]  # `docker compose up`: one replica
+    assert services["balancewatch-b"]["profiles"] == ["replicas"]
+
+
+def test_the_second_replica_shares_the_database_and_secrets_not_the_spool_name_or_port() -> None:
+    first, second = (compose()["services"][name] for name in ("balancewatch", "balancewatch-b"))
+    replica_id = f"{ENV_PREFIX}REPLICA_ID"
+    assert first["environment"][replica_id] == "balancewatch-a"
+    assert second["environment"][replica_id] == "balancewatch-b"
+    # Everything else alike: the same database, Datastream, secrets, drain and start order.
+    assert {k: v for k, v in first["environment"].items() if k != replica_id} == {
+        k: v for k, v in second["environment"].items() if k != replica_id
+    }
+    differ = {"environment", "volumes", "ports", "profiles"}
+    assert {k: v for k, v in first.items() if k not in differ} == {
+        k: v for k, v in second.items() if k not in differ
+    }
+    # Each its own spool (one process locks a spool) and its own port on the host's loopback.
+    assert spool_volume(first) != spool_volume(second)
+    assert {spool_volume(first), spool_volume(second)} <= set(compose()["volumes"])
+    host_ports = [
+        port.rsplit(":", 1)[0] for service in (first, second) for port in service["ports"]
+    ]
+    assert len(set(host_ports)) == len(host_ports)
+    assert all(port.startswith("127.0.0.1:") for port in host_ports)
