@@ -1,5 +1,5 @@
 """The repository's own files as tests read them: the README's SQL, the Dockerfile, the compose
-file."""
+file, the Kubernetes example."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def numbered_queries() -> dict[int, str]:
 def compose() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     return loaded
+
+
+def kubernetes() -> dict[str, dict[str, Any]]:
+    """config/kubernetes/balancewatch.yaml's documents, by kind (one of each)."""
+    text = (REPO / "config" / "kubernetes" / "balancewatch.yaml").read_text()
+    documents = [document for document in yaml.safe_load_all(text) if document]
+    by_kind = {document["kind"]: document for document in documents}
+    assert len(by_kind) == len(documents), "one document of each kind"
+    return by_kind
 
 
 def dockerfile() -> list[tuple[str, str]]:

@@ -7,6 +7,11 @@ silent on joins, drop every TCP connection without a close frame. Given an `ssl_
 serves TLS (`wss://`), so tests can check the client's certificate verification.
 It can also cut a connection once it has received N joins (or right after the handshake), go
 silent as a dead peer would (`stall_connections`), and ignore websocket-level pings.
+
+Each connection belongs to a client, named by the key in its URL (any key is accepted when no
+`api_key` is set, so tests give each replica its own). For tests of several replicas it keeps
+who holds each room (`room_holders`), every moment two clients held one room at once
+(`overlaps`), and how many balance messages each client got per room (`delivered`).
 """
 
 from __future__ import annotations
@@ -61,11 +66,24 @@ class SimEvent:
     conn_id: int
     at: float  # time.monotonic()
     text: str | None = None  # the frame, for "unknown"
+    client: str = ""  # the key the connection came with
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """A join that made two clients hold one room at once: `joiner`'s join, acknowledged at
+    `at`, of a room a live connection of `holder` held."""
+
+    room: str
+    holder: str
+    joiner: str
+    at: float  # time.monotonic()
 
 
 @dataclass(eq=False, slots=True)
 class _Connection:
     conn_id: int
+    client: str  # the key in the URL it connected with
     ws: web.WebSocketResponse
     transport: asyncio.Transport
     rooms: set[str] = field(default_factory=set)
@@ -109,7 +127,14 @@ class Simulator:
         self.chain = Chain()
         # Rooms the random walk never sends a message to: cold wallets.
         self.quiet_rooms: set[str] = set()
+        # Every join that made two clients hold one room at once, in order.
+        self.overlaps: list[Overlap] = []
+        # Balance messages sent by `send_balance` (and so the random walk), per (client, room)
+        # that got them; `write_prebuilt` is not counted.
+        self.delivered: Counter[tuple[str, str]] = Counter()
         self._connections: dict[int, _Connection] = {}
+        # room -> ids of the live connections holding it, kept on join, leave and disconnect.
+        self._holders: dict[str, set[int]] = {}
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
@@ -173,10 +198,14 @@ class Simulator:
         return len(self._connections)
 
     def joined_rooms(self) -> set[str]:
-        return {room for conn in self._connections.values() for room in conn.rooms}
+        return set(self._holders)
 
     def room_subscribers(self, room: str) -> int:
-        return sum(room in conn.rooms for conn in self._connections.values())
+        return len(self._holders.get(room, ()))
+
+    def room_holders(self, room: str) -> set[str]:
+        """The clients whose live connections hold `room` right now."""
+        return {self._connections[conn_id].client for conn_id in self._holders.get(room, ())}
 
     def most_room_subscribers(self) -> int:
         """The most open connections that hold any one room right now (0 if none holds any)."""
@@ -214,9 +243,11 @@ class Simulator:
             f'{{"type":"message","room":{json.dumps(room)},"data":{{"wallet":{json.dumps(wallet)},'
             f'"token":{json.dumps(token)},"amount":{amount}}}}}'
         )
-        return await _send(
-            (conn for conn in self._connections.values() if room in conn.rooms), frame
-        )
+        holders = [self._connections[i] for i in sorted(self._holders.get(room, ()))]
+        reached = await _send_each(holders, frame)
+        for conn in reached:
+            self.delivered[conn.client, room] += 1
+        return len(reached)
 
     async def send_raw(self, data: str | bytes) -> None:
         await _send(self._connections.values(), data)
@@ -302,8 +333,10 @@ class Simulator:
         finally:
             if pinger is not None:
                 pinger.cancel()
+            for room in list(conn.rooms):
+                self._release(conn, room)
             del self._connections[conn.conn_id]
-            self._record("disconnect", conn.conn_id)
+            self._record("disconnect", conn)
             log.info("simulator.disconnected", conn_id=conn.conn_id, close_code=ws.close_code)
         return ws
 
@@ -321,9 +354,10 @@ class Simulator:
         assert transport is not None  # set for as long as the request is being handled
         self.total_connections += 1
         cut = self.cut_after_joins.pop(0) if self.cut_after_joins else None
-        conn = _Connection(self.total_connections, ws, transport, cut_after_joins=cut)
+        client = request.match_info["key"]
+        conn = _Connection(self.total_connections, client, ws, transport, cut_after_joins=cut)
         self._connections[conn.conn_id] = conn
-        self._record("connect", conn.conn_id)
+        self._record("connect", conn)
         log.info("simulator.connected", conn_id=conn.conn_id, live=self.live_connections)
         return conn
 
@@ -337,22 +371,40 @@ class Simulator:
         if msg.type is WSMsgType.PONG or conn.stalled:
             return
         if msg.type is not WSMsgType.TEXT:
-            self._record("unknown", conn.conn_id, text=f"<{msg.type.name} frame>")
+            self._record("unknown", conn, text=f"<{msg.type.name} frame>")
             return
         kind, room = _classify(msg.data)
         if kind == "join" and room is not None:
             conn.joins += 1
             if conn.joins == conn.cut_after_joins:
-                self._record(kind, conn.conn_id, room)  # received, never acknowledged
+                self._record(kind, conn, room)  # received, never acknowledged
                 conn.transport.abort()
                 return
             # Acknowledged before it counts as joined, so no message can overtake the "joined".
             if self.ack_joins and pair_for(room) is not None:
                 await self._ack(conn, room)
-            conn.rooms.add(room)
+            self._hold(conn, room)
         elif kind == "leave" and room is not None:
-            conn.rooms.discard(room)
-        self._record(kind, conn.conn_id, room, text=msg.data if kind == "unknown" else None)
+            self._release(conn, room)
+        self._record(kind, conn, room, text=msg.data if kind == "unknown" else None)
+
+    def _hold(self, conn: _Connection, room: str) -> None:
+        if room in conn.rooms:
+            return
+        holders = self._holders.setdefault(room, set())
+        others = {self._connections[conn_id].client for conn_id in holders} - {conn.client}
+        now = time.monotonic()
+        self.overlaps.extend(Overlap(room, other, conn.client, now) for other in sorted(others))
+        holders.add(conn.conn_id)
+        conn.rooms.add(room)
+
+    def _release(self, conn: _Connection, room: str) -> None:
+        holders = self._holders.get(room)
+        if holders is not None:
+            holders.discard(conn.conn_id)
+            if not holders:
+                del self._holders[room]
+        conn.rooms.discard(room)
 
     async def _ack(self, conn: _Connection, room: str) -> None:
         if not self.coalesce_acks:
@@ -369,9 +421,9 @@ class Simulator:
             await _send([conn], PING)
 
     def _record(
-        self, kind: EventKind, conn_id: int, room: str | None = None, text: str | None = None
+        self, kind: EventKind, conn: _Connection, room: str | None = None, text: str | None = None
     ) -> None:
-        event = SimEvent(kind, room, conn_id, time.monotonic(), text)
+        event = SimEvent(kind, room, conn.conn_id, time.monotonic(), text, conn.client)
         self.events.append(event)
         for listener in self.listeners:
             listener(event)
@@ -428,8 +480,14 @@ def _joined_frame(room: str) -> str:
 
 
 async def _send(connections: Iterable[_Connection], data: str | bytes) -> int:
-    """Send to each connection; one that is going away (or stalled) is skipped, not an error."""
-    sent = 0
+    """Send to each connection; returns to how many (see `_send_each`)."""
+    return len(await _send_each(connections, data))
+
+
+async def _send_each(connections: Iterable[_Connection], data: str | bytes) -> list[_Connection]:
+    """Send to each connection; one that is going away (or stalled) is skipped, not an error.
+    Returns the connections it was sent to."""
+    sent = []
     for conn in list(connections):
         if conn.stalled:
             continue
@@ -440,7 +498,7 @@ async def _send(connections: Iterable[_Connection], data: str | bytes) -> int:
                 await conn.ws.send_str(data)
         except ConnectionResetError:
             continue
-        sent += 1
+        sent.append(conn)
     return sent
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from decimal import Decimal
@@ -17,7 +18,7 @@ from aiohttp import ClientWebSocketResponse, WSMsgType
 from structlog.testing import capture_logs
 
 from balancewatch.daemon.protocol import PONG, BalanceUpdate, join_frame, leave_frame, parse_frame
-from balancewatch.devtools.simulator import Simulator, serve
+from balancewatch.devtools.simulator import Overlap, Simulator, serve
 from balancewatch.domain import room_for
 from tests.helpers import wait_until
 
@@ -316,6 +317,103 @@ async def test_listeners_see_every_event_and_overlapping_rooms_are_counted(
     await join(second, ROOM_WSOL)
     await join(second, ROOM_USDT)
     assert seen == [("connect", 0), ("connect", 0), ("join", 1), ("join", 1), ("join", 2)]
+
+
+# -- several clients: each replica connects with its own key -----------------------------------
+
+
+@pytest.fixture
+async def open_sim() -> AsyncIterator[Simulator]:
+    """A simulator with no key set: it takes any, and names each connection's client by it."""
+    async with Simulator(ping_interval=None) as simulator:
+        yield simulator
+
+
+async def test_two_clients_holding_one_room_at_once_is_one_overlap(
+    open_sim: Simulator, connect: Connect
+) -> None:
+    a = await connect(open_sim.url, "replica-a")
+    b = await connect(open_sim.url, "replica-b")
+    await join(a, ROOM_USDT)
+    await join(b, ROOM_WSOL)
+    assert open_sim.overlaps == []
+
+    before = open_sim.events[-1].at
+    await join(b, ROOM_USDT)
+
+    (overlap,) = open_sim.overlaps
+    assert overlap == Overlap(ROOM_USDT, "replica-a", "replica-b", overlap.at)
+    assert before <= overlap.at <= open_sim.events[-1].at
+    assert open_sim.room_holders(ROOM_USDT) == {"replica-a", "replica-b"}
+    assert open_sim.room_holders(ROOM_WSOL) == {"replica-b"}
+    assert [(e.kind, e.client) for e in open_sim.events if e.room == ROOM_USDT] == [
+        ("join", "replica-a"),
+        ("join", "replica-b"),
+    ]
+    assert await open_sim.send_balance(WALLET, USDT, "3") == 2
+    assert open_sim.delivered == Counter({("replica-a", ROOM_USDT): 1, ("replica-b", ROOM_USDT): 1})
+
+
+async def test_the_same_client_reconnecting_is_no_overlap(
+    open_sim: Simulator, connect: Connect
+) -> None:
+    old = await connect(open_sim.url, "replica-a")
+    await join(old, ROOM_USDT)
+    await old.close()
+    await open_sim.wait_for(lambda: open_sim.live_connections == 0)
+    assert open_sim.room_holders(ROOM_USDT) == set()
+
+    new = await connect(open_sim.url, "replica-a")
+    await join(new, ROOM_USDT)
+
+    assert open_sim.overlaps == []
+    assert open_sim.room_holders(ROOM_USDT) == {"replica-a"}
+    assert [(e.kind, e.conn_id, e.client) for e in open_sim.events] == [
+        ("connect", 1, "replica-a"),
+        ("join", 1, "replica-a"),
+        ("disconnect", 1, "replica-a"),
+        ("connect", 2, "replica-a"),
+        ("join", 2, "replica-a"),
+    ]
+
+
+async def test_a_room_left_then_joined_by_another_client_is_no_overlap_and_counts_apart(
+    open_sim: Simulator, connect: Connect
+) -> None:
+    a = await connect(open_sim.url, "replica-a")
+    b = await connect(open_sim.url, "replica-b")
+    await join(a, ROOM_USDT)
+    assert await open_sim.send_balance(WALLET, USDT, "1") == 1
+
+    await a.send_str(leave_frame(ROOM_USDT))
+    await open_sim.wait_for(lambda: open_sim.room_holders(ROOM_USDT) == set())
+    await join(b, ROOM_USDT)
+    assert await open_sim.send_balance(WALLET, USDT, "2") == 1
+    assert await open_sim.send_balance(WALLET, USDT, "3") == 1
+
+    assert open_sim.overlaps == []
+    assert open_sim.room_holders(ROOM_USDT) == {"replica-b"}
+    assert open_sim.delivered == Counter({("replica-a", ROOM_USDT): 1, ("replica-b", ROOM_USDT): 2})
+    assert parse_frame(await a.receive_str(timeout=2.0)) == BalanceUpdate(WALLET, USDT, "1")
+    await assert_silent(a)
+
+
+async def test_a_dropped_connection_holds_nothing_and_a_sole_key_is_one_client(
+    sim: Simulator, connect: Connect
+) -> None:
+    first = await connect(sim.url)
+    await join(first, ROOM_USDT)
+    await sim.drop_connections()
+    assert sim.room_holders(ROOM_USDT) == set()
+
+    # With api_key set, every connection comes with that key: one client, never an overlap.
+    second = await connect(sim.url)
+    third = await connect(sim.url)
+    await join(second, ROOM_USDT)
+    await join(third, ROOM_USDT)
+    assert sim.room_subscribers(ROOM_USDT) == 2
+    assert sim.room_holders(ROOM_USDT) == {KEY}
+    assert sim.overlaps == []
 
 
 async def test_close_connections_sends_a_close_frame_with_the_code(

@@ -82,7 +82,7 @@ def test_the_image_spool_is_a_volume_owned_by_the_unprivileged_user() -> None:
 
 def test_compose_starts_postgres_then_migrate_then_the_daemon() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "migrate", "balancewatch", "simulate"}
+    assert set(services) == {"postgres", "migrate", "balancewatch", "balancewatch-b", "simulate"}
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["migrate"]["restart"] == "no"
@@ -92,10 +92,11 @@ def test_compose_starts_postgres_then_migrate_then_the_daemon() -> None:
     }
     assert services["balancewatch"]["restart"] == "on-failure"
     assert services["simulate"]["profiles"] == ["simulate"]
-    assert set(compose()["volumes"]) == {"pgdata", "spool"}
+    assert services["balancewatch-b"]["profiles"] == ["replicas"]
+    assert set(compose()["volumes"]) == {"pgdata", "spool", "spool-b"}
 
 
-@pytest.mark.parametrize("name", ["migrate", "balancewatch", "simulate"])
+@pytest.mark.parametrize("name", ["migrate", "balancewatch", "balancewatch-b", "simulate"])
 def test_compose_runs_balancewatch_unprivileged_on_a_read_only_root(name: str) -> None:
     service = compose()["services"][name]
     assert service["build"] == "."
@@ -106,8 +107,11 @@ def test_compose_runs_balancewatch_unprivileged_on_a_read_only_root(name: str) -
     assert "privileged" not in service
 
 
-def test_compose_gives_the_daemon_its_spool_volume_its_secrets_as_files_and_time_to_drain() -> None:
-    service = compose()["services"]["balancewatch"]
+@pytest.mark.parametrize("name", ["balancewatch", "balancewatch-b"])
+def test_compose_gives_the_daemon_its_spool_volume_its_secrets_as_files_and_time_to_drain(
+    name: str,
+) -> None:
+    service = compose()["services"][name]
     environment = service["environment"]
     spool_dir = PurePosixPath(environment["BALANCEWATCH_SPOOL_DIR"])
     assert str(spool_dir) == image_env()["BALANCEWATCH_SPOOL_DIR"]
