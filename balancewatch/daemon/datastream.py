@@ -120,10 +120,12 @@ class DatastreamClient:
         on_connected: PerConnection,
         on_disconnected: Callable[[str | None, datetime], None],
         while_connected: PerConnection | None = None,
+        before_close: PerConnection | None = None,
         may_read: asyncio.Event | None = None,
     ) -> None:
         """`on_connected` (the joins) and `while_connected` (the join retries) run beside
         the read loop on each new connection and are cancelled when it ends;
+        `before_close` (the leaves) runs on a clean stop, before the closing handshake;
         `on_disconnected` is told when it has ended (why, and its last sign of life), before
         the next one opens."""
         self._config = config
@@ -136,6 +138,8 @@ class DatastreamClient:
         if may_read is None:
             self._may_read.set()
         self._on_disconnected = on_disconnected
+        self._before_close = before_close
+        self._pong = asyncio.Event()
         self.backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._host = urlsplit(config.datastream_url).netloc
         self.connected = False
@@ -218,7 +222,7 @@ class DatastreamClient:
                 per_connection = [tasks.create_task(self._on_connected(sender))]
                 if self._while_connected is not None:
                     per_connection.append(tasks.create_task(self._while_connected(sender)))
-                closer = tasks.create_task(_close_when(stop, ws))
+                closer = tasks.create_task(self._close_when(stop, ws, sender))
                 self._last_frame = asyncio.get_running_loop().time()
                 reason = await _first_of(self._read(ws), self._watch_idle())
                 sender.retire()
@@ -276,6 +280,7 @@ class DatastreamClient:
         if message.type is aiohttp.WSMsgType.PING:
             return None if await self._answer(ws.pong(message.data)) else "pong failed"
         if message.type is aiohttp.WSMsgType.PONG:
+            self._pong.set()
             return None  # the answer to our keepalive: its time is a sign of life
         if message.type is aiohttp.WSMsgType.ERROR:
             return f"error: {_describe(ws.exception() or message.data)}"
@@ -299,6 +304,22 @@ class DatastreamClient:
                 return "idle timeout"
             await asyncio.sleep(remaining)
 
+    async def _close_when(
+        self, stop: asyncio.Event, ws: aiohttp.ClientWebSocketResponse, sender: RoomSender
+    ) -> None:
+        """On stop: leave the rooms, then wait for a pong before closing. The server answers
+        frames in order, so by the pong it has taken the leaves in, and every message it sent
+        before them has been read (a close right away would drop those still in flight)."""
+        await stop.wait()
+        if self._before_close is not None:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(_CLOSE_GRACE):
+                    self._pong.clear()
+                    await self._before_close(sender)
+                    await ws.ping()
+                    await self._pong.wait()
+        await _close(ws, grace=_CLOSE_GRACE)
+
     async def _answer(self, pong: Coroutine[Any, Any, None]) -> bool:
         # Bounded, as the read loop waits for it: a pong that cannot be sent for a whole
         # keepalive interval means a peer that stopped reading.
@@ -320,11 +341,6 @@ async def _first_of(*coroutines: Coroutine[Any, Any, str]) -> str:
             task.cancel()
         await asyncio.wait(tasks)
     return done.pop().result()
-
-
-async def _close_when(stop: asyncio.Event, ws: aiohttp.ClientWebSocketResponse) -> None:
-    await stop.wait()
-    await _close(ws, grace=_CLOSE_GRACE)
 
 
 async def _close(ws: aiohttp.ClientWebSocketResponse, grace: float) -> None:

@@ -108,18 +108,17 @@ class Ingest:
 
     def _balance(self, update: BalanceUpdate, data: str) -> None:
         room = update.room
-        if not self._subscriptions.is_held(room):
+        held = self._subscriptions.is_held(room)
+        epoch = None if self._epoch_for is None else self._epoch_for(room)
+        if not held and epoch is None:
             not_joined = Rejected("room_not_joined", "no join was sent for this room", room)
             self._reject(not_joined, data, _utf8_size(data))
             return
-        epoch = None
-        if self._epoch_for is not None:
-            epoch = self._epoch_for(room)
-            if epoch is None:
-                # Received after this replica stopped trusting the shard's lease: another one
-                # holds the room by now, or will, and stores what it receives.
-                self.fenced += 1
-                return
+        if epoch is None and self._epoch_for is not None:
+            # Received after this replica stopped trusting the shard's lease: another one
+            # holds the room by now, or will, and stores what it receives.
+            self.fenced += 1
+            return
         self.messages += 1
         stamp = self._stamps.now()
         self._rows.add(balance_line(update.wallet, update.token, update.amount, stamp, epoch))

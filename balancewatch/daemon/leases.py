@@ -5,9 +5,13 @@ free shards that are its by right (shards.py decides); then the rooms follow (sh
 Trust in a lease is measured on this process's monotonic clock from the moment the round was
 sent: it ends one renew interval before the lease can expire in the database's clock, so a
 replica cut off from the database (or frozen) stops storing, and leaves its rooms, before any
-other replica may take them. A shard another live replica should hold is handed over: its rooms
-left, the rows received flushed, the lease released, and a NOTIFY sent, so the new owner claims
-it at once instead of waiting for an expiry. A clean stop releases every lease the same way.
+other replica may take them. A replica that was the only live one at its last round keeps
+them: nobody is there to take over, and a lone daemon rides out a database outage
+(sharding.py).
+
+A shard another live replica should hold is handed over: its rooms left, the rows received
+flushed, the lease released, and a NOTIFY sent, so the new owner claims it at once instead of
+waiting for an expiry. A clean stop releases every lease the same way.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ Handover = Literal["claimed", "released", "lost"]
 
 # After a failed round, the next one comes this soon (never later than the interval).
 _RETRY_AFTER = 1.0
-# How long a handover waits for the writer to store the rows received before the leave.
+# How long a handover waits, once its rooms are left, before it releases the lease: messages
+# the server sent before it took the leave in still arrive, and are stored, meanwhile.
 _FLUSH_WAIT = 0.5
 
 
@@ -149,7 +154,8 @@ class LeaseKeeper:
             )
         self._count_changes(state.renewed, claimed)
         self._epochs = {**state.renewed, **claimed}
-        await self._rooms.hold(self._epochs, sent_at + self._config.trusted_for)
+        alone = state.live <= {member.replica_id}
+        await self._rooms.hold(self._epochs, sent_at + self._config.trusted_for, alone=alone)
         if state.joined:
             await leases.announce(connection, "joined", timeout)
         if decided.release:
@@ -157,9 +163,10 @@ class LeaseKeeper:
 
     async def _hand_over(self, connection: RawConnection, shards: frozenset[int]) -> None:
         self._epochs = {s: e for s, e in self._epochs.items() if s not in shards}
-        await self._rooms.hold(self._epochs, self._rooms.deadline)
+        await self._rooms.hand_over(shards)
         await self._flush(_FLUSH_WAIT)
         await leases.release(connection, self._member.instance, shards, self._config.timeout)
+        self._rooms.released()
         self.handovers["released"] += len(shards)
         log.info("leases.handed_over", shards=sorted(shards), held=len(self._epochs))
 
@@ -180,7 +187,7 @@ class LeaseKeeper:
         events = [stop, self._wake] + ([closed] if closed is not None else [])
         until = self._clock() + seconds
         while not any(event.is_set() for event in events) and self._clock() < until:
-            expiring = bool(self._epochs) and self._rooms.deadline < until
+            expiring = bool(self._epochs) and not self._rooms.alone and self._rooms.deadline < until
             end = self._rooms.deadline if expiring else until
             await wait_first(*events, timeout=max(0.0, end - self._clock()))
             if expiring and self._clock() >= self._rooms.deadline:

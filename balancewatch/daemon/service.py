@@ -141,6 +141,7 @@ class Daemon:
             on_connected=self._connected,
             on_disconnected=self.subscriptions.disconnected,
             while_connected=self.subscriptions.retry_unacked_joins,
+            before_close=self.subscriptions.leave_all,
             may_read=self.writer.may_read,
         )
         self.database = DatabaseProbe(engine)

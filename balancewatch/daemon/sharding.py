@@ -6,7 +6,10 @@ The watchlist sync hands every enabled pair here (it does not know about shards)
 loop says which shards are held, under which epochs, and until when on this process's
 monotonic clock (a safety margin before the database would let another replica take them).
 Past that moment no room has an epoch: the ingest refuses its frames, even before the lease
-loop has had a turn to leave the rooms.
+loop has had a turn to leave the rooms. Unless this replica was the only live one at its last
+round: then nobody else is there to take over, and it goes on listening through a database
+outage, as a lone daemon always has (what it stores is still fenced in the database, should
+one appear and take a shard meanwhile).
 """
 
 from __future__ import annotations
@@ -34,8 +37,16 @@ class ShardedRooms:
         self._invalid: Mapping[Pair, str] = {}
         self._shard: dict[str, int] = {}  # room -> shard, for every room in _rooms
         self._epochs: dict[int, int] = {}  # held shard -> epoch
+        # Being handed over: their rooms are left, but a message the server sent before it
+        # took the leave in is still this replica's to store, until the lease is released.
+        self._draining: dict[int, int] = {}
         self._deadline = float("-inf")
+        self._alone = False
         subscriptions.elsewhere = self.held_elsewhere
+
+    @property
+    def subscriptions(self) -> Subscriptions:
+        return self._subscriptions
 
     @property
     def shards(self) -> int:
@@ -44,7 +55,11 @@ class ShardedRooms:
     @property
     def held(self) -> Mapping[int, int]:
         """The shards this process holds, with their epochs (empty past the deadline)."""
-        return self._epochs if self._clock() < self._deadline else {}
+        return self._epochs if self._trusted() else {}
+
+    @property
+    def alone(self) -> bool:
+        return self._alone
 
     @property
     def deadline(self) -> float:
@@ -53,10 +68,12 @@ class ShardedRooms:
     def epoch_for(self, room: str) -> int | None:
         """The epoch a message of `room` is stored under, or None: its shard is not held, or
         the lease can no longer be trusted (the frame is then refused)."""
-        if self._clock() >= self._deadline:
+        if not self._trusted():
             return None
         shard = self._shard.get(room)
-        return None if shard is None else self._epochs.get(shard)
+        if shard is None:
+            return None
+        return self._epochs.get(shard) or self._draining.get(shard)
 
     def held_elsewhere(self, room: str) -> bool:
         """Wanted by the watchlist, but its shard is not held here: another replica's."""
@@ -88,14 +105,31 @@ class ShardedRooms:
         } | dict(wanted.invalid)
         await self._subscriptions.update(checked, self._mine(wanted))
 
-    async def hold(self, epochs: Mapping[int, int], deadline: float) -> None:
-        """The lease loop's word: these shards are held, under these epochs, until `deadline`.
-        Rooms of shards no longer held are left, those of newly held shards joined."""
+    async def hold(
+        self, epochs: Mapping[int, int], deadline: float, *, alone: bool = False
+    ) -> None:
+        """The lease loop's word: these shards are held, under these epochs, until `deadline`
+        (for ever if this replica is `alone`). Rooms of shards no longer held are left, those of
+        newly held shards joined."""
         changed = epochs.keys() != self._epochs.keys()
         self._epochs = dict(epochs)
+        self._draining = {}
         self._deadline = deadline
+        self._alone = alone
         if changed:
             await self._subscriptions.want(self._here())
+
+    async def hand_over(self, shards: Collection[int]) -> None:
+        """Leave the rooms of these shards; their messages still in flight are stored under
+        their epochs until `released`."""
+        self._draining = {shard: self._epochs.pop(shard) for shard in shards}
+        await self._subscriptions.want(self._here())
+
+    def released(self) -> None:
+        self._draining = {}
+
+    def _trusted(self) -> bool:
+        return self._alone or self._clock() < self._deadline
 
     def _here(self) -> Wanted:
         return self._mine(Wanted(rooms=self._rooms, invalid=self._invalid))

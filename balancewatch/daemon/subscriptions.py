@@ -149,6 +149,18 @@ class Subscriptions:
                 log.warning("subscriptions.send_failed", error=str(exc))
             return len(due)
 
+    async def leave_all(self, sender: RoomSender) -> None:
+        """On a clean stop: leave every held room, so that the server stops sending before the
+        connection closes. The rooms stay held here: what the server sent before it took the
+        leaves in is still read and stored, and the periods end at the disconnect."""
+        async with self._lock:
+            if self._sender is not sender or not self._held:
+                return
+            try:
+                await sender.leave(frozenset(self._held))
+            except ConnectionError as exc:
+                log.warning("subscriptions.send_failed", error=str(exc))
+
     def disconnected(self, error: str | None, last_sign_of_life: datetime | None = None) -> None:
         """The connection is gone (error is None for a deliberate close): its rooms with it,
         listened to up to its last sign of life."""

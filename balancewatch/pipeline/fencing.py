@@ -28,10 +28,10 @@ class Fenced:
 def split(
     lines: Sequence[BalanceLine], ends: Mapping[bytes, datetime | None], checked_at: datetime
 ) -> Fenced:
-    """The rows that may be stored, given when each epoch's tenure ends (`ends`, by the epoch's
-    text as in the lines; a row of an epoch missing from it is refused, a row without one is
-    kept: it was received before replicas)."""
-    ended = {epoch for epoch, until in ends.items() if until is None or until <= checked_at}
+    """The rows that may be stored, given when each epoch's tenure ended (`ends`, by the
+    epoch's text as in the lines; None for a tenure still current). A row of an epoch missing
+    from it is refused; a row without one is kept (it was received before replicas)."""
+    ended = {epoch for epoch, until in ends.items() if until is not None and until <= checked_at}
     if not ended and epochs_in(lines) <= ends.keys():
         return Fenced(list(lines), 0)
     kept = [line for line in lines if _may_store(line, ends, ended)]
@@ -64,5 +64,7 @@ def _may_store(line: BalanceLine, ends: Mapping[bytes, datetime | None], ended: 
     epoch = _tail(line)
     if epoch == NO_EPOCH_BYTES or (epoch in ends and epoch not in ended):
         return True
-    until = ends.get(epoch)
-    return until is not None and received_at(line) <= until
+    if epoch not in ends:
+        return False
+    until = ends[epoch]
+    return until is None or received_at(line) <= until

@@ -1,11 +1,12 @@
 """The statements of the shard leases (River's elector, per shard): membership, renewal, claim
 and release, all timed by the database's clock, never a replica's.
 
-A replica renews only leases it holds and that have not expired; it claims only leases that
-are free or expired, drawing a new epoch (the fencing token) and opening a tenure; it releases
-by ending its tenure and clearing the owner. Every change of owner therefore goes through an
-UPDATE of the lease row, which waits for any batch of rows being stored under that lease (the
-batch holds the row FOR SHARE: see `tenure_ends` in the migrations).
+A replica renews only leases it holds (even expired, as long as nobody took them: its tenure
+goes on); it claims only leases that are free or expired, drawing a new epoch (the fencing
+token) and opening a tenure; it releases by ending its tenure and clearing the owner. Every
+change of owner therefore goes through an UPDATE of the lease row, which waits for any batch of
+rows being stored under that lease (the batch holds the row FOR SHARE: see `tenure_ends` in the
+migrations).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ ON CONFLICT (instance) DO UPDATE
 SET heartbeat_at = now(), lease_ttl = excluded.lease_ttl, pairs_held = excluded.pairs_held
 RETURNING (xmax = 0) AS joined
 """
+# River's re-election: a holder extends its own leases, even expired ones nobody took.
 _RENEW: Final = """
 UPDATE shard_leases SET expires_at = now() + $2::interval
-WHERE owner = $1 AND expires_at > now()
+WHERE owner = $1
 RETURNING shard, epoch
 """
 _LEASES: Final = "SELECT shard, owner, expires_at <= now() AS expired FROM shard_leases"
@@ -98,8 +100,8 @@ class RoundState:
 async def heartbeat_and_renew(
     raw: RawConnection, member: Member, ttl: float, pairs_held: int, timeout: float
 ) -> RoundState:
-    """Say this process is alive, extend each of its unexpired leases by `ttl` from the
-    database's now, and read every lease and the live replicas. Inside the round's transaction."""
+    """Say this process is alive, extend each of its leases by `ttl` from the database's now,
+    and read every lease and the live replicas. Inside the round's transaction."""
     length = timedelta(seconds=ttl)
     joined = await raw.fetchval(
         _HEARTBEAT,

@@ -188,9 +188,9 @@ Index("rpc_failures_received_at_idx", rpc_failures.c.received_at)
 shard_config = Table(
     "shard_config",
     metadata,
-    Column("only", Boolean, primary_key=True, server_default=true()),
+    Column("singleton", Boolean, primary_key=True, server_default=true()),
     Column("shards", SmallInteger, nullable=False),
-    CheckConstraint("only", name="shard_config_one_row"),
+    CheckConstraint("singleton", name="shard_config_one_row"),
     CheckConstraint("shards BETWEEN 1 AND 4096", name="shard_config_shards_in_range"),
 )
 

@@ -65,8 +65,8 @@ async def copy_balance_lines(raw: RawConnection, lines: Sequence[bytes], timeout
 async def tenure_ends(
     raw: RawConnection, epochs: Sequence[int], timeout: float
 ) -> tuple[dict[int, datetime | None], datetime]:
-    """When each of these shard tenures ended (or ends, for a current one: its lease's expiry),
-    and the database's time now. Inside a transaction, the leases of their shards stay locked
+    """When each of these shard tenures ended (None for one still current), and the database's
+    time now. Inside a transaction, the leases of their shards stay locked
     FOR SHARE until it ends: no tenure named here can end meanwhile. An epoch the database
     does not know is left out."""
     found = await raw.fetch("SELECT * FROM tenure_ends($1::bigint[])", epochs, timeout=timeout)

@@ -27,9 +27,9 @@ def upgrade() -> None:
     # settings, so replicas of different versions or configurations cannot disagree.
     op.create_table(
         "shard_config",
-        sa.Column("only", sa.Boolean(), primary_key=True, server_default=sa.true()),
+        sa.Column("singleton", sa.Boolean(), primary_key=True, server_default=sa.true()),
         sa.Column("shards", sa.SmallInteger(), nullable=False),
-        sa.CheckConstraint("only", name="shard_config_one_row"),
+        sa.CheckConstraint("singleton", name="shard_config_one_row"),
         sa.CheckConstraint("shards BETWEEN 1 AND 4096", name="shard_config_shards_in_range"),
     )
     op.execute(
@@ -79,7 +79,9 @@ def upgrade() -> None:
     # Temporal's check, made for a batch: the leases of the batch's shards locked FOR SHARE
     # (a claim or a release, which must UPDATE them, waits for the batch's commit), then each
     # epoch's end read in a statement of its own, so it sees whatever committed before the lock
-    # was granted. The current tenure ends at its lease's expiry, an earlier one at ended_at.
+    # was granted. A tenure still current has no end, NULL (its owner's rows cannot be anyone
+    # else's, even late: nobody else can have stored that shard meanwhile); an earlier one
+    # ended at ended_at.
     op.execute(
         """
         CREATE FUNCTION tenure_ends(epochs bigint[])
@@ -94,7 +96,7 @@ def upgrade() -> None:
             FOR SHARE;
             RETURN QUERY
             SELECT t.epoch,
-                   CASE WHEN l.epoch = t.epoch AND l.owner = t.owner THEN l.expires_at
+                   CASE WHEN l.epoch = t.epoch AND l.owner = t.owner THEN NULL
                         ELSE t.ended_at END,
                    clock_timestamp()
             FROM shard_tenures t JOIN shard_leases l ON l.shard = t.shard

@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancewatch.pipeline.records import BalanceLine, balance_line, received_at, stamp_from_micros
+from balancewatch.pipeline.records import (
+    BalanceLine,
+    balance_line,
+    epoch_of,
+    received_at,
+    stamp_from_micros,
+)
 from balancewatch.pipeline.spool import Position, Spool, SpoolError, current_line
 from tests.helpers import TOKEN, WALLET, WALLET2
 
@@ -87,6 +93,19 @@ def test_a_line_of_the_previous_format_becomes_the_line_balance_line_makes(
     current = line(plain, moment)
     assert current_line(old_line(old_amount, moment)) == current
     assert current_line(current) == current
+
+
+@given(amounts, times, st.one_of(st.none(), st.integers(1, 2**62)))
+def test_a_line_spooled_before_replicas_is_replayed_without_an_epoch(
+    amount: str, moment: datetime, epoch: int | None
+) -> None:
+    stamp = stamp_from_micros(micros(moment))
+    before_replicas = f"{WALLET}\t{TOKEN}\t{amount}\t{stamp}\n".encode()
+    assert current_line(before_replicas) == balance_line(WALLET, TOKEN, amount, stamp)
+    tagged = balance_line(WALLET, TOKEN, amount, stamp, epoch)
+    assert current_line(tagged) == tagged
+    assert epoch_of(tagged) == epoch
+    assert received_at(tagged) == moment
 
 
 def test_a_spool_left_by_the_previous_version_is_read_back_in_the_current_format(

@@ -1,0 +1,163 @@
+"""Several daemons in this process on one database and one simulated Datastream, each with a key
+of its own, so the simulator tells their connections apart: every room held by exactly one, the
+shards spread, a clean stop handing everything over in about a second, a newcomer taking its
+share gracefully, and no message stored twice or lost while held.
+
+The faults a process suffers (SIGKILL, SIGSTOP, the database restarted under it) are in
+tests/system/test_replicas.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import URL
+
+from balancewatch.devtools.bench import bench_pairs
+from balancewatch.devtools.simulator import Simulator
+from balancewatch.domain import room_for
+from tests.helpers import RunningDaemon, make_settings, running_daemon, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+PAIRS = bench_pairs(48)
+ROOMS = {room_for(*pair) for pair in PAIRS}
+TTL = 3.0
+
+
+@pytest.fixture
+async def stream() -> AsyncIterator[Simulator]:
+    """A simulator that takes any key: each replica's key names it."""
+    async with Simulator(ping_interval=None) as sim:
+        yield sim
+
+
+async def watch_all(db: Any) -> None:
+    await db.executemany("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", PAIRS)
+
+
+@contextlib.asynccontextmanager
+async def replica(database_url: URL, sim: Simulator, name: str) -> AsyncIterator[RunningDaemon]:
+    settings = make_settings(
+        database_url, sim.url, api_key=f"key-{name}", replica_id=name, lease_ttl=TTL
+    )
+    async with running_daemon(settings) as running:
+        yield running
+
+
+def held_once(sim: Simulator, clients: set[str]) -> bool:
+    """Every room held, each by exactly one client, and every client holding some."""
+    holders = [sim.room_holders(room) for room in ROOMS]
+    return all(len(h) == 1 for h in holders) and set().union(*holders) == clients
+
+
+async def owners(db: Any) -> dict[str, int]:
+    rows = await db.fetch(
+        "SELECT r.replica_id, count(*) AS shards FROM shard_leases l "
+        "JOIN replicas r ON r.instance = l.owner GROUP BY r.replica_id"
+    )
+    return {row["replica_id"]: row["shards"] for row in rows}
+
+
+async def test_two_replicas_hold_every_room_exactly_once_and_share_the_shards(
+    database_url: URL, db: Any, stream: Simulator
+) -> None:
+    await watch_all(db)
+    async with replica(database_url, stream, "a"), replica(database_url, stream, "b"):
+        await wait_until(
+            lambda: held_once(stream, {"key-a", "key-b"}), timeout=15, what="rooms shared"
+        )
+        shares = await owners(db)
+        assert sum(shares.values()) == 64
+        assert all(16 <= share <= 48 for share in shares.values()), shares
+    assert stream.overlaps == []
+
+
+@contextlib.asynccontextmanager
+async def numbered_messages(sim: Simulator) -> AsyncIterator[dict[int, int]]:
+    """Sends a message with a fresh amount to every room in turn, about 500 a second; yields
+    amount -> how many connections it reached."""
+    reached: dict[int, int] = {}
+    stop = asyncio.Event()
+
+    async def send() -> None:
+        number = 0
+        while not stop.is_set():
+            for wallet, token in PAIRS[number % 8 :: 8]:
+                number += 1
+                reached[number] = await sim.send_balance(wallet, token, str(number))
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(send())
+    try:
+        yield reached
+    finally:
+        stop.set()
+        await task
+
+
+async def stored_once(db: Any, reached: dict[int, int]) -> None:
+    """Every message that reached a connection is stored exactly once; none that did not is."""
+    delivered = sorted(number for number, count in reached.items() if count)
+    assert all(count <= 1 for count in reached.values())
+
+    async def stored() -> list[int]:
+        rows = await db.fetch("SELECT amount FROM balance_history WHERE source = 'stream'")
+        return sorted(int(row["amount"]) for row in rows)
+
+    async def all_stored() -> bool:
+        return await stored() == delivered
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(all_stored, timeout=10, what="rows stored")
+    found = await stored()
+    missing = sorted(set(delivered) - set(found))
+    twice = sorted(n for n in set(found) if found.count(n) > 1)
+    extra = sorted(set(found) - set(delivered))
+    assert (missing, twice, extra) == ([], [], []), f"of {len(delivered)} delivered"
+
+
+async def test_a_clean_stop_hands_every_shard_over_in_about_a_second_storing_each_message_once(
+    database_url: URL, db: Any, stream: Simulator
+) -> None:
+    await watch_all(db)
+    async with replica(database_url, stream, "a"):
+        async with replica(database_url, stream, "b") as b:
+            await wait_until(lambda: held_once(stream, {"key-a", "key-b"}), timeout=15)
+            async with numbered_messages(stream) as reached:
+                await asyncio.sleep(0.3)
+                stopped = time.monotonic()
+                await b.stop()
+                await wait_until(lambda: held_once(stream, {"key-a"}), timeout=5, what="handover")
+                handover = time.monotonic() - stopped
+                await asyncio.sleep(0.3)
+        await stored_once(db, reached)
+        assert handover < 2.0
+        assert await owners(db) == {"a": 64}
+        # B's periods ended as it stopped, A's began after: the gap is in coverage.
+        reasons = await db.fetch("SELECT DISTINCT end_reason FROM coverage WHERE holder LIKE 'b/%'")
+        assert {row["end_reason"] for row in reasons} <= {"shutdown", "handover"}
+    assert stream.overlaps == []
+
+
+async def test_a_third_replica_takes_its_share_gracefully(
+    database_url: URL, db: Any, stream: Simulator
+) -> None:
+    await watch_all(db)
+    async with replica(database_url, stream, "a"), replica(database_url, stream, "b"):
+        await wait_until(lambda: held_once(stream, {"key-a", "key-b"}), timeout=15)
+        async with numbered_messages(stream) as reached, replica(database_url, stream, "c"):
+            await wait_until(
+                lambda: held_once(stream, {"key-a", "key-b", "key-c"}),
+                timeout=10,
+                what="the third replica's share",
+            )
+            shares = await owners(db)
+            assert set(shares) == {"a", "b", "c"}
+            assert sum(shares.values()) == 64
+        await stored_once(db, reached)
+    assert stream.overlaps == []
