@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
@@ -139,7 +140,8 @@ class DatastreamClient:
             self._may_read.set()
         self._on_disconnected = on_disconnected
         self._before_close = before_close
-        self._pong = asyncio.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._round_trips: dict[bytes, asyncio.Event] = {}  # ping payload -> its pong came
         self.backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._host = urlsplit(config.datastream_url).netloc
         self.connected = False
@@ -217,6 +219,7 @@ class DatastreamClient:
         # Joins go out while the read loop already runs: pings are answered and early messages
         # read even while a large watchlist is still being joined.
         sender = WebSocketSender(ws)
+        self._ws = ws
         try:
             async with asyncio.TaskGroup() as tasks:
                 per_connection = [tasks.create_task(self._on_connected(sender))]
@@ -232,6 +235,7 @@ class DatastreamClient:
                     closer.cancel()  # else let it finish the closing handshake
         finally:
             sender.retire()
+            self._ws = None
         return reason
 
     def last_sign_of_life(self) -> datetime | None:
@@ -280,7 +284,9 @@ class DatastreamClient:
         if message.type is aiohttp.WSMsgType.PING:
             return None if await self._answer(ws.pong(message.data)) else "pong failed"
         if message.type is aiohttp.WSMsgType.PONG:
-            self._pong.set()
+            answered = self._round_trips.get(message.data)
+            if answered is not None:
+                answered.set()
             return None  # the answer to our keepalive: its time is a sign of life
         if message.type is aiohttp.WSMsgType.ERROR:
             return f"error: {_describe(ws.exception() or message.data)}"
@@ -314,11 +320,29 @@ class DatastreamClient:
         if self._before_close is not None:
             with contextlib.suppress(TimeoutError, ConnectionError):
                 async with asyncio.timeout(_CLOSE_GRACE):
-                    self._pong.clear()
                     await self._before_close(sender)
-                    await ws.ping()
-                    await self._pong.wait()
+                    await self._round_trip(ws)
         await _close(ws, grace=_CLOSE_GRACE)
+
+    async def round_trip(self, timeout: float) -> None:
+        """Until the server has answered everything sent so far on the open connection (a
+        ping's pong: the server answers in order), or `timeout` passes. A handover waits for
+        this after its leaves: every message sent before them has then been read."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(timeout):
+                await self._round_trip(ws)
+
+    async def _round_trip(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        payload = secrets.token_bytes(8)
+        answered = self._round_trips[payload] = asyncio.Event()
+        try:
+            await ws.ping(payload)
+            await answered.wait()
+        finally:
+            del self._round_trips[payload]
 
     async def _answer(self, pong: Coroutine[Any, Any, None]) -> bool:
         # Bounded, as the read loop waits for it: a pong that cannot be sent for a whole

@@ -36,14 +36,11 @@ from balancewatch.store.models import SHARDS_CHANNEL
 
 log = get_logger(__name__)
 
-RenewalResult = Literal["renewed", "failed"]
+RoundResult = Literal["renewed", "failed"]
 Handover = Literal["claimed", "released", "lost"]
 
 # After a failed round, the next one comes this soon (never later than the interval).
 _RETRY_AFTER = 1.0
-# How long a handover waits, once its rooms are left, before it releases the lease: messages
-# the server sent before it took the leave in still arrive, and are stored, meanwhile.
-_FLUSH_WAIT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +66,9 @@ class LeaseKeeper:
         member: Member,
         config: LeaseConfig,
         *,
-        flush: Callable[[float], Awaitable[None]],
+        # Once a handover's rooms are left: until the server has taken the leaves in and the
+        # rows received before are stored (or a bound passes), so the lease is released last.
+        settle: Callable[[], Awaitable[None]],
         pairs_held: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,12 +76,12 @@ class LeaseKeeper:
         self._rooms = rooms
         self._member = member
         self._config = config
-        self._flush = flush
+        self._settle = settle
         self._pairs_held = pairs_held
         self._clock = clock
         self._epochs: dict[int, int] = {}  # held as of the last round
         self._wake = asyncio.Event()
-        self.renewals: Counter[RenewalResult] = Counter()
+        self.renewals: Counter[RoundResult] = Counter()
         self.handovers: Counter[Handover] = Counter()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -164,7 +163,7 @@ class LeaseKeeper:
     async def _hand_over(self, connection: RawConnection, shards: frozenset[int]) -> None:
         self._epochs = {s: e for s, e in self._epochs.items() if s not in shards}
         await self._rooms.hand_over(shards)
-        await self._flush(_FLUSH_WAIT)
+        await self._settle()
         await leases.release(connection, self._member.instance, shards, self._config.timeout)
         self._rooms.released()
         self.handovers["released"] += len(shards)

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from balancewatch.chain.answers import FailureReason
 from balancewatch.chain.rpc import RequestOutcome
+from balancewatch.daemon.leases import Handover, RoundResult
 from balancewatch.domain import (
     CHAIN_READ_RESULTS,
     PAIR_STATES,
@@ -129,7 +130,20 @@ class Snapshot:
     reading_paused: bool
     newest_stored: datetime | None
     database_up: bool | None
+    shards: ShardCounts | None = None
     chain: ChainCounts | None = None  # None: no RPC URL, nothing read from the chain
+
+
+@dataclass(frozen=True, slots=True)
+class ShardCounts:
+    """This replica's leases, and what they did since the start."""
+
+    held: int
+    total: int
+    alone: bool  # the only live replica at the last round
+    rounds: Mapping[RoundResult, int]
+    handovers: Mapping[Handover, int]
+    fenced: Mapping[str, int]  # messages refused by each fencing layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +235,42 @@ class DaemonCollector(Collector):
             "1 if an RPC URL is set (snapshots, checks).",
             int(c.chain is not None),
         )
+        if c.shards is not None:
+            yield from _shard_metrics(c.shards)
         if c.chain is not None:
             yield from _chain_metrics(c.chain)
+
+
+def _shard_metrics(shards: ShardCounts) -> Iterable[Metric]:
+    yield _gauge("shards_held", "Shards whose lease this replica holds.", shards.held)
+    yield _gauge("shard_count", "Shards the pairs are spread over.", shards.total)
+    yield _gauge(
+        "replica_alone",
+        "1 if this replica was the only live one at its last lease round.",
+        int(shards.alone),
+    )
+    yield _labelled(
+        CounterMetricFamily,
+        "lease_rounds",
+        "Lease rounds (heartbeat, renewals, claims), renewed or failed.",
+        "result",
+        shards.rounds,
+    )
+    yield _labelled(
+        CounterMetricFamily,
+        "shard_handovers",
+        "Shards claimed, released to another replica, or lost (not renewed in time).",
+        "kind",
+        shards.handovers,
+    )
+    yield _labelled(
+        CounterMetricFamily,
+        "messages_fenced",
+        "Messages not stored because their shard's lease had been lost: refused on arrival "
+        "(ingest) or in the write transaction (database).",
+        "layer",
+        shards.fenced,
+    )
 
 
 def _chain_metrics(chain: ChainCounts) -> Iterable[Metric]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
+from typing import Final
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,6 +38,7 @@ from balancewatch.daemon.metrics import (
     ChainCounts,
     DaemonCollector,
     PairStates,
+    ShardCounts,
     Snapshot,
     WriteMetrics,
 )
@@ -55,6 +58,10 @@ from balancewatch.store.db import create_engine, describe
 from balancewatch.store.leases import Member
 
 log = get_logger(__name__)
+
+
+# A handover's bound on each of its waits: the leaves' round trip, then the rows' flush.
+_HANDOVER_WAIT: Final = 1.0
 
 
 class SchemaNotReady(StartupError):
@@ -115,9 +122,14 @@ class Daemon:
         self.leases = LeaseKeeper(
             url,
             self.rooms,
-            Member(self.holder, settings.replica_id, str(settings.spool_dir)),
+            Member(
+                self.holder,
+                settings.replica_id,
+                socket.gethostname(),
+                str(settings.spool_dir.resolve()),
+            ),
             LeaseConfig(ttl=settings.lease_ttl, timeout=settings.connect_timeout),
-            flush=self.writer.caught_up,
+            settle=self._settle_handover,
             pairs_held=lambda: self.subscriptions.wanted_count,
         )
         watch = MessageWatch()
@@ -171,6 +183,10 @@ class Daemon:
         self.coverage.watchers.append(reads)
         return reads
 
+    async def _settle_handover(self) -> None:
+        await self.client.round_trip(_HANDOVER_WAIT)
+        await self.writer.caught_up(_HANDOVER_WAIT)
+
     async def _connected(self, sender: RoomSender) -> None:
         self.sync.request_reconcile()
         await self.subscriptions.connected(sender)
@@ -208,6 +224,14 @@ class Daemon:
             reading_paused=not self.writer.may_read.is_set(),
             newest_stored=self.write_metrics.newest_stored,
             database_up=self.database.up,
+            shards=ShardCounts(
+                held=len(self.rooms.held),
+                total=self.rooms.shards,
+                alone=self.rooms.alone,
+                rounds=dict(self.leases.renewals),
+                handovers=dict(self.leases.handovers),
+                fenced={"ingest": self.ingest.fenced, "database": self.writer.rows_fenced},
+            ),
             chain=self._chain_counts(),
         )
 

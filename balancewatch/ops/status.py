@@ -124,6 +124,7 @@ def render(report: Report, daemon: DaemonView | None) -> str:
         else "no gap in the last 24 h"
     )
     lines.append(f"coverage {report.listening} pairs being listened to; {gaps}")
+    lines += _replica_lines(report)
     lines += _chain_lines(report)
     if report.problems:
         lines += ["", "pairs with problems"]
@@ -137,6 +138,22 @@ def render(report: Report, daemon: DaemonView | None) -> str:
     if report.rpc_failures:
         lines += _by_reason("RPC answers refused, last 24 h", report.rpc_failures)
     return "\n".join(lines)
+
+
+def _replica_lines(report: Report) -> list[str]:
+    unowned = report.unowned_shards
+    if not unowned:
+        owners = f"every one of the {report.shards} shards held"
+    else:
+        listed = ", ".join(map(str, unowned[:16])) + (", ..." if len(unowned) > 16 else "")
+        owners = f"{len(unowned)} of {report.shards} shards WITHOUT a live owner ({listed})"
+    lines = [f"replicas {len(report.replicas)} live; {owners}"]
+    for replica in report.replicas:
+        lines.append(
+            f"         {replica.replica_id:16} {replica.shards:>4} shards {replica.pairs:>8,} "
+            f"pairs  heard {_age(replica.heard)} ago  ({replica.instance})"
+        )
+    return lines
 
 
 def _chain_lines(report: Report) -> list[str]:

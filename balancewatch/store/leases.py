@@ -24,13 +24,25 @@ from balancewatch.store.models import SHARDS_CHANNEL, shard_config
 
 _HEARTBEAT: Final = """
 INSERT INTO replicas AS r
-    (instance, replica_id, started_at, heartbeat_at, lease_ttl, spool_dir, pairs_held)
-VALUES ($1, $2, now(), now(), $3, $4, $5)
+    (instance, replica_id, started_at, heartbeat_at, lease_ttl, host, spool_dir, pairs_held)
+VALUES ($1, $2, now(), now(), $3, $4, $5, $6)
 ON CONFLICT (instance) DO UPDATE
 SET heartbeat_at = now(), lease_ttl = excluded.lease_ttl, pairs_held = excluded.pairs_held
 RETURNING (xmax = 0) AS joined
 """
 # River's re-election: a holder extends its own leases, even expired ones nobody took.
+# A process on this host with this spool directory, before this one, whatever its replica id:
+# it is dead, since this process holds the spool's lock, which the kernel gave back when it
+# died. Its leases expire now instead of a TTL after its last renewal (a restart after a crash
+# resumes at once, as a lone daemon always has).
+_FORGET_PREDECESSORS: Final = """
+WITH gone AS (
+    DELETE FROM replicas
+    WHERE host = $2 AND spool_dir = $3 AND instance <> $1
+    RETURNING instance
+)
+UPDATE shard_leases SET expires_at = now() WHERE owner IN (SELECT instance FROM gone)
+"""
 _RENEW: Final = """
 UPDATE shard_leases SET expires_at = now() + $2::interval
 WHERE owner = $1
@@ -80,7 +92,8 @@ _RETIRE: Final = "DELETE FROM replicas WHERE instance = $1"
 class Member:
     instance: str  # this process: unique, never reused
     replica_id: str  # its name among the replicas: stable across restarts
-    spool_dir: str
+    host: str
+    spool_dir: str  # locked by this process: see _FORGET_PREDECESSORS
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +121,19 @@ async def heartbeat_and_renew(
         member.instance,
         member.replica_id,
         length,
+        member.host,
         member.spool_dir,
         pairs_held,
         timeout=timeout,
     )
+    if joined:
+        await raw.execute(
+            _FORGET_PREDECESSORS,
+            member.instance,
+            member.host,
+            member.spool_dir,
+            timeout=timeout,
+        )
     renewed = await raw.fetch(_RENEW, member.instance, length, timeout=timeout)
     leases = await raw.fetch(_LEASES, timeout=timeout)
     live = await raw.fetch(_LIVE, timeout=timeout)

@@ -203,6 +203,7 @@ replicas = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     Column("lease_ttl", Interval, nullable=False),
+    Column("host", Text, nullable=False),
     Column("spool_dir", Text, nullable=False),
     Column("pairs_held", Integer, nullable=False, server_default=text("0")),
 )

@@ -43,6 +43,18 @@ class Report:
     snapshot_queue: int = 0  # pairs waiting for a snapshot, in the daemons confirming now
     chain_reads: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, result)
     rpc_failures: list[tuple[str, int, datetime]] = field(default_factory=list)  # last 24 h
+    replicas: list[Replica] = field(default_factory=list)  # the live ones
+    shards: int = 0
+    unowned_shards: list[int] = field(default_factory=list)  # no live owner now
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    replica_id: str
+    instance: str
+    heard: timedelta  # since its last heartbeat
+    shards: int
+    pairs: int
 
 
 _PAIRS = """
@@ -88,6 +100,21 @@ _RPC_FAILURES = """
 SELECT reason, count(*) AS n, max(received_at) AS last FROM rpc_failures
 WHERE received_at > now() - interval '24 hours' GROUP BY reason ORDER BY n DESC, reason
 """
+_REPLICAS = """
+SELECT r.replica_id, r.instance, now() - r.heartbeat_at AS heard, r.pairs_held,
+       (SELECT count(*) FROM shard_leases l
+        WHERE l.owner = r.instance AND l.expires_at > now()) AS shards
+FROM replicas r WHERE r.heartbeat_at > now() - r.lease_ttl ORDER BY r.replica_id, r.instance
+"""
+# No live owner: released, expired, or held by a process that stopped heartbeating.
+_UNOWNED = """
+SELECT l.shard FROM shard_leases l
+WHERE l.owner IS NULL OR l.expires_at <= now() OR NOT EXISTS (
+    SELECT 1 FROM replicas r
+    WHERE r.instance = l.owner AND r.heartbeat_at > now() - r.lease_ttl
+)
+ORDER BY l.shard
+"""
 _REJECTED = """
 SELECT reason, count(*) AS n, max(received_at) AS last FROM rejected_messages
 WHERE received_at > now() - interval '24 hours' GROUP BY reason ORDER BY n DESC, reason
@@ -121,7 +148,19 @@ async def gather(engine: AsyncEngine) -> Report:
         gaps = (await connection.execute(text(_GAPS))).one()
         report.gapped, report.uncovered = gaps.pairs, gaps.uncovered
         await _chain(connection, report)
+        await _replicas(connection, report)
         return report
+
+
+async def _replicas(connection: AsyncConnection, report: Report) -> None:
+    report.replicas = [
+        Replica(row.replica_id, row.instance, row.heard, row.shards, row.pairs_held)
+        for row in await connection.execute(text(_REPLICAS))
+    ]
+    report.shards = (
+        await connection.execute(text("SELECT count(*) FROM shard_leases"))
+    ).scalar_one()
+    report.unowned_shards = list((await connection.execute(text(_UNOWNED))).scalars())
 
 
 async def _chain(connection: AsyncConnection, report: Report) -> None:

@@ -44,6 +44,7 @@ def upgrade() -> None:
         sa.Column("started_at", TIMESTAMPTZ, nullable=False),
         sa.Column("heartbeat_at", TIMESTAMPTZ, nullable=False),
         sa.Column("lease_ttl", sa.Interval(), nullable=False),
+        sa.Column("host", sa.Text(), nullable=False),
         sa.Column("spool_dir", sa.Text(), nullable=False),
         sa.Column("pairs_held", sa.Integer(), nullable=False, server_default="0"),
     )

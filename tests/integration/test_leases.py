@@ -21,8 +21,8 @@ from balancewatch.store.leases import Member
 from tests.helpers import TOKEN, WALLET
 
 TTL = 5.0
-A = Member("a/1", "a", "/spool/a")
-B = Member("b/1", "b", "/spool/b")
+A = Member("a/1", "a", "host-a", "/spool/a")
+B = Member("b/1", "b", "host-b", "/spool/b")
 
 
 @pytest.fixture
@@ -103,6 +103,22 @@ async def test_a_release_ends_the_tenure_and_frees_the_shard_with_a_notify(
     await asyncio.sleep(0.1)  # let the notification arrive
     assert "released" in heard
     await listener.close()
+
+
+async def test_a_restarted_process_on_the_same_spool_takes_its_dead_predecessors_leases_at_once(
+    raw: Any,
+) -> None:
+    await claim(raw, A, [0, 1])  # then SIGKILLed: its leases stay unexpired for a TTL
+    # Its replica id may differ (the default has the process id in it): the spool is the proof.
+    successor = Member("a2/2", "a2", "host-a", "/spool/a")
+    assert set(await claim(raw, successor, [0, 1])) == {0, 1}
+    assert await raw.fetchval("SELECT count(*) FROM replicas WHERE instance = 'a/1'") == 0
+    # The same spool path on another host, or another spool, is never a predecessor's.
+    for other_member in (
+        Member("a/3", "a", "host-b", "/spool/a"),
+        Member("a/4", "a", "host-a", "/s"),
+    ):
+        assert await claim(raw, other_member, [0, 1]) == {}
 
 
 async def test_retire_releases_everything_and_leaves_the_membership(raw: Any) -> None:
