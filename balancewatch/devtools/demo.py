@@ -3,9 +3,10 @@
 It starts a local cluster, migrates it, seeds a few watchlist rows, starts the simulator (the
 Datastream, and the chain behind it as Solana JSON-RPC) and the daemon, and prints each row as
 it is committed, with where it came from. Along the way it adds a pair with SQL (the watchlist
-sync), cuts the connection (the gap it leaves, and the snapshots that close it), and changes a
-cold wallet's balance on the chain without a message (the check that finds the drift). Ctrl-C
-(or --seconds) stops all of it and deletes the cluster.
+sync), cuts the connection (the gap it leaves, and the snapshots that close it), changes a
+cold wallet's balance on the chain without a message (the check that finds the drift), and
+starts a second replica that takes its share of the shards, then stops it (the handover back).
+Ctrl-C (or --seconds) stops all of it and deletes the cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,7 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                 balance_check_interval=CHECK_INTERVAL,
                 spool_dir=spool_dir,
                 http_port=0,  # any free port (logged): the demo must not need 8080
+                replica_id="demo-a",
             )
             with stop_on_signals(stop):
                 say("running; rows appear as they are committed (Ctrl-C to stop)")
@@ -103,6 +105,7 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                     tasks.create_task(_add_late_pair(db, sim, stop))
                     tasks.create_task(_drop_and_show_the_gap(db, sim, stop))
                     tasks.create_task(_drift_and_its_check(db, sim, stop))
+                    tasks.create_task(_second_replica(db, settings, stop))
                     if seconds is not None:
                         tasks.create_task(_stop_after(seconds, stop))
     finally:
@@ -254,6 +257,61 @@ async def _drift_and_its_check(db: Any, sim: Simulator, stop: asyncio.Event) -> 
             )
             return
         await asyncio.sleep(_FEED_POLL)
+
+
+_SHARES = """
+SELECT r.replica_id, count(*) AS shards FROM shard_leases l
+JOIN replicas r ON r.instance = l.owner WHERE l.expires_at > now()
+GROUP BY r.replica_id ORDER BY r.replica_id
+"""
+
+
+async def _second_replica(db: Any, settings: Settings, stop: asyncio.Event) -> None:
+    """Start a second replica on the same database: it gets its share of the shards by a
+    handover; stopped (as SIGTERM would), it hands them back."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 13.0)
+    if stop.is_set():
+        return
+    second = settings.model_copy(
+        update={"replica_id": "demo-b", "spool_dir": settings.spool_dir.with_name("spool-b")}
+    )
+    stop_b = asyncio.Event()
+    started = time.monotonic()
+    replica_b = asyncio.create_task(serve(second, stop_b))
+    shares = await _shares_when(db, lambda found: len(found) == 2, stop)
+    if shares is not None:
+        say(
+            f"a second replica, demo-b, took its share in {_ms_since(started)}: "
+            + ", ".join(f"{name} holds {count} of 64 shards" for name, count in shares.items())
+        )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 3.0)
+    stopping = time.monotonic()
+    stop_b.set()
+    await replica_b
+    shares = await _shares_when(db, lambda found: found.get("demo-a") == 64, stop)
+    if shares is not None:
+        say(
+            f"demo-b stopped (as SIGTERM would): all 64 shards back with demo-a in "
+            f"{_ms_since(stopping)}; coverage has the milliseconds between"
+        )
+
+
+async def _shares_when(
+    db: Any, done: Callable[[dict[str, int]], bool], stop: asyncio.Event
+) -> dict[str, int] | None:
+    deadline = time.monotonic() + 10.0
+    while not stop.is_set() and time.monotonic() < deadline:
+        found = {row["replica_id"]: row["shards"] for row in await db.fetch(_SHARES)}
+        if done(found):
+            return found
+        await asyncio.sleep(0.05)
+    return None
+
+
+def _ms_since(started: float) -> str:
+    return f"{(time.monotonic() - started) * 1000:.0f} ms"
 
 
 async def _stop_after(seconds: float, stop: asyncio.Event) -> None:

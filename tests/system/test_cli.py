@@ -119,6 +119,7 @@ async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> Non
         await demo.wait_for(lambda: "added while running" in demo.text(), "a pair added")
         await demo.wait_for(lambda: "a check found the drift" in demo.text(), "the drift found")
         await demo.wait_for(lambda: "check@" in demo.text(), "the check row printed")
+        await demo.wait_for(lambda: "back with demo-a" in demo.text(), "the handover back")
         code = await demo.stop(signal.SIGINT, timeout=20)
     text = demo.text()
     assert code == 0, text
@@ -127,6 +128,10 @@ async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> Non
     assert re.search(r"2500\.750000000 +snapshot@\d+ +a cold wallet", text)  # at the join
     assert "what was missed is known again" in text  # the snapshot after the gap
     assert re.search(r"2400\.000000000 +check@\d+ +a cold wallet", text)
+    shares = re.search(r"demo-a holds (\d+) of 64 shards, demo-b holds (\d+) of 64", text)
+    assert shares is not None
+    assert int(shares[1]) + int(shares[2]) == 64
+    assert min(int(shares[1]), int(shares[2])) > 0
     base_dir = Path(text.split("throwaway Postgres in ")[1].split(";")[0])
     assert not base_dir.exists()
     assert "the throwaway database is deleted" in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -197,9 +199,18 @@ def test_an_rpc_url_that_is_not_http_is_refused_without_echoing_it(
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("RPC_MAX_RPS", "0"), ("BALANCE_CHECK_INTERVAL", "-1"), ("RPC_BATCH_SIZE", "5000")],
+    [
+        ("RPC_MAX_RPS", "0"),
+        ("BALANCE_CHECK_INTERVAL", "-1"),
+        ("RPC_BATCH_SIZE", "5000"),
+        ("LEASE_TTL", "1"),  # renewed every third of a second: a lease loop that never rests
+        ("LEASE_TTL", "nan"),
+        ("REPLICA_ID", "a/b"),  # the instance name is the id, a slash and a random part
+        ("REPLICA_ID", "two words"),
+        ("REPLICA_ID", ""),
+    ],
 )
-def test_rpc_limits_out_of_range_are_refused_by_name(
+def test_limits_out_of_range_are_refused_by_name(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
     monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
@@ -236,3 +247,12 @@ def test_the_rpc_url_may_come_from_a_file_and_an_empty_one_means_none(
     with pytest.raises(ConfigError, match="BALANCEWATCH_RPC_URL_FILE: the URL in") as caught:
         load_settings(need_key=False)
     assert SECRET not in str(caught.value)
+
+
+def test_the_default_replica_id_names_the_host_and_the_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    settings = load_settings(need_key=False)
+    assert settings.replica_id == f"{socket.gethostname()}-{os.getpid()}"
+    assert settings.lease_ttl == 15
