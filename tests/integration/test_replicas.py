@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.devtools.bench import bench_pairs
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import room_for
+from balancewatch.ops.status import render
+from balancewatch.store.reports import gather
 from tests.helpers import RunningDaemon, make_settings, running_daemon, wait_until
 from tests.streams import assert_stored_once, numbered_messages
 
@@ -66,17 +70,35 @@ async def owners(db: Any) -> dict[str, int]:
 
 
 async def test_two_replicas_hold_every_room_exactly_once_and_share_the_shards(
-    database_url: URL, db: Any, stream: Simulator
+    database_url: URL, db: Any, engine: AsyncEngine, stream: Simulator
 ) -> None:
     await watch_all(db)
-    async with replica(database_url, stream, "a"), replica(database_url, stream, "b"):
+    async with replica(database_url, stream, "a") as a, replica(database_url, stream, "b") as b:
         await wait_until(
             lambda: held_once(stream, {"key-a", "key-b"}), timeout=15, what="rooms shared"
         )
         shares = await owners(db)
         assert sum(shares.values()) == 64
         assert all(16 <= share <= 48 for share in shares.values()), shares
+        # Each is ready, about the pairs it holds.
+        for running in (a, b):
+            readiness = running.daemon.readiness()
+            assert readiness.pairs_wanted == len(running.daemon.subscriptions.held) > 0
+        assert a.daemon.readiness().pairs_wanted + b.daemon.readiness().pairs_wanted == 48
+        # status: both replicas, their shards, and no shard without a live owner.
+        await wait_until(lambda: _pairs_reported(engine), timeout=10, what="pairs heartbeated")
+        text = render(await gather(engine), None)
+        assert "replicas 2 live; every one of the 64 shards held" in text
+        assert re.search(rf"\n +a +{shares['a']} shards +\d+ pairs", text)
+        assert re.search(rf"\n +b +{shares['b']} shards +\d+ pairs", text)
+    text = render(await gather(engine), None)
+    assert "replicas 0 live; 64 of 64 shards WITHOUT a live owner" in text
     assert stream.overlaps == []
+
+
+async def _pairs_reported(engine: AsyncEngine) -> bool:
+    report = await gather(engine)
+    return sum(replica.pairs for replica in report.replicas) == len(PAIRS)
 
 
 async def test_a_clean_stop_hands_every_shard_over_in_about_a_second_storing_each_message_once(
