@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
 from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.devtools.simulator import Simulator
-from balancewatch.settings import parse_database_url
-from balancewatch.store import migrate
-from balancewatch.store.db import create_engine
 from tests.helpers import (
     API_KEY,
     TOKEN,
@@ -38,28 +33,9 @@ from tests.processes import DaemonProcess, environment, started
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalPostgres]:
-    with LocalPostgres() as pg:
-        yield pg
-
-
 @pytest.fixture
-async def url(cluster: LocalPostgres) -> AsyncIterator[URL]:
-    """A migrated database on the test's own cluster, which the test may stop and start."""
-    if not cluster.is_running():
-        cluster.start()
-    name = f"faults_{os.getpid()}_{time.monotonic_ns()}"
-    admin = await asyncpg.connect(cluster.url())
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    database = parse_database_url(cluster.url(name))
-    engine = create_engine(database, pool_size=1)
-    await migrate.upgrade(engine)
-    await engine.dispose()
-    yield database
-    if not cluster.is_running():
-        cluster.start()
+def url(stoppable_url: URL) -> URL:
+    return stoppable_url
 
 
 @dataclass

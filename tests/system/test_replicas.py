@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,9 +21,7 @@ from balancewatch.devtools.bench import bench_pairs
 from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import room_for
-from balancewatch.settings import parse_database_url
-from balancewatch.store import migrate
-from balancewatch.store.db import asyncpg_dsn, create_engine
+from balancewatch.store.db import asyncpg_dsn
 from tests.helpers import wait_until
 from tests.processes import DaemonProcess, StartDaemon, environment
 from tests.streams import assert_stored_once, numbered_messages, stream_amounts
@@ -73,13 +71,21 @@ async def watch_all(db: Any) -> None:
     await db.executemany("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", PAIRS)
 
 
+async def two_replicas(
+    start_daemon: StartDaemon, url: URL, db: Any, stream: Simulator
+) -> tuple[DaemonProcess, DaemonProcess]:
+    """Replicas a and b on the whole watchlist, once they share its rooms."""
+    await watch_all(db)
+    a = await start(start_daemon, url, stream, "a")
+    b = await start(start_daemon, url, stream, "b")
+    await wait_until(lambda: held_by(stream, "key-a", "key-b"), timeout=30, what="rooms shared")
+    return a, b
+
+
 async def test_sigkill_of_one_replica_and_the_other_holds_every_room_within_ttl_and_renew(
     start_daemon: StartDaemon, database_url: URL, db: Any, stream: Simulator
 ) -> None:
-    await watch_all(db)
-    a = await start(start_daemon, database_url, stream, "a")
-    b = await start(start_daemon, database_url, stream, "b")
-    await wait_until(lambda: held_by(stream, "key-a", "key-b"), timeout=30, what="rooms shared")
+    a, b = await two_replicas(start_daemon, database_url, db, stream)
     async with numbered_messages(stream, PAIRS, per_second=200) as reached:
         await asyncio.sleep(0.5)
         killed = time.monotonic()
@@ -114,10 +120,7 @@ async def test_sigkill_of_one_replica_and_the_other_holds_every_room_within_ttl_
 async def test_sigstop_past_the_lease_then_sigcont_and_it_stores_nothing_received_after(
     start_daemon: StartDaemon, database_url: URL, db: Any, stream: Simulator
 ) -> None:
-    await watch_all(db)
-    a = await start(start_daemon, database_url, stream, "a")
-    b = await start(start_daemon, database_url, stream, "b")
-    await wait_until(lambda: held_by(stream, "key-a", "key-b"), timeout=30, what="rooms shared")
+    a, b = await two_replicas(start_daemon, database_url, db, stream)
     async with numbered_messages(stream, PAIRS, per_second=200) as reached:
         await asyncio.sleep(0.5)
         os.kill(b.process.pid, signal.SIGSTOP)
@@ -170,37 +173,13 @@ async def _metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
     raise AssertionError(f"no {name}{labels} in {url}")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalPostgres]:
-    with LocalPostgres() as pg:
-        yield pg
-
-
-@pytest.fixture
-async def own_url(cluster: LocalPostgres) -> AsyncIterator[URL]:
-    """A migrated database on this module's own cluster, which the test stops and starts."""
-    if not cluster.is_running():
-        cluster.start()
-    name = f"replicas_{time.monotonic_ns()}"
-    admin = await asyncpg.connect(cluster.url())
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    url = parse_database_url(cluster.url(name))
-    engine = create_engine(url, pool_size=1)
-    await migrate.upgrade(engine)
-    await engine.dispose()
-    yield url
-    if not cluster.is_running():
-        cluster.start()
-
-
 async def test_the_database_restarted_under_three_replicas_leaves_no_shard_with_two_owners(
-    start_daemon: StartDaemon, own_url: URL, cluster: LocalPostgres, stream: Simulator
+    start_daemon: StartDaemon, stoppable_url: URL, cluster: LocalPostgres, stream: Simulator
 ) -> None:
-    db = await asyncpg.connect(asyncpg_dsn(own_url))
+    db = await asyncpg.connect(asyncpg_dsn(stoppable_url))
     await watch_all(db)
     await db.close()
-    replicas = [await start(start_daemon, own_url, stream, name) for name in "abc"]
+    replicas = [await start(start_daemon, stoppable_url, stream, name) for name in "abc"]
     await wait_until(
         lambda: held_by(stream, "key-a", "key-b", "key-c"), timeout=30, what="rooms shared"
     )
@@ -209,7 +188,7 @@ async def test_the_database_restarted_under_three_replicas_leaves_no_shard_with_
     await wait_until(lambda: not stream.joined_rooms(), timeout=4 * TTL, what="rooms left")
     cluster.start()
     await wait_until(lambda: held_by_some(stream), timeout=30, what="rooms held again")
-    db = await asyncpg.connect(asyncpg_dsn(own_url))
+    db = await asyncpg.connect(asyncpg_dsn(stoppable_url))
     owners = await db.fetch("SELECT shard, owner FROM shard_leases WHERE expires_at > now()")
     await db.close()
     assert len(owners) == 64  # one row per shard: one owner each, by construction
