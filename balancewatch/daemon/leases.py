@@ -131,8 +131,7 @@ class LeaseKeeper:
         await connection.add_listener(SHARDS_CHANNEL, lambda *_: self._wake.set())
         while not stop.is_set():
             self._wake.clear()
-            async with asyncio.timeout(self._config.interval):
-                await self._round(connection)
+            await self._round(connection)
             self.renewals["renewed"] += 1
             await self._pause(stop, self._config.interval, closed)
             if closed.is_set():
@@ -142,7 +141,9 @@ class LeaseKeeper:
         sent_at = self._clock()
         timeout = self._config.timeout
         member = self._member
-        async with connection.transaction():
+        # Bounded: a round that cannot finish within an interval is a failed one. The rooms'
+        # joins and a handover's waits come after, outside the bound and the transaction.
+        async with asyncio.timeout(self._config.interval), connection.transaction():
             state = await leases.heartbeat_and_renew(
                 connection, member, self._config.ttl, self._pairs_held(), timeout
             )
