@@ -39,13 +39,13 @@ async def stream() -> AsyncIterator[Simulator]:
         yield sim
 
 
-def replica_env(url: URL, sim: Simulator, name: str) -> dict[str, str]:
+def replica_env(url: URL, sim: Simulator, name: str, ttl: float = TTL) -> dict[str, str]:
     return environment(
         url,
         datastream_url=sim.url,
         api_key=f"key-{name}",
         replica_id=name,
-        lease_ttl=str(TTL),
+        lease_ttl=str(ttl),
         rpc_url=sim.rpc_url,
         flush_interval="0.05",
         connect_timeout="1",
@@ -53,8 +53,10 @@ def replica_env(url: URL, sim: Simulator, name: str) -> dict[str, str]:
     )
 
 
-async def start(start_daemon: StartDaemon, url: URL, sim: Simulator, name: str) -> DaemonProcess:
-    return await start_daemon(replica_env(url, sim, name))
+async def start(
+    start_daemon: StartDaemon, url: URL, sim: Simulator, name: str, ttl: float = TTL
+) -> DaemonProcess:
+    return await start_daemon(replica_env(url, sim, name, ttl))
 
 
 def holders(sim: Simulator) -> list[set[str]]:
@@ -72,12 +74,12 @@ async def watch_all(db: Any) -> None:
 
 
 async def two_replicas(
-    start_daemon: StartDaemon, url: URL, db: Any, stream: Simulator
+    start_daemon: StartDaemon, url: URL, db: Any, stream: Simulator, ttl: float = TTL
 ) -> tuple[DaemonProcess, DaemonProcess]:
     """Replicas a and b on the whole watchlist, once they share its rooms."""
     await watch_all(db)
-    a = await start(start_daemon, url, stream, "a")
-    b = await start(start_daemon, url, stream, "b")
+    a = await start(start_daemon, url, stream, "a", ttl)
+    b = await start(start_daemon, url, stream, "b", ttl)
     await wait_until(lambda: held_by(stream, "key-a", "key-b"), timeout=30, what="rooms shared")
     return a, b
 
@@ -113,6 +115,30 @@ async def test_sigkill_of_one_replica_and_the_other_holds_every_room_within_ttl_
         return bool(count == len(b_pairs))
 
     await wait_until(snapshotted, timeout=15, what="a snapshot of every pair taken over")
+    assert await a.stop() == 0
+    assert stream.overlaps == []
+
+
+async def test_sigterm_of_one_replica_hands_its_rooms_over_before_a_lease_could_expire(
+    start_daemon: StartDaemon, database_url: URL, db: Any, stream: Simulator
+) -> None:
+    ttl = 15.0  # the default: a takeover after an expiry would take this long
+    a, b = await two_replicas(start_daemon, database_url, db, stream, ttl)
+    async with numbered_messages(stream, PAIRS, per_second=200) as reached:
+        await asyncio.sleep(0.5)
+        signalled = time.monotonic()
+        assert await b.stop(signal.SIGTERM) == 0
+        await wait_until(lambda: held_by(stream, "key-a"), timeout=ttl, what="the handover")
+        handover = time.monotonic() - signalled
+        await asyncio.sleep(0.5)
+    assert handover < ttl / 3, "released by the stop, not waited out"
+    assert max(reached.values()) == 1
+    await assert_stored_once(db, [n for n, count in reached.items() if count == 1])
+    # B's periods ended as it stopped (some earlier by the first balancing): none left open.
+    ended = await db.fetch("SELECT end_reason FROM coverage WHERE holder LIKE 'b/%'")
+    reasons = [row["end_reason"] for row in ended]
+    assert "shutdown" in reasons
+    assert set(reasons) <= {"shutdown", "handover"}
     assert await a.stop() == 0
     assert stream.overlaps == []
 
