@@ -79,7 +79,9 @@ DEFAULT_SHARDS: Final = 64
 
 
 def shard_of(pair: Pair, shards: int) -> int:
-    """The shard a pair belongs to: the same in every process and every version (blake2b of the
-    pair, never `hash()`, which Python salts per process)."""
-    digest = hashlib.blake2b(f"{pair[0]}:{pair[1]}".encode(), digest_size=8).digest()
+    """The shard a pair belongs to: that of its wallet, so that every room of one wallet (each
+    token's, and the whole wallet's) is held by one replica, which alone decides which of them
+    to join. The same in every process and every version (blake2b, never `hash()`, which
+    Python salts per process)."""
+    digest = hashlib.blake2b(pair[0].encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shards

@@ -13,8 +13,9 @@ from tests.fakes import FakeClock, FakeSender, FakeStatus
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, RecordedPeriods, room
 
 SHARDS = 64
-A: Pair = (WALLET, TOKEN)  # shard 34
-B: Pair = (WALLET, SOL)  # shard 5
+A: Pair = (WALLET, TOKEN)  # shard 26
+B: Pair = (WALLET2, SOL)  # shard 42
+C: Pair = (WALLET, SOL)  # A's wallet: A's shard
 BAD: Pair = ("not-a-wallet-0OIl", TOKEN)
 
 
@@ -104,9 +105,10 @@ async def test_an_invalid_row_is_reported_only_by_the_replica_holding_its_shard(
 async def test_losing_every_lease_leaves_every_room() -> None:
     clock = FakeClock()
     rooms, sender, _, _ = await sharded(clock)
-    await rooms.want(wanted_rooms([A, B, (WALLET2, SOL)]))
-    everything = {shard(pair): 1 for pair in (A, B, (WALLET2, SOL))}
+    await rooms.want(wanted_rooms([A, B, C]))
+    everything = {shard(pair): 1 for pair in (A, B, C)}
     await rooms.hold(everything, deadline=clock.now + 10)
+    assert sender.holding() == {room(*p) for p in (A, B, C)}  # C with A, in one shard
     await rooms.hold({}, deadline=clock.now + 10)
     assert sender.holding() == set()
-    assert sorted(sender.leaves()) == sorted(room(*p) for p in (A, B, (WALLET2, SOL)))
+    assert sorted(sender.leaves()) == sorted(room(*p) for p in (A, B, C))

@@ -23,8 +23,13 @@ def test_a_pairs_shard_never_changes_between_processes_or_versions() -> None:
     # Replicas of different versions share the leases: these values are a contract. (Python's
     # hash() would give other values in every process.)
     pairs = [(WALLET, TOKEN), (WALLET, SOL), (WALLET2, TOKEN), (WALLET2, SOL)]
-    assert [shard_of(pair, 64) for pair in pairs] == [34, 5, 28, 41]
-    assert shard_of((WALLET, TOKEN), 7) == 2
+    assert [shard_of(pair, 64) for pair in pairs] == [26, 26, 42, 42]
+    assert shard_of((WALLET, TOKEN), 7) == 6
+
+
+@given(names, names, names)
+def test_every_room_of_one_wallet_is_in_one_shard(wallet: str, token: str, other: str) -> None:
+    assert shard_of((wallet, token), SHARDS) == shard_of((wallet, other), SHARDS)
 
 
 @given(st.lists(st.tuples(names, names), min_size=500, max_size=500, unique=True))
