@@ -366,11 +366,12 @@ async def _ingest(run: _Run) -> None:
     daemon_rate = await _daemon_rate(run)
     amounts = _amounts()
 
-    # The ceiling: the same rows as typed values, copied the plain asyncpg way into a twin.
+    # The ceiling: the same rows as typed values, copied the plain asyncpg way into a twin;
+    # each with an epoch, as the daemon's rows carry their shard's (any bigint will do here).
     await db.execute("CREATE TABLE bench_twin (LIKE balance_history INCLUDING ALL)")
     now = datetime.now(UTC)
-    rows: list[tuple[str, str, Decimal, datetime]] = [
-        (*pairs[seq % len(pairs)], Decimal(amounts[seq % len(amounts)]), now)
+    rows: list[tuple[str, str, Decimal, datetime, int]] = [
+        (*pairs[seq % len(pairs)], Decimal(amounts[seq % len(amounts)]), now, 1)
         for seq in range(plan.messages)
     ]
     batch = run.batch_size
@@ -386,8 +387,8 @@ async def _ingest(run: _Run) -> None:
     for row in sample:
         async with db.transaction():
             await db.execute(
-                "INSERT INTO bench_twin (wallet, token, amount, received_at)"
-                " VALUES ($1, $2, $3, $4)",
+                "INSERT INTO bench_twin (wallet, token, amount, received_at, epoch)"
+                " VALUES ($1, $2, $3, $4, $5)",
                 *row,
             )
     naive_rate = len(sample) / (time.perf_counter() - started)
