@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -655,9 +655,8 @@ async def _drift(run: _Run) -> tuple[int, int, int]:
 
 async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
-    await db.execute("DELETE FROM watchlist; DELETE FROM subscription_status")
     pairs = bench_pairs(plan.scale_pairs, start=5_000_000)
-    await db.copy_records_to_table("watchlist", records=pairs, columns=("wallet", "token"))
+    await _watch_only(db, pairs)
     async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
         sim.coalesce_acks = True
         env = _scale_env(plan, url, sim, scratch)
@@ -670,35 +669,29 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
         sim.listeners.append(count_join)
         baseline = await db.fetchval(_SNAPSHOTS_STORED)
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "balancewatch", "run", env=env, stdout=subprocess.DEVNULL
-        )
         try:
-            await sim.wait_for(lambda: len(joined) >= len(pairs), timeout=120)
-            all_sent = time.monotonic() - started
-            while True:
-                acked = await db.fetchval(
-                    "SELECT count(*) FROM subscription_status WHERE state = 'joined'"
+            async with _daemon_process(env) as process:
+                await sim.wait_for(lambda: len(joined) >= len(pairs), timeout=120)
+                all_sent = time.monotonic() - started
+
+                async def all_acked() -> bool:
+                    acked = await db.fetchval(
+                        "SELECT count(*) FROM subscription_status WHERE state = 'joined'"
+                    )
+                    return bool(acked >= len(pairs))
+
+                await _until(all_acked, "every pair 'joined'", timeout=120, processes=[process])
+                all_joined = time.monotonic() - started
+                peak = _peak_rss_mb(process.pid)
+                seen: Seen = {}
+                sim.listeners.append(_recorder(seen))
+                changes = bench_pairs(plan.scale_sync_changes // 2, start=9_000_000)
+                delays = await _single_row_delays(sim, db, changes, seen)
+                snapshots_stored = (
+                    await _snapshot_round(db, baseline + len(pairs), process) - started
                 )
-                if acked >= len(pairs):
-                    break
-                if process.returncode is not None:
-                    raise RuntimeError(f"the daemon exited with {process.returncode}")
-                if time.monotonic() - started > 120:
-                    raise TimeoutError(f"only {acked} of {len(pairs)} pairs joined after 120 s")
-                await asyncio.sleep(0.05)
-            all_joined = time.monotonic() - started
-            peak = _peak_rss_mb(process.pid)
-            seen: Seen = {}
-            sim.listeners.append(_recorder(seen))
-            changes = bench_pairs(plan.scale_sync_changes // 2, start=9_000_000)
-            delays = await _single_row_delays(sim, db, changes, seen)
-            snapshots_stored = await _snapshot_round(db, baseline + len(pairs), process) - started
-            snapshot_peak = _peak_rss_mb(process.pid)
+                snapshot_peak = _peak_rss_mb(process.pid)
         finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), timeout=30)
             shutil.rmtree(scratch, ignore_errors=True)
     results.add(
         "scale", f"{len(pairs):,} pairs: start -> every join at simulator", f"{all_sent:.1f} s"
@@ -733,14 +726,55 @@ SELECT coalesce(sum(reads), 0) FROM chain_reads WHERE kind = 'snapshot' AND resu
 async def _snapshot_round(db: Any, total: int, process: asyncio.subprocess.Process) -> float:
     """When (monotonic) chain_reads counted `total` snapshots stored (the daemon adds to it
     with every write of their rows)."""
-    deadline = time.monotonic() + 600
-    while (stored := await db.fetchval(_SNAPSHOTS_STORED)) < total:
-        if process.returncode is not None:
-            raise RuntimeError(f"the daemon exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{stored} of {total} snapshots stored after 600 s")
-        await asyncio.sleep(0.5)
+
+    async def all_stored() -> bool:
+        return bool(await db.fetchval(_SNAPSHOTS_STORED) >= total)
+
+    await _until(
+        all_stored, f"{total:,} snapshots stored", timeout=600, processes=[process], every=0.5
+    )
     return time.monotonic()
+
+
+async def _watch_only(db: Any, pairs: list[tuple[str, str]]) -> None:
+    """These pairs in the watchlist and no other; no pair state left from an earlier daemon."""
+    await db.execute("DELETE FROM watchlist; DELETE FROM subscription_status")
+    await db.copy_records_to_table("watchlist", records=pairs, columns=("wallet", "token"))
+
+
+@contextlib.asynccontextmanager
+async def _daemon_process(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m balancewatch run` with `env`, stopped with SIGTERM on the way out (unless it
+    has exited already: killed, or stopped by the caller)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "balancewatch", "run", env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=30)
+
+
+async def _until(
+    done: Callable[[], Awaitable[bool]],
+    what: str,
+    *,
+    timeout: float,
+    processes: Sequence[asyncio.subprocess.Process] = (),
+    every: float = 0.05,
+) -> None:
+    """Look at `done` every `every` seconds until it is true; an error if one of `processes`
+    exits first, or once `timeout` has passed (`what` names what was awaited)."""
+    deadline = time.monotonic() + timeout
+    while not await done():
+        for process in processes:
+            if process.returncode is not None:
+                raise RuntimeError(f"a daemon exited with {process.returncode}: not {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not {what} after {timeout:g} s")
+        await asyncio.sleep(every)
 
 
 def _scale_env(plan: Plan, url: URL, sim: Simulator, scratch: Path) -> dict[str, str]:
