@@ -26,11 +26,11 @@ Six measurements, printed as one table:
   snapshot of every pair is stored, at 10 RPC requests a second in batches.
 - replicas: two such subprocesses (replicas a and b, each with a key, a spool directory and
   a port of its own) on one database; once every room is held by exactly one of them (the
-  simulator tells their connections apart by key), b is SIGKILLed and timed until a holds
-  every room (its leases expire: 15 s by default, `BALANCEWATCH_LEASE_TTL`), with the rooms
-  a re-joined per second, from its first join of b's rooms to its last; then b is started
-  again and SIGTERMed: from the signal until a holds every room (a handover). Then the kill
-  once more with 10,000 pairs, for the rate.
+  simulator tells their connections apart by key), b is SIGKILLed, three times at different
+  points of its renewal cycle, and timed until a holds every room (b's leases expire: 15 s by
+  default, `BALANCEWATCH_LEASE_TTL`), with the rooms a re-joined per second, from its first
+  join of b's rooms to its last; then b is started again and SIGTERMed, three times: from the
+  signal until a holds every room (a handover). Then one kill with 10,000 pairs, for the rate.
 
 The simulator runs in the bench's process; its fast path writes pre-built frames, many per
 socket write, and its own ceiling (to a client that reads and discards) is printed too.
