@@ -1,6 +1,6 @@
 """`balancewatch bench`: how fast the daemon is, against a real Postgres and a real websocket.
 
-Five measurements, printed as one table:
+Six measurements, printed as one table:
 
 - ingest: N balance frames over 100 rooms, sent as fast as the simulator can, from the first
   frame written to the socket until the daemon's writer has committed the last row; beside it,
@@ -24,6 +24,13 @@ Five measurements, printed as one table:
   until the simulator has read every join and `subscription_status` says every pair is
   `joined` (acked, recorded and committed); the subprocess's peak RSS (VmHWM); then until a
   snapshot of every pair is stored, at 10 RPC requests a second in batches.
+- replicas: two such subprocesses (replicas a and b, each with a key, a spool directory and
+  a port of its own) on one database; once every room is held by exactly one of them (the
+  simulator tells their connections apart by key), b is SIGKILLed, three times at different
+  points of its renewal cycle, and timed until a holds every room (b's leases expire: 15 s by
+  default, `BALANCEWATCH_LEASE_TTL`), with the rooms a re-joined per second, from its first
+  join of b's rooms to its last; then b is started again and SIGTERMed, three times: from the
+  signal until a holds every room (a handover). Then one kill with 10,000 pairs, for the rate.
 
 The simulator runs in the bench's process; its fast path writes pre-built frames, many per
 socket write, and its own ceiling (to a client that reads and discards) is printed too.
@@ -44,7 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -104,6 +111,13 @@ class Plan:
     check_interval: float = 2.0  # the chain stage's checks: the busiest a user would set
     flush_interval: float | None = None  # None: the daemon's default
     uvloop: bool = False  # run the bench's process (and the in-process daemon) on uvloop
+    # Replicas a and b with this many pairs: b SIGKILLed, then SIGTERMed, this many times each;
+    # then one SIGKILL with `takeover_pairs` (0: none), for the rooms re-joined per second.
+    replica_pairs: int = 1_000
+    failovers: int = 3
+    handovers: int = 3
+    takeover_pairs: int = 10_000
+    lease_ttl: float | None = None  # None: the daemon's default
 
     @classmethod
     def quick(cls, messages: int, **options: Any) -> Plan:
@@ -118,6 +132,11 @@ class Plan:
             sync_txn_rows=300,
             scale_pairs=500,
             scale_sync_changes=10,
+            replica_pairs=100,
+            failovers=1,
+            handovers=1,
+            takeover_pairs=0,
+            lease_ttl=3.0,
         )
 
 
@@ -194,6 +213,7 @@ async def _bench(plan: Plan, server_url: URL) -> None:
                 await _simulator_ceiling(plan, results)
                 await _in_process(plan, url, db, results)
                 await _scale(plan, url, db, results)
+                await _replicas(plan, url, db, results)
             finally:
                 await db.close()
         finally:
@@ -366,11 +386,12 @@ async def _ingest(run: _Run) -> None:
     daemon_rate = await _daemon_rate(run)
     amounts = _amounts()
 
-    # The ceiling: the same rows as typed values, copied the plain asyncpg way into a twin.
+    # The ceiling: the same rows as typed values, copied the plain asyncpg way into a twin;
+    # each with an epoch, as the daemon's rows carry their shard's (any bigint will do here).
     await db.execute("CREATE TABLE bench_twin (LIKE balance_history INCLUDING ALL)")
     now = datetime.now(UTC)
-    rows: list[tuple[str, str, Decimal, datetime]] = [
-        (*pairs[seq % len(pairs)], Decimal(amounts[seq % len(amounts)]), now)
+    rows: list[tuple[str, str, Decimal, datetime, int]] = [
+        (*pairs[seq % len(pairs)], Decimal(amounts[seq % len(amounts)]), now, 1)
         for seq in range(plan.messages)
     ]
     batch = run.batch_size
@@ -386,8 +407,8 @@ async def _ingest(run: _Run) -> None:
     for row in sample:
         async with db.transaction():
             await db.execute(
-                "INSERT INTO bench_twin (wallet, token, amount, received_at)"
-                " VALUES ($1, $2, $3, $4)",
+                "INSERT INTO bench_twin (wallet, token, amount, received_at, epoch)"
+                " VALUES ($1, $2, $3, $4, $5)",
                 *row,
             )
     naive_rate = len(sample) / (time.perf_counter() - started)
@@ -654,9 +675,8 @@ async def _drift(run: _Run) -> tuple[int, int, int]:
 
 async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
-    await db.execute("DELETE FROM watchlist; DELETE FROM subscription_status")
     pairs = bench_pairs(plan.scale_pairs, start=5_000_000)
-    await db.copy_records_to_table("watchlist", records=pairs, columns=("wallet", "token"))
+    await _watch_only(db, pairs)
     async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
         sim.coalesce_acks = True
         env = _scale_env(plan, url, sim, scratch)
@@ -669,35 +689,29 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
         sim.listeners.append(count_join)
         baseline = await db.fetchval(_SNAPSHOTS_STORED)
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "balancewatch", "run", env=env, stdout=subprocess.DEVNULL
-        )
         try:
-            await sim.wait_for(lambda: len(joined) >= len(pairs), timeout=120)
-            all_sent = time.monotonic() - started
-            while True:
-                acked = await db.fetchval(
-                    "SELECT count(*) FROM subscription_status WHERE state = 'joined'"
+            async with _daemon_process(env) as process:
+                await sim.wait_for(lambda: len(joined) >= len(pairs), timeout=120)
+                all_sent = time.monotonic() - started
+
+                async def all_acked() -> bool:
+                    acked = await db.fetchval(
+                        "SELECT count(*) FROM subscription_status WHERE state = 'joined'"
+                    )
+                    return bool(acked >= len(pairs))
+
+                await _until(all_acked, "every pair 'joined'", timeout=120, processes=[process])
+                all_joined = time.monotonic() - started
+                peak = _peak_rss_mb(process.pid)
+                seen: Seen = {}
+                sim.listeners.append(_recorder(seen))
+                changes = bench_pairs(plan.scale_sync_changes // 2, start=9_000_000)
+                delays = await _single_row_delays(sim, db, changes, seen)
+                snapshots_stored = (
+                    await _snapshot_round(db, baseline + len(pairs), process) - started
                 )
-                if acked >= len(pairs):
-                    break
-                if process.returncode is not None:
-                    raise RuntimeError(f"the daemon exited with {process.returncode}")
-                if time.monotonic() - started > 120:
-                    raise TimeoutError(f"only {acked} of {len(pairs)} pairs joined after 120 s")
-                await asyncio.sleep(0.05)
-            all_joined = time.monotonic() - started
-            peak = _peak_rss_mb(process.pid)
-            seen: Seen = {}
-            sim.listeners.append(_recorder(seen))
-            changes = bench_pairs(plan.scale_sync_changes // 2, start=9_000_000)
-            delays = await _single_row_delays(sim, db, changes, seen)
-            snapshots_stored = await _snapshot_round(db, baseline + len(pairs), process) - started
-            snapshot_peak = _peak_rss_mb(process.pid)
+                snapshot_peak = _peak_rss_mb(process.pid)
         finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(process.wait(), timeout=30)
             shutil.rmtree(scratch, ignore_errors=True)
     results.add(
         "scale", f"{len(pairs):,} pairs: start -> every join at simulator", f"{all_sent:.1f} s"
@@ -732,14 +746,55 @@ SELECT coalesce(sum(reads), 0) FROM chain_reads WHERE kind = 'snapshot' AND resu
 async def _snapshot_round(db: Any, total: int, process: asyncio.subprocess.Process) -> float:
     """When (monotonic) chain_reads counted `total` snapshots stored (the daemon adds to it
     with every write of their rows)."""
-    deadline = time.monotonic() + 600
-    while (stored := await db.fetchval(_SNAPSHOTS_STORED)) < total:
-        if process.returncode is not None:
-            raise RuntimeError(f"the daemon exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{stored} of {total} snapshots stored after 600 s")
-        await asyncio.sleep(0.5)
+
+    async def all_stored() -> bool:
+        return bool(await db.fetchval(_SNAPSHOTS_STORED) >= total)
+
+    await _until(
+        all_stored, f"{total:,} snapshots stored", timeout=600, processes=[process], every=0.5
+    )
     return time.monotonic()
+
+
+async def _watch_only(db: Any, pairs: list[tuple[str, str]]) -> None:
+    """These pairs in the watchlist and no other; no pair state left from an earlier daemon."""
+    await db.execute("DELETE FROM watchlist; DELETE FROM subscription_status")
+    await db.copy_records_to_table("watchlist", records=pairs, columns=("wallet", "token"))
+
+
+@contextlib.asynccontextmanager
+async def _daemon_process(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m balancewatch run` with `env`, stopped with SIGTERM on the way out (unless it
+    has exited already: killed, or stopped by the caller)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "balancewatch", "run", env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=30)
+
+
+async def _until(
+    done: Callable[[], Awaitable[bool]],
+    what: str,
+    *,
+    timeout: float,
+    processes: Sequence[asyncio.subprocess.Process] = (),
+    every: float = 0.05,
+) -> None:
+    """Look at `done` every `every` seconds until it is true; an error if one of `processes`
+    exits first, or once `timeout` has passed (`what` names what was awaited)."""
+    deadline = time.monotonic() + timeout
+    while not await done():
+        for process in processes:
+            if process.returncode is not None:
+                raise RuntimeError(f"a daemon exited with {process.returncode}: not {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not {what} after {timeout:g} s")
+        await asyncio.sleep(every)
 
 
 def _scale_env(plan: Plan, url: URL, sim: Simulator, scratch: Path) -> dict[str, str]:
@@ -773,6 +828,163 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/PID/status")
+
+
+# -- replicas: two daemons as subprocesses, one of them killed or stopped --------------------------
+
+
+async def _replicas(plan: Plan, url: URL, db: Any, results: Results) -> None:
+    ttl = plan.lease_ttl or Settings.model_fields["lease_ttl"].default
+    target = f"target <= {ttl + ttl / 3:g} s"
+    kills, stops = await _replica_runs(
+        plan, url, db, plan.replica_pairs, kills=plan.failovers, stops=plan.handovers, ttl=ttl
+    )
+    count = f"{plan.replica_pairs:,} pairs"
+    failover = [kill.last for kill in kills]
+    results.add(
+        "replicas",
+        f"{count}, b SIGKILLed -> a holds every room{_each(failover, '{:.1f}')}",
+        f"{statistics.median(failover):.1f} s",
+        target,
+    )
+    rates = [kill.rate for kill in kills]
+    results.add(
+        "replicas",
+        f"  b's rooms re-joined by a, first to last{_each(rates, '{:,.0f}')}",
+        f"{statistics.median(rates):,.0f} rooms/s",
+    )
+    handover = [stop.last for stop in stops]
+    results.add(
+        "replicas",
+        f"{count}, b SIGTERMed -> a holds every room{_each(handover, '{:.2f}')}",
+        f"{statistics.median(handover):.2f} s",
+        "target about 1 s",
+    )
+    if plan.takeover_pairs:
+        (kill,), _ = await _replica_runs(
+            plan, url, db, plan.takeover_pairs, kills=1, stops=0, ttl=ttl
+        )
+        results.add(
+            "replicas",
+            f"{plan.takeover_pairs:,} pairs, b SIGKILLed -> a holds every room",
+            f"{kill.last:.1f} s",
+            target,
+        )
+        results.add(
+            "replicas",
+            f"  b's {kill.rooms:,} rooms re-joined by a, first to last",
+            f"{kill.rate:,.0f} rooms/s",
+        )
+
+
+async def _replica_runs(
+    plan: Plan, url: URL, db: Any, count: int, *, kills: int, stops: int, ttl: float
+) -> tuple[list[Takeover], list[Takeover]]:
+    """`count` pairs watched by replicas a and b (b started again after each stop): b SIGKILLed
+    `kills` times, then SIGTERMed `stops` times. Kill k comes k/`kills` of a renew interval
+    after the rooms are shared (just after both renewed their leases), so that the kills fall
+    at different points of b's renewal cycle."""
+    pairs = bench_pairs(count, start=12_000_000)
+    await _watch_only(db, pairs)
+    rooms = [room_for(*pair) for pair in pairs]
+    scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
+    killed: list[Takeover] = []
+    stopped: list[Takeover] = []
+    try:
+        # Any key is taken: each replica's own names its connection (`room_holders`).
+        async with Simulator(ping_interval=None) as sim:
+            sim.coalesce_acks = True
+            env = {name: _replica_env(plan, url, sim, scratch, name=name, ttl=ttl) for name in "ab"}
+            async with _daemon_process(env["a"]) as a:
+                for kill in range(kills):
+                    async with _daemon_process(env["b"]) as b:
+                        wait = ttl / 3 * kill / kills
+                        killed.append(
+                            await _taken_over(sim, rooms, a, b, signum=signal.SIGKILL, wait=wait)
+                        )
+                for _ in range(stops):
+                    async with _daemon_process(env["b"]) as b:
+                        stopped.append(await _taken_over(sim, rooms, a, b, signum=signal.SIGTERM))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return killed, stopped
+
+
+def _each(values: Sequence[float], form: str) -> str:
+    """Each of several runs' values, for a metric's name; nothing for a single run."""
+    return f" ({' / '.join(form.format(value) for value in values)})" if len(values) > 1 else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    rooms: int  # b's, when it was signalled
+    first: float  # seconds from the signal to a's first join of one of them
+    last: float  # ... to a's last: every room held by a again
+
+    @property
+    def rate(self) -> float:
+        """Rooms joined a second, from a's first join of b's rooms to its last."""
+        return self.rooms / (self.last - self.first)
+
+
+async def _taken_over(
+    sim: Simulator,
+    rooms: list[str],
+    a: asyncio.subprocess.Process,
+    b: asyncio.subprocess.Process,
+    *,
+    signum: int,
+    wait: float = 0.0,
+) -> Takeover:
+    """Once a and b share every room (each held once), wait `wait` seconds, signal b; then
+    until a holds them all."""
+
+    async def shared() -> bool:
+        return _held_once(sim, rooms, {"key-a", "key-b"})
+
+    await _until(shared, "every room held once, by a and b", timeout=120, processes=[a, b])
+    await asyncio.sleep(wait)
+    theirs = {room for room in rooms if sim.room_holders(room) == {"key-b"}}
+    joins: dict[str, float] = {}
+
+    def record(event: SimEvent) -> None:
+        if event.kind == "join" and event.client == "key-a" and event.room in theirs:
+            joins.setdefault(event.room, event.at)
+
+    sim.listeners.append(record)
+    try:
+        signalled = time.monotonic()
+        b.send_signal(signum)
+
+        async def all_joined() -> bool:
+            return len(joins) == len(theirs)
+
+        await _until(all_joined, "every room of b's joined by a", timeout=120, processes=[a])
+    finally:
+        sim.listeners.remove(record)
+    # The join that completed the set is the moment every room was held again (the simulator
+    # holds a room, then records its join), unless a left one of its own meanwhile.
+    if not _held_once(sim, rooms, {"key-a"}):
+        raise RuntimeError("a joined b's rooms, but some room is not held once by a alone")
+    return Takeover(len(theirs), min(joins.values()) - signalled, max(joins.values()) - signalled)
+
+
+def _held_once(sim: Simulator, rooms: list[str], clients: set[str]) -> bool:
+    """Every room held by exactly one client, and those are exactly `clients`."""
+    holders = [sim.room_holders(room) for room in rooms]
+    return all(len(h) == 1 for h in holders) and set().union(*holders) == clients
+
+
+def _replica_env(
+    plan: Plan, url: URL, sim: Simulator, scratch: Path, *, name: str, ttl: float
+) -> dict[str, str]:
+    """The scale section's daemon, as replica `name`: a key, a spool directory of its own."""
+    return _scale_env(plan, url, sim, scratch) | {
+        "BALANCEWATCH_API_KEY": f"key-{name}",
+        "BALANCEWATCH_REPLICA_ID": name,
+        "BALANCEWATCH_SPOOL_DIR": str(scratch / f"replica-{name}"),
+        "BALANCEWATCH_LEASE_TTL": f"{ttl:g}",
+    }
 
 
 # -- helpers ---------------------------------------------------------------------------------------

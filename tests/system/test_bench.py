@@ -18,7 +18,8 @@ pytestmark = pytest.mark.timeout(120)
 
 # section, metric, value, unit (and the target, if any, after it).
 _ROW = re.compile(
-    r"^\s+(sim|ingest|latency|sync|chain|scale)\s+(.+?)\s([\d,.]+) ?(frames/s|rows/s|ms|s|MB|x)"
+    r"^\s+(sim|ingest|latency|sync|chain|scale|replicas)\s+(.+?)\s([\d,.]+)"
+    r" ?(frames/s|rows/s|rooms/s|ms|s|MB|x)"
     r"\s*(?:target.*)?$",
     re.M,
 )
@@ -38,7 +39,9 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
     assert result.code == 0, result.stdout + result.stderr
     rows = _ROW.findall(result.stdout)
     sections = {section for section, *_ in rows}
-    assert sections == {"sim", "ingest", "latency", "sync", "chain", "scale"}, result.stdout
+    assert sections == {"sim", "ingest", "latency", "sync", "chain", "scale", "replicas"}, (
+        result.stdout
+    )
     metrics = {metric for _, metric, *_ in rows}
     for expected in (
         "simulator ceiling",
@@ -60,6 +63,9 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
         "checks every 3600 s / no RPC",
         "checks every 2 s / no RPC",
         "every snapshot stored",
+        "b SIGKILLed -> a holds every room",
+        "re-joined by a",
+        "b SIGTERMed -> a holds every room",
     ):
         assert any(expected in metric for metric in metrics), (expected, result.stdout)
     # Each figure is a rate, a time, a size or a ratio of something that did happen: above zero
