@@ -61,7 +61,7 @@ class Ingest:
         max_frame_bytes: int,
         rejected_frame_chars: int,
         watch: MessageWatch | None = None,
-        epoch_for: Callable[[str], int | None] | None = None,
+        epoch_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self._subscriptions = subscriptions
         self._rows = rows

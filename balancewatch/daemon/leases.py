@@ -41,6 +41,11 @@ Handover = Literal["claimed", "released", "lost"]
 
 # After a failed round, the next one comes this soon (never later than the interval).
 _RETRY_AFTER = 1.0
+# The most a handover waits for its leaves to be taken in and its rows stored.
+_SETTLE_MAX = 2.0
+# A round due at another process's lease expiry comes this long after it, so that the lease
+# has expired in the database's clock too.
+_AFTER_EXPIRY = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +72,8 @@ class LeaseKeeper:
         config: LeaseConfig,
         *,
         # Once a handover's rooms are left: until the server has taken the leaves in and the
-        # rows received before are stored (or a bound passes), so the lease is released last.
-        settle: Callable[[], Awaitable[None]],
+        # rows received before are stored, or the seconds given pass; the lease goes last.
+        settle: Callable[[float], Awaitable[None]],
         pairs_held: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -131,13 +136,16 @@ class LeaseKeeper:
         await connection.add_listener(SHARDS_CHANNEL, lambda *_: self._wake.set())
         while not stop.is_set():
             self._wake.clear()
-            await self._round(connection)
+            next_round = await self._round(connection)
             self.renewals["renewed"] += 1
-            await self._pause(stop, self._config.interval, closed)
+            await self._pause(stop, max(0.0, next_round - self._clock()), closed)
             if closed.is_set():
                 raise ConnectionError("the lease connection closed")
 
-    async def _round(self, connection: RawConnection) -> None:
+    async def _round(self, connection: RawConnection) -> float:
+        """One round; returns when the next one is due on the monotonic clock: an interval
+        from now, or just after another process's lease expires, if that comes first (a dead
+        replica's shards are then taken over at its expiry, not up to an interval later)."""
         sent_at = self._clock()
         timeout = self._config.timeout
         member = self._member
@@ -160,11 +168,17 @@ class LeaseKeeper:
             await leases.announce(connection, "joined", timeout)
         if decided.release:
             await self._hand_over(connection, decided.release)
+        next_round = self._clock() + self._config.interval
+        if state.next_expiry is not None:
+            next_round = min(next_round, sent_at + state.next_expiry + _AFTER_EXPIRY)
+        return next_round
 
     async def _hand_over(self, connection: RawConnection, shards: frozenset[int]) -> None:
         self._epochs = {s: e for s, e in self._epochs.items() if s not in shards}
         await self._rooms.hand_over(shards)
-        await self._settle()
+        # Within half the time the leases are still trusted: the rounds must go on.
+        trusted = float("inf") if self._rooms.alone else self._rooms.deadline - self._clock()
+        await self._settle(max(0.0, min(_SETTLE_MAX, trusted / 2)))
         await leases.release(connection, self._member.instance, shards, self._config.timeout)
         self._rooms.released()
         self.handovers["released"] += len(shards)

@@ -20,7 +20,6 @@ import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from decimal import Decimal
-from typing import Final
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -58,10 +57,6 @@ from balancewatch.store.db import create_engine, describe
 from balancewatch.store.leases import Member
 
 log = get_logger(__name__)
-
-
-# A handover's bound on each of its waits: the leaves' round trip, then the rows' flush.
-_HANDOVER_WAIT: Final = 1.0
 
 
 class SchemaNotReady(StartupError):
@@ -183,9 +178,9 @@ class Daemon:
         self.coverage.watchers.append(reads)
         return reads
 
-    async def _settle_handover(self) -> None:
-        await self.client.round_trip(_HANDOVER_WAIT)
-        await self.writer.caught_up(_HANDOVER_WAIT)
+    async def _settle_handover(self, seconds: float) -> None:
+        await self.client.round_trip(seconds / 2)
+        await self.writer.caught_up(seconds / 2)
 
     async def _connected(self, sender: RoomSender) -> None:
         self.sync.request_reconcile()

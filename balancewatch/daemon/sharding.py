@@ -39,7 +39,8 @@ class ShardedRooms:
         self._epochs: dict[int, int] = {}  # held shard -> epoch
         # Being handed over: their rooms are left, but a message the server sent before it
         # took the leave in is still this replica's to store, until the lease is released.
-        self._draining: dict[int, int] = {}
+        self._draining: set[int] = set()
+        self._epoch_text: dict[int, str] = {}  # held or draining shard -> its epoch, as text
         self._deadline = float("-inf")
         self._alone = False
         subscriptions.elsewhere = self.held_elsewhere
@@ -65,15 +66,14 @@ class ShardedRooms:
     def deadline(self) -> float:
         return self._deadline
 
-    def epoch_for(self, room: str) -> int | None:
-        """The epoch a message of `room` is stored under, or None: its shard is not held, or
-        the lease can no longer be trusted (the frame is then refused)."""
-        if not self._trusted():
+    def epoch_for(self, room: str) -> str | None:
+        """The epoch a message of `room` is stored under (as the text its row carries), or
+        None: its shard is not held, or the lease can no longer be trusted (the frame is then
+        refused). Runs for every message: two look-ups and a clock read."""
+        if not (self._alone or self._clock() < self._deadline):
             return None
         shard = self._shard.get(room)
-        if shard is None:
-            return None
-        return self._epochs.get(shard) or self._draining.get(shard)
+        return None if shard is None else self._epoch_text.get(shard)
 
     def held_elsewhere(self, room: str) -> bool:
         """Wanted by the watchlist, but its shard is not held here: another replica's."""
@@ -113,20 +113,25 @@ class ShardedRooms:
         newly held shards joined."""
         changed = epochs.keys() != self._epochs.keys()
         self._epochs = dict(epochs)
-        self._draining = {}
+        self._draining = set()
         self._deadline = deadline
         self._alone = alone
+        self._epoch_text = {shard: str(epoch) for shard, epoch in epochs.items()}
         if changed:
             await self._subscriptions.want(self._here())
 
     async def hand_over(self, shards: Collection[int]) -> None:
         """Leave the rooms of these shards; their messages still in flight are stored under
         their epochs until `released`."""
-        self._draining = {shard: self._epochs.pop(shard) for shard in shards}
+        for shard in shards:
+            del self._epochs[shard]
+        self._draining = set(shards)
         await self._subscriptions.want(self._here())
 
     def released(self) -> None:
-        self._draining = {}
+        for shard in self._draining:
+            self._epoch_text.pop(shard, None)
+        self._draining = set()
 
     def _trusted(self) -> bool:
         return self._alone or self._clock() < self._deadline

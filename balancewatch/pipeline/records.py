@@ -28,10 +28,11 @@ _MICROS_TEXT: Final = tuple(f"{n:03d}+00:00" for n in range(1000))
 
 
 def balance_line(
-    wallet: str, token: str, amount: str, received_at: str, epoch: int | None = None
+    wallet: str, token: str, amount: str, received_at: str, epoch: int | str | None = None
 ) -> BalanceLine:
-    """A row as a COPY text line; `amount` in plain decimal notation, `received_at` a stamp."""
-    tenure = NO_EPOCH if epoch is None else str(epoch)
+    """A row as a COPY text line; `amount` in plain decimal notation, `received_at` a stamp,
+    `epoch` a number or its text (the ingest keeps each shard's, made once)."""
+    tenure = NO_EPOCH if epoch is None else epoch
     return f"{wallet}\t{token}\t{amount}\t{received_at}\t{tenure}\n".encode()
 
 

@@ -34,9 +34,13 @@ def written(fenced: Fenced, spool_end: Position | None = None) -> Written:
     return Written(len(lines), spool_end, newest, fenced.refused)
 
 
-async def store_lines(raw: RawConnection, lines: list[BalanceLine], timeout: float) -> Fenced:
-    """The rows that pass the fencing check, stored; inside the caller's transaction."""
-    fenced = await fence(raw, lines, timeout)
+async def store_lines(
+    raw: RawConnection, lines: list[BalanceLine], timeout: float, *, split: bool = False
+) -> Fenced:
+    """Every row in one COPY (the fencing trigger checks them: BatchFenced if it refuses); or,
+    with `split`, after such a refusal, only the rows that pass. Inside the caller's
+    transaction when `split`, or when a checkpoint goes with them."""
+    fenced = await fence(raw, lines, timeout) if split else Fenced(lines, 0)
     if fenced.kept:
         await writes.copy_balance_lines(raw, fenced.kept, timeout)
     return fenced
@@ -58,7 +62,14 @@ class SpoolReplay:
         self._replayed = 0
 
     async def write_next(self, raw: RawConnection) -> Written:
-        """The next rows after the committed checkpoint, and the checkpoint moved past them."""
+        """The next rows after the committed checkpoint, and the checkpoint moved past them
+        (the rows that pass the fencing check, if it refused some)."""
+        try:
+            return await self._write_next(raw, split=False)
+        except writes.BatchFenced:
+            return await self._write_next(raw, split=True)
+
+    async def _write_next(self, raw: RawConnection, *, split: bool) -> Written:
         spool = self._spool
         async with raw.transaction():
             found = await writes.read_checkpoint(raw, spool.spool_id, self._timeout)
@@ -67,7 +78,7 @@ class SpoolReplay:
                 log.warning("writer.spool_reset", checkpoint=str(start), end=str(spool.end()))
                 start = spool.start()
             rows, end = spool.read(start, self._batch_size)
-            fenced = await store_lines(raw, rows, self._timeout)
+            fenced = await store_lines(raw, rows, self._timeout, split=split)
             await writes.write_checkpoint(
                 raw, spool.spool_id, end.segment, end.offset, self._timeout
             )

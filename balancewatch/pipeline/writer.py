@@ -24,11 +24,13 @@ from sqlalchemy.engine import URL
 from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.pipeline.buffer import Buffer
+from balancewatch.pipeline.fencing import Fenced
 from balancewatch.pipeline.records import BalanceLine
 from balancewatch.pipeline.replay import SpoolReplay, Written, store_lines, written
 from balancewatch.pipeline.spool import Spool
 from balancewatch.settings import Settings, config_from
-from balancewatch.store.db import DB_ERRORS, DedicatedConnection
+from balancewatch.store.db import DB_ERRORS, DedicatedConnection, RawConnection
+from balancewatch.store.writes import BatchFenced
 
 log = get_logger(__name__)
 
@@ -232,9 +234,7 @@ class Writer:
             if batch.from_spool:
                 result = await self._replay.write_next(raw)
             else:
-                async with raw.transaction():
-                    fenced = await store_lines(raw, batch.rows, self._config.write_timeout)
-                result = written(fenced)
+                result = written(await self._store_memory_batch(raw, batch.rows))
         except BaseException:
             # Broken, or cancelled in the middle of a COPY: this connection is never reused.
             self._connection.discard()
@@ -242,6 +242,14 @@ class Writer:
         if self._observe is not None:  # committed: once per batch, never per row
             self._observe(result.rows, time.monotonic() - started, result.newest)
         return result
+
+    async def _store_memory_batch(self, raw: RawConnection, rows: list[BalanceLine]) -> Fenced:
+        timeout = self._config.write_timeout
+        try:
+            return await store_lines(raw, rows, timeout)  # one COPY, checked by its trigger
+        except BatchFenced:
+            async with raw.transaction():
+                return await store_lines(raw, rows, timeout, split=True)
 
     async def _fsync_spool(self, drain: asyncio.Event) -> None:
         while not drain.is_set():

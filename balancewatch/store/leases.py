@@ -48,7 +48,12 @@ UPDATE shard_leases SET expires_at = now() + $2::interval
 WHERE owner = $1
 RETURNING shard, epoch
 """
-_LEASES: Final = "SELECT shard, owner, expires_at <= now() AS expired FROM shard_leases"
+_LEASES: Final = """
+SELECT shard, owner, expires_at <= now() AS expired,
+       CASE WHEN expires_at > now() THEN extract(epoch FROM expires_at - now())::float8 END
+           AS remaining
+FROM shard_leases
+"""
 # Live: heard from within its own lease length.
 _LIVE: Final = """
 SELECT DISTINCT replica_id FROM replicas WHERE heartbeat_at > now() - lease_ttl
@@ -108,6 +113,9 @@ class RoundState:
     renewed: dict[int, int]  # shard -> epoch, for every lease this process still holds
     leases: dict[int, LeaseRow]
     live: frozenset[str]  # replica ids
+    # Seconds from the round's start until the first lease of another process expires: a
+    # replica that stopped renewing loses it then, and the next round should not wait longer.
+    next_expiry: float | None
 
 
 async def heartbeat_and_renew(
@@ -137,11 +145,17 @@ async def heartbeat_and_renew(
     renewed = await raw.fetch(_RENEW, member.instance, length, timeout=timeout)
     leases = await raw.fetch(_LEASES, timeout=timeout)
     live = await raw.fetch(_LIVE, timeout=timeout)
+    others = [
+        row["remaining"]
+        for row in leases
+        if row["owner"] not in (None, member.instance) and not row["expired"]
+    ]
     return RoundState(
         joined=bool(joined),
         renewed={row["shard"]: row["epoch"] for row in renewed},
         leases={row["shard"]: LeaseRow(row["owner"], row["expired"]) for row in leases},
         live=frozenset(row["replica_id"] for row in live),
+        next_expiry=min(others, default=None),
     )
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+import asyncpg
+
 from balancewatch.domain import EndReason, Pair, PairState
 from balancewatch.store.db import RawConnection
 
@@ -51,15 +53,32 @@ class StatusChange:
     error: str | None
 
 
+# Raised by the balance_history_fence trigger: a row of the batch was received after its
+# shard tenure ended (see the migrations' 0007).
+FENCED_SQLSTATE: Final = "BWF01"
+
+
+class BatchFenced(Exception):
+    """The fencing trigger refused a whole batch: some of its rows were received after their
+    replica lost the shard. Not a database failure to retry as it is: store the rows that pass
+    (pipeline/fencing.py)."""
+
+
 async def copy_balance_lines(raw: RawConnection, lines: Sequence[bytes], timeout: float) -> None:
-    """COPY rows given as text lines into balance_history: one statement, atomic by itself."""
+    """COPY rows given as text lines into balance_history: one statement, atomic by itself,
+    and checked by the fencing trigger in it (BatchFenced if it refuses them)."""
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b"".join(lines)
 
-    await raw.copy_to_table(
-        "balance_history", source=chunks(), columns=BALANCE_COLUMNS, timeout=timeout
-    )
+    try:
+        await raw.copy_to_table(
+            "balance_history", source=chunks(), columns=BALANCE_COLUMNS, timeout=timeout
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == FENCED_SQLSTATE:
+            raise BatchFenced(str(exc)) from exc
+        raise
 
 
 async def tenure_ends(

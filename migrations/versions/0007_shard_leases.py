@@ -106,9 +106,52 @@ def upgrade() -> None:
         $$
         """
     )
+    # The check of every statement that stores rows, in its own transaction: a plain COPY
+    # (one round trip, as before replicas) is refused whole, with SQLSTATE BWF01, if one of its
+    # rows was received after its tenure ended or under an epoch never granted; the writer then
+    # stores the rows that pass (pipeline/fencing.py). Rows without an epoch are not checked.
+    # All current (the common case): one look at each distinct epoch, no second pass.
+    op.execute(
+        """
+        CREATE FUNCTION balance_history_fence() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            epochs bigint[] := ARRAY(
+                SELECT DISTINCT n.epoch FROM new_rows n WHERE n.epoch IS NOT NULL
+            );
+            current integer;
+        BEGIN
+            IF cardinality(epochs) = 0 THEN
+                RETURN NULL;
+            END IF;
+            SELECT count(*) FILTER (WHERE e.valid_until IS NULL) INTO current
+            FROM tenure_ends(epochs) e;
+            IF current = cardinality(epochs) THEN
+                RETURN NULL;
+            END IF;
+            IF EXISTS (
+                SELECT 1 FROM new_rows n LEFT JOIN tenure_ends(epochs) e ON e.epoch = n.epoch
+                WHERE n.epoch IS NOT NULL
+                  AND (e.epoch IS NULL OR n.received_at > e.valid_until)
+            ) THEN
+                RAISE EXCEPTION 'rows received after their shard tenure ended'
+                    USING ERRCODE = 'BWF01';
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER balance_history_fence AFTER INSERT ON balance_history "
+        "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT "
+        "EXECUTE FUNCTION balance_history_fence()"
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER balance_history_fence ON balance_history")
+    op.execute("DROP FUNCTION balance_history_fence()")
     op.execute("DROP FUNCTION tenure_ends(bigint[])")
     op.drop_column("balance_history", "epoch")
     op.drop_table("shard_tenures")

@@ -12,13 +12,16 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.pipeline.records import balance_line, stamp_from_micros
 from balancewatch.pipeline.replay import store_lines
 from balancewatch.store import leases
 from balancewatch.store.db import asyncpg_dsn
 from balancewatch.store.leases import Member
+from balancewatch.store.writes import BatchFenced
 from tests.helpers import TOKEN, WALLET
+from tests.writing import make_writer
 
 TTL = 5.0
 A = Member("a/1", "a", "host-a", "/spool/a")
@@ -65,6 +68,15 @@ async def test_an_expired_lease_nobody_took_is_renewed_under_the_same_epoch(raw:
     state = await leases.heartbeat_and_renew(raw, A, TTL, 0, 5)
     assert state.renewed == first
     assert await claim(raw, B, [0]) == {}
+
+
+async def test_a_round_says_when_the_first_lease_of_another_process_expires(raw: Any) -> None:
+    await claim(raw, A, [0], ttl=TTL)
+    state = await leases.heartbeat_and_renew(raw, B, TTL, 0, 5)
+    assert state.next_expiry is not None
+    assert 0 < state.next_expiry <= TTL
+    # Its own leases, and free ones, are not waited for.
+    assert (await leases.heartbeat_and_renew(raw, A, TTL, 0, 5)).next_expiry is None
 
 
 async def test_a_live_lease_cannot_be_claimed_by_another(raw: Any) -> None:
@@ -136,8 +148,13 @@ async def test_rows_received_after_their_tenure_ended_are_never_stored(raw: Any)
     before = line(epoch, ended - timedelta(milliseconds=5), "1")
     after = line(epoch, ended + timedelta(milliseconds=5), "2")
     unknown = line(epoch + 1000, ended, "3")
+    # The trigger refuses the plain COPY whole...
+    with pytest.raises(BatchFenced):
+        await store_lines(raw, [before, after, unknown], 5)
+    assert await raw.fetchval("SELECT count(*) FROM balance_history") == 0
+    # ...and the split stores the row that passes.
     async with raw.transaction():
-        fenced = await store_lines(raw, [before, after, unknown], 5)
+        fenced = await store_lines(raw, [before, after, unknown], 5, split=True)
     assert fenced.refused == 2
     stored = await raw.fetch("SELECT amount::text AS amount, epoch FROM balance_history")
     assert [(r["amount"], r["epoch"]) for r in stored] == [("1", epoch)]
@@ -161,3 +178,18 @@ async def test_a_batch_being_stored_holds_off_a_takeover_until_it_commits(
     assert taken[0] > epoch
     assert await raw.fetchval("SELECT count(*) FROM balance_history WHERE epoch = $1", epoch) == 1
     await writer.close()
+
+
+@pytest.mark.usefixtures("writers_closed")
+async def test_the_writer_stores_the_rows_that_pass_and_counts_those_fenced(
+    raw: Any, engine: AsyncEngine
+) -> None:
+    epoch = (await claim(raw, A, [0]))[0]
+    await leases.release(raw, A.instance, [0], 5)
+    ended = await raw.fetchval("SELECT ended_at FROM shard_tenures WHERE epoch = $1", epoch)
+    writer = make_writer(engine)
+    for amount, at in (("1", ended - timedelta(seconds=1)), ("2", ended + timedelta(seconds=1))):
+        writer.add(line(epoch, at, amount))
+    assert await writer.flush()
+    assert (writer.rows_written, writer.rows_fenced) == (1, 1)
+    assert await raw.fetchval("SELECT amount::text FROM balance_history") == "1"
