@@ -1,11 +1,11 @@
-"""The fencing check in the database (Temporal's, for a batch): inside the transaction that
-stores a batch of balance rows, each row's shard tenure is checked, and a row is stored only if
-it was received before its tenure ended. A replica that was frozen past its lease, and woke up
-believing it still held it, so can never store what it received after another took over; what
-it received while it did hold the lease is a true observation, stored however late.
+"""What is stored of a batch the database's fencing refused (Temporal's check, for a batch).
 
-The check costs one statement per batch: it names the batch's distinct epochs, and only when
-one of them has ended are the rows themselves looked at.
+Every COPY of balance rows is checked by a trigger on balance_history, in its own transaction
+(the migrations' 0007): it refuses the batch whole if one of its rows was received after its
+shard tenure ended. A replica that was frozen past its lease, and woke up believing it still
+held it, so can never store what it received after another took over. What it received while
+it did hold the lease is a true observation, stored however late: this module picks those
+rows out, in a transaction that holds the leases FOR SHARE, and the rest are counted.
 """
 
 from __future__ import annotations
