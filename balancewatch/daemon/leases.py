@@ -151,9 +151,10 @@ class LeaseKeeper:
         member = self._member
         # Bounded: a round that cannot finish within an interval is a failed one. The rooms'
         # joins and a handover's waits come after, outside the bound and the transaction.
+        pairs_held = self._pairs_held()
         async with asyncio.timeout(self._config.interval), connection.transaction():
             state = await leases.heartbeat_and_renew(
-                connection, member, self._config.ttl, self._pairs_held(), timeout
+                connection, member, self._config.ttl, pairs_held, timeout
             )
             view = {shard: Lease(row.owner, row.expired) for shard, row in state.leases.items()}
             decided = plan(member.replica_id, state.live, view, state.renewed.keys())
@@ -168,6 +169,8 @@ class LeaseKeeper:
             await leases.announce(connection, "joined", timeout)
         if decided.release:
             await self._hand_over(connection, decided.release)
+        if self._pairs_held() != pairs_held:
+            await leases.report_pairs(connection, member.instance, self._pairs_held(), timeout)
         next_round = self._clock() + self._config.interval
         if state.next_expiry is not None:
             next_round = min(next_round, sent_at + state.next_expiry + _AFTER_EXPIRY)

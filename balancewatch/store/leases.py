@@ -90,6 +90,7 @@ UPDATE shard_leases SET owner = NULL, expires_at = now()
 WHERE owner = $1 AND shard = ANY($2::smallint[])
 """
 _OWNED: Final = "SELECT shard FROM shard_leases WHERE owner = $1"
+_PAIRS_HELD: Final = "UPDATE replicas SET pairs_held = $2 WHERE instance = $1"
 _RETIRE: Final = "DELETE FROM replicas WHERE instance = $1"
 
 
@@ -194,6 +195,11 @@ async def retire(raw: RawConnection, instance: str, timeout: float) -> int:
         await _release(raw, instance, shards, timeout)
         await raw.execute(_RETIRE, instance, timeout=timeout)
     return len(shards)
+
+
+async def report_pairs(raw: RawConnection, instance: str, pairs: int, timeout: float) -> None:
+    """The pairs this process holds now (after a claim or a handover, for `status`)."""
+    await raw.execute(_PAIRS_HELD, instance, pairs, timeout=timeout)
 
 
 async def announce(raw: RawConnection, event: str, timeout: float) -> None:
