@@ -22,7 +22,7 @@ from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import room_for
 from balancewatch.store.db import asyncpg_dsn
-from tests.helpers import wait_until
+from tests.helpers import scratch_dir, wait_until
 from tests.processes import DaemonProcess, StartDaemon, environment
 from tests.streams import assert_stored_once, numbered_messages, stream_amounts
 
@@ -39,7 +39,9 @@ async def stream() -> AsyncIterator[Simulator]:
         yield sim
 
 
-def replica_env(url: URL, sim: Simulator, name: str, ttl: float = TTL) -> dict[str, str]:
+def replica_env(
+    url: URL, sim: Simulator, name: str, ttl: float = TTL, **settings: str
+) -> dict[str, str]:
     return environment(
         url,
         datastream_url=sim.url,
@@ -50,6 +52,7 @@ def replica_env(url: URL, sim: Simulator, name: str, ttl: float = TTL) -> dict[s
         flush_interval="0.05",
         connect_timeout="1",
         backoff_max="0.5",
+        **settings,
     )
 
 
@@ -141,6 +144,49 @@ async def test_sigterm_of_one_replica_hands_its_rooms_over_before_a_lease_could_
     assert set(reasons) <= {"shutdown", "handover"}
     assert await a.stop() == 0
     assert stream.overlaps == []
+
+
+async def test_a_dead_replicas_spool_is_stored_once_by_the_next_process_on_it(
+    start_daemon: StartDaemon, database_url: URL, db: Any, stream: Simulator
+) -> None:
+    await watch_all(db)
+    a = await start(start_daemon, database_url, stream, "a")
+    spool = str(scratch_dir("spool"))
+    b_env = replica_env(database_url, stream, "b", spool_dir=spool, spool_mode="durable")
+    b = await start_daemon(b_env)
+    await wait_until(lambda: held_by(stream, "key-a", "key-b"), timeout=30, what="rooms shared")
+    # Rows that cannot be stored before the kill: the table is locked against every writer.
+    locker = await asyncpg.connect(asyncpg_dsn(database_url))
+    await locker.execute("BEGIN; LOCK TABLE balance_history IN EXCLUSIVE MODE")
+    async with numbered_messages(stream, PAIRS, per_second=200) as reached:
+        await asyncio.sleep(1.0)
+    b_rooms = {room for room in ROOMS if stream.room_holders(room) == {"key-b"}}
+    # A pong from both connections proves every message before the ping was read.
+    pongs = sum(e.kind == "pong" for e in stream.events)
+    await stream.ping()
+    await stream.wait_for(
+        lambda: sum(e.kind == "pong" for e in stream.events) >= pongs + 2, timeout=10
+    )
+    b.process.kill()
+    await b.process.wait()
+    # a takes b's shards (the leases are not locked), then the table is free again.
+    await wait_until(lambda: held_by(stream, "key-a"), timeout=4 * TTL, what="the takeover")
+    await locker.execute("ROLLBACK")
+    await locker.close()
+    # The next process on b's spool (another replica id) replays it: b's rows were received
+    # while b held its leases, so the fencing lets them through, each once.
+    successor = await start_daemon(
+        replica_env(database_url, stream, "b2", spool_dir=spool, spool_mode="durable")
+    )
+    delivered = [n for n, count in reached.items() if count == 1]
+    assert any(room_for(*PAIRS[(n - 1) % len(PAIRS)]) in b_rooms for n in delivered), (
+        "b must have received some of them"
+    )
+    await assert_stored_once(db, delivered, timeout=20)
+    (replayed,) = successor.events("writer.spool_replayed")
+    assert replayed["rows_replayed"] > 0
+    assert await successor.stop() == 0
+    assert await a.stop() == 0
 
 
 async def test_sigstop_past_the_lease_then_sigcont_and_it_stores_nothing_received_after(
