@@ -66,6 +66,7 @@ class Bookkeeping:
     def __init__(self, url: URL, config: BookkeepingConfig, *, holder: str) -> None:
         self._config = config
         self._holder = holder
+        self._flushing = asyncio.Lock()
         self._connection = DedicatedConnection(
             url, role="bookkeeping", timeout=config.write_timeout
         )
@@ -170,7 +171,10 @@ class Bookkeeping:
             self._flush_rpc_failures,
             self._flush_read_counts,
         )
-        results = [await flush() for flush in flushes]
+        # One flush at a time: the run loop's and a caller's (a test, a handover) would share
+        # one connection, and two connects at once would leave one of them open for good.
+        async with self._flushing:
+            results = [await flush() for flush in flushes]
         return all(results)
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import TypeAlias
 
@@ -62,10 +63,17 @@ class DedicatedConnection:
         self._role = role
         self._timeout = timeout
         self._connection: RawConnection | None = None
+        self._connecting = asyncio.Lock()
 
     async def get(self) -> RawConnection:
         if self._connection is None or self._connection.is_closed():
-            self._connection = await connect_raw(self._url, role=self._role, timeout=self._timeout)
+            # Two callers at once must not both connect: the first connection would be
+            # overwritten and never closed.
+            async with self._connecting:
+                if self._connection is None or self._connection.is_closed():
+                    self._connection = await connect_raw(
+                        self._url, role=self._role, timeout=self._timeout
+                    )
         return self._connection
 
     def discard(self) -> None:
