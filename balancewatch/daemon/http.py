@@ -94,6 +94,9 @@ class Readiness:
     watchlist_read: bool
     pairs_wanted: int
     pairs_pending: int  # wanted and neither joined nor in error
+    # A lease round succeeded and its leases are still trusted: the pairs wanted are this
+    # replica's own (before that, it holds nothing and "every pair joined" would be vacuous).
+    leases_trusted: bool
 
     def failing(self, database_error: str | None) -> dict[str, str]:
         failing = {}
@@ -105,6 +108,8 @@ class Readiness:
             failing["pairs"] = (
                 f"{self.pairs_pending} of {self.pairs_wanted} enabled pairs not joined"
             )
+        if not self.leases_trusted:
+            failing["leases"] = "no shard lease renewed in time: this replica's pairs are unknown"
         if database_error is not None:
             failing["database"] = database_error
         return failing

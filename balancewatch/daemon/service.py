@@ -199,6 +199,7 @@ class Daemon:
             watchlist_read=self.sync.reconciles > 0,
             pairs_wanted=len(wanted),
             pairs_pending=pending,
+            leases_trusted=self.rooms.trusted,
         )
 
     def snapshot(self) -> Snapshot:

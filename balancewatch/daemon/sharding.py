@@ -56,7 +56,7 @@ class ShardedRooms:
     @property
     def held(self) -> Mapping[int, int]:
         """The shards this process holds, with their epochs (empty past the deadline)."""
-        return self._epochs if self._trusted() else {}
+        return self._epochs if self.trusted else {}
 
     @property
     def alone(self) -> bool:
@@ -133,7 +133,9 @@ class ShardedRooms:
             self._epoch_text.pop(shard, None)
         self._draining = set()
 
-    def _trusted(self) -> bool:
+    @property
+    def trusted(self) -> bool:
+        """The leases held are still trusted (never before the first lease round)."""
         return self._alone or self._clock() < self._deadline
 
     def _here(self) -> Wanted:

@@ -3,10 +3,12 @@ daemon; and the container's healthcheck as the Dockerfile and the compose file s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from structlog.testing import capture_logs
 
+from balancewatch.daemon.http import Readiness
 from balancewatch.daemon.metrics import PairStates
 from balancewatch.progress import Progress
 from balancewatch.settings import Settings
@@ -79,3 +81,16 @@ def test_the_image_and_compose_check_readiness_with_the_daemons_own_command() ->
     # The one-shot and the simulator have no /readyz: the image's check is off for them.
     assert services["migrate"]["healthcheck"] == {"disable": True}
     assert services["simulate"]["healthcheck"] == {"disable": True}
+
+
+def test_a_replica_whose_leases_are_not_trusted_is_not_ready_even_with_nothing_pending() -> None:
+    # Before its first lease round a replica wants no pair: "every pair joined" is vacuous.
+    before_leases = Readiness(
+        websocket_connected=True,
+        watchlist_read=True,
+        pairs_wanted=0,
+        pairs_pending=0,
+        leases_trusted=False,
+    )
+    assert set(before_leases.failing(None)) == {"leases"}
+    assert replace(before_leases, leases_trusted=True).failing(None) == {}
