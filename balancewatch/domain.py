@@ -1,4 +1,5 @@
-"""The words every layer shares: a pair, the states of its subscription, a Solana address, a room.
+"""The words every layer shares: a pair, a watch, the states of its subscription, a Solana
+address, a room.
 
 Pure and cheap to import: no I/O and no third-party package, so the CLI, the store and the
 daemon can all name these without pulling in each other.
@@ -11,10 +12,14 @@ import hashlib
 import re
 from typing import Final, Literal, get_args
 
-Pair = tuple[str, str]  # (wallet, token)
+Pair = tuple[str, str]  # (wallet, token): what a balance row is of
+# What a watchlist row asks for: one token of a wallet, or every token of it (token None, the
+# wallet room). A message always names its token, so rows stay Pairs.
+Watch = tuple[str, str | None]
 
-# What the daemon last did with a pair's room; stored in subscription_status.state.
-PairState = Literal["joining", "joined", "leaving", "left", "error", "invalid"]
+# What the daemon last did with a watch's room; stored in subscription_status.state. `covered`:
+# the pair is listened to through its wallet's room (an enabled all-tokens row), not its own.
+PairState = Literal["joining", "joined", "leaving", "left", "error", "invalid", "covered"]
 PAIR_STATES: Final[tuple[PairState, ...]] = get_args(PairState)
 # A pair in one of these needs nothing more from the daemon: the server answered its join.
 SETTLED_STATES: Final[frozenset[PairState]] = frozenset({"joined", "error"})
@@ -40,7 +45,10 @@ EndReason = Literal["left", "error", "handover", "disconnected", "shutdown", "lo
 
 BASE58_PATTERN: Final = r"^[1-9A-HJ-NP-Za-km-z]{32,44}$"
 _BASE58 = re.compile(BASE58_PATTERN)
-_ROOM = re.compile(r"^wallet:([1-9A-HJ-NP-Za-km-z]{32,44}):([1-9A-HJ-NP-Za-km-z]{32,44}):balance$")
+# A token's room, `wallet:{WALLET}:{MINT}:balance`, or a whole wallet's, `wallet:{WALLET}:balance`.
+_ROOM = re.compile(
+    r"^wallet:([1-9A-HJ-NP-Za-km-z]{32,44})(?::([1-9A-HJ-NP-Za-km-z]{32,44}))?:balance$"
+)
 
 
 def is_address(text: str) -> bool:
@@ -48,26 +56,32 @@ def is_address(text: str) -> bool:
     return _BASE58.fullmatch(text) is not None
 
 
-def address_problems(**named: str) -> list[str]:
-    """Why each named value is not an address (`wallet=..., token=...`); empty if all are."""
+def address_problems(**named: str | None) -> list[str]:
+    """Why each named value is not an address (`wallet=..., token=...`); empty if all are.
+    None is no value, not a bad one (the token of an all-tokens watch)."""
     return [
         f"{name} {value!r} is not a base58 address of 32 to 44 characters"
         for name, value in named.items()
-        if not is_address(value)
+        if value is not None and not is_address(value)
     ]
 
 
-def room_for(wallet: str, token: str) -> str:
+def room_for(wallet: str, token: str | None) -> str:
+    """The room of one token of a wallet, or of every token of it (token None)."""
+    if token is None:
+        return f"wallet:{wallet}:balance"
     return f"wallet:{wallet}:{token}:balance"
 
 
-def pair_for(room: str) -> Pair | None:
-    """The (wallet, token) of a balance room, or None if the text is not such a room."""
+def watch_for(room: str) -> Watch | None:
+    """The (wallet, token) of a balance room (token None for a wallet's room), or None if the
+    text is not such a room."""
     match = _ROOM.fullmatch(room)
     return (match.group(1), match.group(2)) if match else None
 
 
 # The same few rooms come back in message after message: their check is remembered.
+# Either kind of room.
 @functools.lru_cache(maxsize=16_384)
 def is_room(text: str) -> bool:
     return _ROOM.fullmatch(text) is not None
@@ -78,7 +92,7 @@ def is_room(text: str) -> bool:
 DEFAULT_SHARDS: Final = 64
 
 
-def shard_of(pair: Pair, shards: int) -> int:
+def shard_of(pair: Watch, shards: int) -> int:
     """The shard a pair belongs to: that of its wallet, so that every room of one wallet (each
     token's, and the whole wallet's) is held by one replica, which alone decides which of them
     to join. The same in every process and every version (blake2b, never `hash()`, which

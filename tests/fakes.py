@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from balancewatch.domain import Pair
+from balancewatch.domain import Watch
 
 
 @dataclass
@@ -58,15 +58,15 @@ class FakeSender:
 class FakeStatus:
     """Records every status change, one entry per pair."""
 
-    changes: list[tuple[Pair, str, str | None]] = field(default_factory=list)
+    changes: list[tuple[Watch, str, str | None]] = field(default_factory=list)
 
-    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+    def set_status(self, pairs: Collection[Watch], state: str, error: str | None = None) -> None:
         self.changes.extend((pair, state, error) for pair in pairs)
 
-    def states(self, pair: Pair) -> list[str]:
+    def states(self, pair: Watch) -> list[str]:
         return [state for p, state, _ in self.changes if p == pair]
 
-    def last(self, pair: Pair) -> tuple[str, str | None] | None:
+    def last(self, pair: Watch) -> tuple[str, str | None] | None:
         found = [(state, error) for p, state, error in self.changes if p == pair]
         return found[-1] if found else None
 

@@ -26,7 +26,7 @@ from balancewatch.aio import wait_first
 from balancewatch.chain.answers import ChainBalance, ChainRead, FailureReason, ReadFailure
 from balancewatch.daemon.chain_schedule import CheckRounds, SnapshotQueue
 from balancewatch.daemon.ingest import MessageWatch
-from balancewatch.domain import ChainReadKind, ChainReadResult, Pair, room_for
+from balancewatch.domain import ChainReadKind, ChainReadResult, Pair, Watch, room_for
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.settings import Settings, config_from
 from balancewatch.store.chain import ChainRow, RpcFailureRow
@@ -82,7 +82,7 @@ class ChainReads:
         sink: ChainSink,
         config: ChainReadsConfig,
         *,
-        listening: Callable[[], Collection[Pair]],
+        listening: Callable[[], Collection[Watch]],
         watch: MessageWatch,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -104,14 +104,21 @@ class ChainReads:
     def snapshot_queue(self) -> int:
         return len(self._queue)
 
-    def pair_started(self, pair: Pair) -> None:
+    def pair_started(self, watch: Watch) -> None:
         """A listening period started: its snapshot is queued."""
+        wallet, token = watch
+        if token is None:
+            return  # issue 12, in progress: a wallet's snapshot
+        pair = (wallet, token)
         self._queue.add(pair)
         self._queue_changed()
         self._wake.set()
 
-    def pair_ended(self, pair: Pair) -> None:
-        self._queue.discard(pair)
+    def pair_ended(self, watch: Watch) -> None:
+        wallet, token = watch
+        if token is None:
+            return
+        self._queue.discard((wallet, token))
         self._queue_changed()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -142,7 +149,11 @@ class ChainReads:
             return "snapshot", snapshots
         while self._rounds is not None and (due := self._rounds.take(batch, now)):
             listening = self._listening()
-            checks = [pair for pair in due if pair in listening]
+            checks = [
+                (wallet, token)
+                for wallet, token in due
+                if token is not None and (wallet, token) in listening
+            ]
             if checks:
                 return "check", checks
         return None

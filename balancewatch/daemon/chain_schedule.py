@@ -12,7 +12,7 @@ import heapq
 import math
 from collections.abc import Callable, Collection
 
-from balancewatch.domain import Pair
+from balancewatch.domain import Pair, Watch
 
 
 class SnapshotQueue:
@@ -73,16 +73,16 @@ class CheckRounds:
     slower than the rate needs) catches up as fast as the reads allow, and the next one starts
     when it is done and its interval has passed."""
 
-    def __init__(self, interval: float, listening: Callable[[], Collection[Pair]]) -> None:
+    def __init__(self, interval: float, listening: Callable[[], Collection[Watch]]) -> None:
         if interval <= 0:
             raise ValueError("a check interval must be positive (0 means no checks at all)")
         self._interval = interval
         self._listening = listening
-        self._pairs: list[Pair] = []
+        self._pairs: list[Watch] = []
         self._started = -math.inf
         self._next = 0
 
-    def take(self, most: int, now: float) -> list[Pair]:
+    def take(self, most: int, now: float) -> list[Watch]:
         """Up to `most` pairs whose check is due by `now`."""
         if self._next >= len(self._pairs) and now >= self._started + self._interval:
             self._pairs = list(self._listening())

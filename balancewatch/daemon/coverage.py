@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
 from balancewatch.aio import wait_first
-from balancewatch.domain import EndReason, Pair
+from balancewatch.domain import EndReason, Watch
 from balancewatch.store.writes import PeriodEnd, PeriodStart
 
 # How often the process confirms its periods, and how long a silent process keeps its own:
@@ -49,11 +49,11 @@ class PeriodSink(Protocol):
 
 
 class PairWatcher(Protocol):
-    """Told when a pair's listening starts and ends (the snapshots of the chain reads)."""
+    """Told when a watch's listening starts and ends (the snapshots of the chain reads)."""
 
-    def pair_started(self, pair: Pair) -> None: ...
+    def pair_started(self, watch: Watch) -> None: ...
 
-    def pair_ended(self, pair: Pair) -> None: ...
+    def pair_ended(self, watch: Watch) -> None: ...
 
 
 class Coverage:
@@ -66,7 +66,7 @@ class Coverage:
         # per open pair (a small int, not a UUID and a start time): 100,000 pairs cost 3 MB.
         self._prefix = secrets.randbits(64) << 64
         self._count = 0
-        self._open: dict[Pair, int] = {}
+        self._open: dict[Watch, int] = {}
         self.watchers: list[PairWatcher] = []
 
     @property
@@ -74,11 +74,11 @@ class Coverage:
         """Pairs with an open period."""
         return len(self._open)
 
-    def open_pairs(self) -> Collection[Pair]:
+    def open_pairs(self) -> Collection[Watch]:
         """The pairs being listened to now (a live view, not a copy)."""
         return self._open.keys()
 
-    def started(self, pair: Pair) -> None:
+    def started(self, pair: Watch) -> None:
         """The pair is being listened to now (its join acknowledged, or a message came)."""
         if pair not in self._open:
             self._count += 1
@@ -87,7 +87,7 @@ class Coverage:
             for watcher in self.watchers:
                 watcher.pair_started(pair)
 
-    def ended(self, pairs: Iterable[Pair], reason: EndReason, at: datetime | None = None) -> None:
+    def ended(self, pairs: Iterable[Watch], reason: EndReason, at: datetime | None = None) -> None:
         """These pairs are no longer listened to, since `at` (now if not given)."""
         when = self._clock() if at is None else at
         for pair in pairs:

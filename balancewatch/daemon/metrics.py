@@ -26,8 +26,8 @@ from balancewatch.domain import (
     PAIR_STATES,
     ChainReadKind,
     ChainReadResult,
-    Pair,
     PairState,
+    Watch,
 )
 from balancewatch.pipeline.bookkeeping import TABLES as BOOKKEEPING_TABLES
 from balancewatch.pipeline.bookkeeping import Table
@@ -43,7 +43,7 @@ _WRITE_SECONDS_BUCKETS: Final = (
 
 class StatusSink(Protocol):
     def set_status(
-        self, pairs: Iterable[Pair], state: PairState, error: str | None = None
+        self, pairs: Iterable[Watch], state: PairState, error: str | None = None
     ) -> None: ...
 
 
@@ -54,12 +54,12 @@ class PairStates:
 
     def __init__(self, sink: StatusSink) -> None:
         self._sink = sink
-        self.states: dict[Pair, PairState] = {}
+        self.states: dict[Watch, PairState] = {}
         self.counts: Counter[PairState] = Counter()
         self._joins = Progress("subscriptions.join_progress")
 
     def set_status(
-        self, pairs: Collection[Pair], state: PairState, error: str | None = None
+        self, pairs: Collection[Watch], state: PairState, error: str | None = None
     ) -> None:
         self._sink.set_status(pairs, state, error)
         for pair in pairs:

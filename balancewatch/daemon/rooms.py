@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from balancewatch.domain import Pair, address_problems, room_for
+from balancewatch.domain import Watch, address_problems, room_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,22 +21,41 @@ def diff_rooms(desired: Set[str], joined: Set[str]) -> RoomDiff:
 
 @dataclass(frozen=True, slots=True)
 class Wanted:
-    rooms: Mapping[str, Pair]  # room -> (wallet, token), for every valid enabled row
-    invalid: Mapping[Pair, str]  # rows that can never be joined, with the reason
+    rooms: Mapping[str, Watch]  # room -> (wallet, token|None), for every room to hold
+    invalid: Mapping[Watch, str]  # rows that can never be joined, with the reason
+    # The rooms of token rows whose wallet has an enabled all-tokens row: their messages come
+    # through the wallet's room, so they are not joined themselves (room -> its watch).
+    covered: Mapping[str, Watch] = field(default_factory=dict)
 
 
-def wanted_rooms(enabled_pairs: Iterable[Pair]) -> Wanted:
+def all_tokens_wallets(enabled: Iterable[Watch]) -> set[str]:
+    """The wallets with an enabled all-tokens row."""
+    return {wallet for wallet, token in enabled if token is None}
+
+
+def wanted_rooms(enabled: Iterable[Watch], whole: Set[str] | None = None) -> Wanted:
     """The rooms this process should hold, given the enabled watchlist rows.
 
+    A wallet with an enabled all-tokens row is held through its wallet room alone: holding its
+    token rooms too would bring each of their changes twice. So one INSERT or DELETE of that
+    row moves the whole wallet in one diff.
+
     The database CHECK refuses malformed addresses, but a constraint can be dropped by hand:
-    such a row is never sent as a join, it is reported instead.
+    such a row is never sent as a join, it is reported instead. `whole`: the wallets with an
+    all-tokens row, when `enabled` is only a part of the rows.
     """
-    rooms: dict[str, Pair] = {}
-    invalid: dict[Pair, str] = {}
-    for wallet, token in enabled_pairs:
+    rows = list(enabled)
+    whole = all_tokens_wallets(rows) if whole is None else whole
+    rooms: dict[str, Watch] = {}
+    invalid: dict[Watch, str] = {}
+    covered: dict[str, Watch] = {}
+    for wallet, token in rows:
         problems = address_problems(wallet=wallet, token=token)
+        room = room_for(wallet, token)
         if problems:
             invalid[(wallet, token)] = "; ".join(problems)
+        elif token is not None and wallet in whole:
+            covered[room] = (wallet, token)
         else:
-            rooms[room_for(wallet, token)] = (wallet, token)
-    return Wanted(rooms=rooms, invalid=invalid)
+            rooms[room] = (wallet, token)
+    return Wanted(rooms=rooms, invalid=invalid, covered=covered)

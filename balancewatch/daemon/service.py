@@ -45,7 +45,7 @@ from balancewatch.daemon.sharding import ShardedRooms
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
 from balancewatch.daemon.sync import SyncConfig, WatchlistSync
-from balancewatch.domain import DEFAULT_SHARDS, SETTLED_STATES, Pair, pair_for
+from balancewatch.domain import DEFAULT_SHARDS, SETTLED_STATES, Pair, watch_for
 from balancewatch.errors import StartupError
 from balancewatch.logs import get_logger
 from balancewatch.pipeline.bookkeeping import Bookkeeping, BookkeepingConfig
@@ -191,7 +191,7 @@ class Daemon:
         states = self.pair_states.states
         pending = 0
         for room in wanted:
-            pair = pair_for(room)
+            pair = watch_for(room)
             if pair is None or states.get(pair) not in SETTLED_STATES:
                 pending += 1
         return Readiness(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from balancewatch.daemon.rooms import Wanted
 from balancewatch.daemon.subscriptions import Subscriptions
-from balancewatch.domain import Pair, room_for, shard_of
+from balancewatch.domain import Watch, room_for, shard_of
 
 
 class ShardedRooms:
@@ -33,8 +33,9 @@ class ShardedRooms:
         self._subscriptions = subscriptions
         self._shards = shards
         self._clock = clock
-        self._rooms: dict[str, Pair] = {}  # every room the watchlist wants
-        self._invalid: Mapping[Pair, str] = {}
+        self._rooms: dict[str, Watch] = {}  # every room the watchlist wants
+        self._invalid: Mapping[Watch, str] = {}
+        self._covered: dict[str, Watch] = {}  # token rooms their wallet room covers
         self._shard: dict[str, int] = {}  # room -> shard, for every room in _rooms
         self._epochs: dict[int, int] = {}  # held shard -> epoch
         # Being handed over: their rooms are left, but a message the server sent before it
@@ -73,7 +74,15 @@ class ShardedRooms:
         if not (self._alone or self._clock() < self._deadline):
             return None
         shard = self._shard.get(room)
-        return None if shard is None else self._epoch_text.get(shard)
+        if shard is None:
+            return self._switching_epoch(room)
+        return self._epoch_text.get(shard)
+
+    def _switching_epoch(self, room: str) -> str | None:
+        """A room no longer wanted, but still accepted for a switch (its wallet moved between
+        its token rooms and its wallet room): the epoch of its wallet's shard."""
+        watch = self._subscriptions.switching(room)
+        return None if watch is None else self._epoch_text.get(shard_of(watch, self._shards))
 
     def held_elsewhere(self, room: str) -> bool:
         """Wanted by the watchlist, but its shard is not held here: another replica's."""
@@ -84,6 +93,7 @@ class ShardedRooms:
         """The whole watchlist, read again."""
         self._rooms = dict(wanted.rooms)
         self._invalid = wanted.invalid
+        self._covered = dict(wanted.covered)
         known = self._shard
         self._shard = {
             room: known[room] if room in known else shard_of(pair, self._shards)
@@ -91,13 +101,15 @@ class ShardedRooms:
         }
         await self._subscriptions.want(self._here())
 
-    async def update(self, checked: Collection[Pair], wanted: Wanted) -> None:
-        """Only these pairs were read again."""
-        for pair in checked:
-            room = room_for(*pair)
+    async def update(self, checked: Collection[Watch], wanted: Wanted) -> None:
+        """Only these rows were read again."""
+        for watch in checked:
+            room = room_for(*watch)
             self._rooms.pop(room, None)
+            self._covered.pop(room, None)
             self._shard.pop(room, None)
         self._rooms.update(wanted.rooms)
+        self._covered.update(wanted.covered)
         for room, pair in wanted.rooms.items():
             self._shard[room] = shard_of(pair, self._shards)
         self._invalid = {
@@ -139,7 +151,7 @@ class ShardedRooms:
         return self._alone or self._clock() < self._deadline
 
     def _here(self) -> Wanted:
-        return self._mine(Wanted(rooms=self._rooms, invalid=self._invalid))
+        return self._mine(Wanted(rooms=self._rooms, invalid=self._invalid, covered=self._covered))
 
     def _mine(self, wanted: Wanted) -> Wanted:
         epochs = self._epochs
@@ -149,4 +161,9 @@ class ShardedRooms:
             for pair, reason in wanted.invalid.items()
             if shard_of(pair, self._shards) in epochs
         }
-        return Wanted(rooms=rooms, invalid=invalid)
+        covered = {
+            room: watch
+            for room, watch in wanted.covered.items()
+            if shard_of(watch, self._shards) in epochs
+        }
+        return Wanted(rooms=rooms, invalid=invalid, covered=covered)

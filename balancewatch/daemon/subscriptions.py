@@ -6,6 +6,13 @@ against what the live connection really holds, and a room is never joined twice 
 one deliberate exception: a join the server has not acknowledged in time is sent again on the
 same connection, with growing delays (`join_acks.PendingJoins` decides when), until the
 `joined` comes.
+
+A room left because its wallet switched between its token rooms and its wallet room (an
+all-tokens row added, removed, enabled or disabled) is still accepted until the server has
+acknowledged the rooms that replace it. The leaves go out before the joins on one connection
+and the server takes frames in order, so it never holds both kinds of room of one wallet at once
+(no change delivered twice), and what it sent for the old rooms before it took the leaves in
+arrives before the new rooms' `joined`: stored, not refused (no change lost).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping, Set
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -20,7 +28,7 @@ from balancewatch.aio import wait_first
 from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.join_acks import PendingJoins
 from balancewatch.daemon.rooms import Wanted, diff_rooms
-from balancewatch.domain import EndReason, Pair, PairState, pair_for, room_for
+from balancewatch.domain import EndReason, PairState, Watch, room_for, watch_for
 from balancewatch.logs import get_logger
 
 log = get_logger(__name__)
@@ -36,8 +44,17 @@ class RoomSender(Protocol):
 
 class StatusSink(Protocol):
     def set_status(
-        self, pairs: Collection[Pair], state: PairState, error: str | None = None
+        self, watches: Collection[Watch], state: PairState, error: str | None = None
     ) -> None: ...
+
+
+@dataclass(slots=True)
+class _Switch:
+    """A room left for a switch: accepted until the rooms that replace it are acknowledged,
+    or until `until` (the server never answered them)."""
+
+    waiting: set[str]
+    until: float
 
 
 class Subscriptions:
@@ -52,8 +69,12 @@ class Subscriptions:
     ) -> None:
         self._status = status
         self._coverage = coverage
-        self._wanted: dict[str, Pair] = {}
-        self._invalid: Mapping[Pair, str] = {}
+        self._wanted: dict[str, Watch] = {}
+        self._invalid: Mapping[Watch, str] = {}
+        self._covered: dict[str, Watch] = {}  # token rooms held through their wallet's room
+        self._join_ack_timeout = join_ack_timeout
+        self._switching: dict[str, _Switch] = {}  # left for a switch, still accepted
+        self._replacing: dict[str, set[str]] = {}  # joined for a switch -> the rooms it replaces
         self._held: set[str] = set()  # join sent on the live connection (acked or not)
         self._unacked = PendingJoins(join_ack_timeout, join_retry_max)  # a subset of held
         self._unacked_added = asyncio.Event()
@@ -82,7 +103,13 @@ class Subscriptions:
         return frozenset(self._unacked)
 
     def is_held(self, room: str) -> bool:
-        return room in self._held
+        """Joined on the live connection, or left for a switch whose new rooms the server has
+        not acknowledged yet: its messages are stored."""
+        return room in self._held or (room in self._switching and self._still_switching(room))
+
+    def switching(self, room: str) -> Watch | None:
+        """The watch of a room left for a switch and still accepted, else None."""
+        return watch_for(room) if room in self._switching and self._still_switching(room) else None
 
     async def want(self, wanted: Wanted) -> None:
         """The watchlist says these rooms are wanted now."""
@@ -90,21 +117,27 @@ class Subscriptions:
             previous = self._wanted
             self._wanted = dict(wanted.rooms)
             self._record_invalid(wanted.invalid)
+            self._record_covered(wanted.covered)
             if self._sender is None:
                 self._status_offline(previous, wanted.rooms)
                 return
             await self._apply(self._sender)
 
-    async def update(self, checked: Collection[Pair], wanted: Wanted) -> None:
-        """Only these pairs were read again: `wanted` is what the watchlist says of them now.
+    async def update(self, checked: Collection[Watch], wanted: Wanted) -> None:
+        """Only these rows were read again: `wanted` is what the watchlist says of them now.
         Every other room stays as it is, and only these rooms are diffed."""
         async with self._lock:
-            scope = {room_for(*pair) for pair in checked} | wanted.rooms.keys()
+            scope = (
+                {room_for(*watch) for watch in checked}
+                | wanted.rooms.keys()
+                | wanted.covered.keys()
+            )
             previous = {room: self._wanted[room] for room in scope if room in self._wanted}
             for room in previous:
                 del self._wanted[room]
             self._wanted.update(wanted.rooms)
             self._record_invalid(wanted.invalid, checked)
+            self._record_covered(wanted.covered, scope)
             if self._sender is None:
                 self._status_offline(previous, wanted.rooms)
                 return
@@ -116,6 +149,7 @@ class Subscriptions:
             self._sender = sender
             self._held = set()
             self._unacked.clear()
+            self._end_switches()
             await self._apply(sender)
 
     async def retry_unacked_joins(self, sender: RoomSender) -> None:
@@ -172,17 +206,23 @@ class Subscriptions:
         # Every wanted room, not just the held ones: a join cut short was never held.
         self._status.set_status(list(self._wanted.values()), "joining", error)
         # A room being left when the connection went is left now: nothing holds it.
-        gone = [room for room in self._held - set(self._wanted) if not self.elsewhere(room)]
-        self._status.set_status(list(map(_pair_of, gone)), "left")
+        gone = [
+            room
+            for room in self._held - set(self._wanted) - self._covered.keys()
+            if not self.elsewhere(room)
+        ]
+        self._status.set_status(list(map(_watch_of, gone)), "left")
         self._held = set()
         self._unacked.clear()
+        self._end_switches()
 
     def joined(self, room: str) -> None:
         self._unacked.acked(room)
-        pair = self._wanted.get(room)
-        if pair is not None and room in self._held:
-            self._status.set_status([pair], "joined")
-            self._coverage.started(pair)
+        self._replaced(room)
+        watch = self._wanted.get(room)
+        if watch is not None and room in self._held:
+            self._status.set_status([watch], "joined")
+            self._coverage.started(watch)
 
     def delivered(self, room: str) -> None:
         """A balance arrived for the room: the join worked, even if its ack never came."""
@@ -193,14 +233,19 @@ class Subscriptions:
         # The server answered the join, if not with `joined`: sending it again on this
         # connection would only repeat the question (the next connection joins it again).
         self._unacked.acked(room)
-        pair = self._wanted.get(room)
-        if pair is not None:
-            self._status.set_status([pair], "error", error)
-            self._coverage.ended([pair], "error")
+        self._replaced(room)
+        watch = self._wanted.get(room)
+        if watch is not None:
+            self._status.set_status([watch], "error", error)
+            self._coverage.ended([watch], "error")
 
-    def _status_offline(self, before: Mapping[str, Pair], after: Mapping[str, Pair]) -> None:
+    def _status_offline(self, before: Mapping[str, Watch], after: Mapping[str, Watch]) -> None:
         """With no connection nothing is sent: the status says what the next one will do."""
-        gone = [room for room in before.keys() - after.keys() if not self.elsewhere(room)]
+        gone = [
+            room
+            for room in before.keys() - after.keys() - self._covered.keys()
+            if not self.elsewhere(room)
+        ]
         self._status.set_status(_pairs(before, gone), "left")
         self._status.set_status(_pairs(after, after.keys() - before.keys()), "joining")
 
@@ -211,13 +256,16 @@ class Subscriptions:
         else:
             diff = diff_rooms(scope & self._wanted.keys(), scope & self._held)
         moved = {room for room in diff.leave if self.elsewhere(room)}
-        leaving = [_pair_of(room) for room in diff.leave - moved]
+        ended = [_watch_of(room) for room in diff.leave - moved]
+        # A token room left because its wallet room now covers it keeps its `covered` state.
+        leaving = [_watch_of(room) for room in diff.leave - moved - self._covered.keys()]
         try:
             if diff.leave:
                 self._unacked.forget(diff.leave)
                 self._status.set_status(leaving, "leaving")
-                self._coverage.ended(leaving, "left")
-                self._coverage.ended(map(_pair_of, moved), "handover")
+                self._coverage.ended(ended, "left")
+                self._coverage.ended(map(_watch_of, moved), "handover")
+                self._start_switches(diff.leave - moved, diff.join)
                 await sender.leave(diff.leave)
                 if self._sender is not sender:
                     return  # dropped meanwhile: the next connection starts from nothing
@@ -243,8 +291,54 @@ class Subscriptions:
                 held=len(self._held),
             )
 
+    def _start_switches(self, left: Set[str], joining: Set[str]) -> None:
+        """Each left room whose wallet has rooms in `joining` is replaced by them: accepted
+        until they are acknowledged."""
+        new_by_wallet: dict[str, set[str]] = {}
+        for room in joining:
+            new_by_wallet.setdefault(_watch_of(room)[0], set()).add(room)
+        until = self._clock() + self._join_ack_timeout
+        for room in left:
+            replacements = new_by_wallet.get(_watch_of(room)[0])
+            if replacements:
+                self._switching[room] = _Switch(set(replacements), until)
+                for new in replacements:
+                    self._replacing.setdefault(new, set()).add(room)
+
+    def _replaced(self, new: str) -> None:
+        """The server answered the join of `new`: the rooms it replaces have sent their last."""
+        for old in self._replacing.pop(new, ()):
+            switch = self._switching.get(old)
+            if switch is not None:
+                switch.waiting.discard(new)
+                if not switch.waiting:
+                    del self._switching[old]
+
+    def _still_switching(self, room: str) -> bool:
+        if self._clock() < self._switching[room].until:
+            return True
+        del self._switching[room]  # the new rooms were never answered: stop accepting
+        return False
+
+    def _end_switches(self) -> None:
+        self._switching.clear()
+        self._replacing.clear()
+
+    def _record_covered(
+        self, covered: Mapping[str, Watch], scope: Collection[str] | None = None
+    ) -> None:
+        """`covered`: the token rooms their wallet room covers, of all rooms or of `scope`."""
+        fresh = [watch for room, watch in covered.items() if room not in self._covered]
+        self._status.set_status(fresh, "covered")
+        if scope is None:
+            self._covered = dict(covered)
+        else:
+            for room in scope:
+                self._covered.pop(room, None)
+            self._covered.update(covered)
+
     def _record_invalid(
-        self, invalid: Mapping[Pair, str], checked: Collection[Pair] | None = None
+        self, invalid: Mapping[Watch, str], checked: Collection[Watch] | None = None
     ) -> None:
         """`invalid`: the rows that cannot be joined, of all rows or of those `checked`."""
         fresh = {
@@ -260,11 +354,11 @@ class Subscriptions:
             self._invalid = kept | dict(invalid)
 
 
-def _pairs(rooms: Mapping[str, Pair], subset: Collection[str]) -> list[Pair]:
+def _pairs(rooms: Mapping[str, Watch], subset: Collection[str]) -> list[Watch]:
     return [rooms[room] for room in subset if room in rooms]
 
 
-def _pair_of(room: str) -> Pair:
-    pair = pair_for(room)
-    assert pair is not None  # only valid rooms are ever held
-    return pair
+def _watch_of(room: str) -> Watch:
+    watch = watch_for(room)
+    assert watch is not None  # only valid rooms are ever held
+    return watch

@@ -1,11 +1,11 @@
 """Keeps the wanted rooms equal to the enabled watchlist rows.
 
 A trigger NOTIFYs on every statement that changes the table; this task LISTENs on its own
-connection (outside the pool) and re-reads when told: just the pairs the notification names
-when it names them (a statement of a few rows), else the whole table. Either way the rows
-are the truth and the notification only a hint. Notifications are lost while disconnected,
-so it also reads the whole table on a timer, after every reconnect of its own connection,
-and whenever the websocket reconnects.
+connection (outside the pool) and re-reads when told: just the wallets of the rows the
+notification names when it names them (a statement of a few rows), else the whole table.
+Either way the rows are the truth and the notification only a hint. Notifications are lost
+while disconnected, so it also reads the whole table on a timer, after every reconnect of its
+own connection, and whenever the websocket reconnects.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import Backoff, wait_first
-from balancewatch.daemon.rooms import Wanted, wanted_rooms
-from balancewatch.domain import Pair
+from balancewatch.daemon.rooms import Wanted, all_tokens_wallets, wanted_rooms
+from balancewatch.domain import Watch
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.store import watchlist
 from balancewatch.store.db import DB_ERRORS, RawConnection, connect_raw
@@ -29,8 +29,8 @@ from balancewatch.store.models import WATCHLIST_CHANNEL
 
 log = get_logger(__name__)
 
-_payload_decoder = msgspec.json.Decoder(list[tuple[str, str]])
-_PAIRS_PER_STEP = 5_000
+_payload_decoder = msgspec.json.Decoder(list[tuple[str, str | None]])
+_ROWS_PER_STEP = 5_000
 
 
 class ListenConnectionLost(ConnectionError):
@@ -42,7 +42,7 @@ class RoomWants(Protocol):
 
     async def want(self, wanted: Wanted) -> None: ...
 
-    async def update(self, checked: Collection[Pair], wanted: Wanted) -> None: ...
+    async def update(self, checked: Collection[Watch], wanted: Wanted) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ class WatchlistSync:
         self._config = config
         self._wake = asyncio.Event()
         self._full = True  # the next read is of the whole table
-        self._touched: set[Pair] = set()  # else of just these pairs
+        self._touched: set[Watch] = set()  # else of just these rows' wallets
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         self.reconciles = 0
         self.rechecks = 0
@@ -92,21 +92,24 @@ class WatchlistSync:
 
     async def reconcile(self) -> None:
         """Read the whole enabled watchlist and hand the wanted rooms to the subscriptions."""
-        wanted = await _wanted_in_steps(await watchlist.enabled_pairs(self._engine))
+        wanted = await _wanted_in_steps(await watchlist.enabled_watches(self._engine))
         await self._subscriptions.want(wanted)
         self.reconciles += 1
 
-    async def recheck(self, pairs: set[Pair]) -> None:
-        """Read the current rows of these pairs only, and update just their rooms."""
-        enabled = await watchlist.enabled_among(self._engine, pairs)
-        await self._subscriptions.update(pairs, wanted_rooms(enabled))
+    async def recheck(self, touched: set[Watch]) -> None:
+        """Read the current rows of these rows' wallets only, and update just their rooms: every
+        row of a wallet, since its all-tokens row decides for the others. The touched rows are
+        checked too, so the room of one deleted is left."""
+        wallets = {wallet for wallet, _ in touched}
+        enabled = await watchlist.enabled_of_wallets(self._engine, wallets)
+        await self._subscriptions.update(touched | set(enabled), wanted_rooms(enabled))
         self.rechecks += 1
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
         self._notified(payload if isinstance(payload, str) else "")
 
     def _notified(self, payload: str) -> None:
-        touched = touched_pairs(payload)
+        touched = touched_watches(payload)
         if touched is None:
             self._full = True
         else:
@@ -151,22 +154,25 @@ class WatchlistSync:
             raise
 
 
-async def _wanted_in_steps(pairs: list[Pair]) -> Wanted:
-    """`wanted_rooms`, a few thousand pairs at a time: for 100,000 pairs it is a tenth of a
+async def _wanted_in_steps(rows: list[Watch]) -> Wanted:
+    """`wanted_rooms`, a few thousand rows at a time: for 100,000 rows it is a tenth of a
     second of work, and the read loop gets its turns in between instead of waiting it out."""
-    rooms: dict[str, Pair] = {}
-    invalid: dict[Pair, str] = {}
-    for start in range(0, len(pairs), _PAIRS_PER_STEP):
-        part = wanted_rooms(pairs[start : start + _PAIRS_PER_STEP])
+    whole = all_tokens_wallets(rows)
+    rooms: dict[str, Watch] = {}
+    invalid: dict[Watch, str] = {}
+    covered: dict[str, Watch] = {}
+    for start in range(0, len(rows), _ROWS_PER_STEP):
+        part = wanted_rooms(rows[start : start + _ROWS_PER_STEP], whole)
         rooms |= part.rooms
         invalid |= part.invalid
+        covered |= part.covered
         await asyncio.sleep(0)
-    return Wanted(rooms=rooms, invalid=invalid)
+    return Wanted(rooms=rooms, invalid=invalid, covered=covered)
 
 
-def touched_pairs(payload: str) -> set[Pair] | None:
-    """The pairs a notification names, or None for "re-read everything" (an empty payload,
-    'TRUNCATE', or one sent by an older schema)."""
+def touched_watches(payload: str) -> set[Watch] | None:
+    """The rows a notification names ([wallet, null] for an all-tokens row), or None for
+    "re-read everything" (an empty payload, 'TRUNCATE', or one sent by an older schema)."""
     try:
         pairs = _payload_decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):

@@ -115,6 +115,10 @@ class Chain:
     def balance(self, wallet: str, token: str) -> Decimal:
         return self._balances.get((wallet, token), Decimal(0))
 
+    def tokens_of(self, wallet: str) -> list[str]:
+        """Every token the wallet was ever given a balance of (it has an account for each)."""
+        return [token for owner, token in self._balances if owner == wallet]
+
     def has_balance(self, wallet: str, token: str) -> bool:
         """Whether the pair was ever given a balance (if not, it has no token account)."""
         return (wallet, token) in self._balances

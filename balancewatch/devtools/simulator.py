@@ -39,8 +39,8 @@ from balancewatch.aio import run_to_exit_code
 from balancewatch.chain.answers import U64_MAX
 from balancewatch.daemon.protocol import PING
 from balancewatch.daemon.signals import stop_on_signals
-from balancewatch.devtools.chainsim import DEFAULT_DECIMALS, Chain
-from balancewatch.domain import pair_for, room_for
+from balancewatch.devtools.chainsim import DEFAULT_DECIMALS, Chain, base58
+from balancewatch.domain import room_for, watch_for
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +52,8 @@ _SHUTDOWN_TIMEOUT: Final = 2.0
 # Above 20 messages a second the random walk sends batches instead of sleeping for less.
 _MIN_TICK: Final = 0.05
 _ZERO_CHANCE: Final = 0.03
+# How often a random walk on a wallet room moves a token the wallet never held before.
+_NEW_TOKEN_CHANCE: Final = 0.1
 _MAX_STEP_PER_10K: Final = 500  # a balance moves by at most 5 % per message
 # The bench fast path's flow control: the most unsent bytes a socket may hold before a write
 # waits, and how long it waits between looks.
@@ -229,7 +231,8 @@ class Simulator:
     # -- sending -----------------------------------------------------------------------------
 
     async def send_balance(self, wallet: str, token: str, amount: str) -> int:
-        """Send a balance message to the connections that joined its room; returns how many.
+        """Send a balance message to the connections that joined its room, and to those that
+        joined its wallet's room (each message names its own room); returns how many.
 
         `amount` goes on the wire verbatim as the JSON number, so a test can send exactly the
         text the real server might (or a malformed one). It is the chain's balance from then
@@ -238,16 +241,18 @@ class Simulator:
         """
         if (on_chain := self.chain.chain_amount(token, amount)) is not None:
             self.chain.set_balance(wallet, token, on_chain)
-        room = room_for(wallet, token)
-        frame = (
-            f'{{"type":"message","room":{json.dumps(room)},"data":{{"wallet":{json.dumps(wallet)},'
-            f'"token":{json.dumps(token)},"amount":{amount}}}}}'
-        )
-        holders = [self._connections[i] for i in sorted(self._holders.get(room, ()))]
-        reached = await _send_each(holders, frame)
-        for conn in reached:
-            self.delivered[conn.client, room] += 1
-        return len(reached)
+        reached = 0
+        for room in (room_for(wallet, token), room_for(wallet, None)):
+            frame = (
+                f'{{"type":"message","room":{json.dumps(room)},'
+                f'"data":{{"wallet":{json.dumps(wallet)},'
+                f'"token":{json.dumps(token)},"amount":{amount}}}}}'
+            )
+            holders = [self._connections[i] for i in sorted(self._holders.get(room, ()))]
+            for conn in await _send_each(holders, frame):
+                self.delivered[conn.client, room] += 1
+                reached += 1
+        return reached
 
     async def send_raw(self, data: str | bytes) -> None:
         await _send(self._connections.values(), data)
@@ -304,8 +309,10 @@ class Simulator:
         walk = _RandomWalk(random.Random())
         while not stop.is_set():
             rooms = self.joined_rooms() - self.quiet_rooms
-            pairs = [pair for room in rooms if (pair := pair_for(room))]
-            for wallet, token in walk.rng.choices(pairs, k=per_tick) if pairs else ():
+            watches = [watch for room in rooms if (watch := watch_for(room))]
+            for wallet, room_token in walk.rng.choices(watches, k=per_tick) if watches else ():
+                # A wallet room: one of its tokens, now and then a new one.
+                token = room_token or walk.token_of(self.chain.tokens_of(wallet))
                 # The walk goes on from the chain's balance: a snapshot and the messages after
                 # it tell one story.
                 current = self.chain.balance(wallet, token)
@@ -381,7 +388,7 @@ class Simulator:
                 conn.transport.abort()
                 return
             # Acknowledged before it counts as joined, so no message can overtake the "joined".
-            if self.ack_joins and pair_for(room) is not None:
+            if self.ack_joins and watch_for(room) is not None:
                 await self._ack(conn, room)
             self._hold(conn, room)
         elif kind == "leave" and room is not None:
@@ -439,6 +446,13 @@ class _RandomWalk:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
+
+    def token_of(self, held: list[str]) -> str:
+        """A token of a watched wallet to move: one it holds, or now and then one it receives
+        for the first time (a mint made up on the spot)."""
+        if held and self.rng.random() >= _NEW_TOKEN_CHANCE:
+            return self.rng.choice(held)
+        return base58(self.rng.randbytes(32))
 
     def next_amount(self, current: Decimal, mint_decimals: int = DEFAULT_DECIMALS) -> str:
         if self.rng.random() < _ZERO_CHANCE:

@@ -23,7 +23,7 @@ from typing import Final, Generic, Literal, TypeVar, get_args
 from sqlalchemy.engine import URL
 
 from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
-from balancewatch.domain import ChainReadKind, ChainReadResult, Pair, PairState
+from balancewatch.domain import ChainReadKind, ChainReadResult, PairState, Watch
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.settings import Settings, config_from
 from balancewatch.store import chain, writes
@@ -70,7 +70,7 @@ class Bookkeeping:
         self._connection = DedicatedConnection(
             url, role="bookkeeping", timeout=config.write_timeout
         )
-        self._status: dict[Pair, StatusChange] = {}
+        self._status: dict[Watch, StatusChange] = {}
         self._rejected = _Rows[RejectedRow](config.max_rejected_pending)
         self._starts: list[PeriodStart] = []
         self._ends: list[PeriodEnd] = []
@@ -101,7 +101,9 @@ class Bookkeeping:
             "chain_reads": len(self._read_counts),
         }
 
-    def set_status(self, pairs: Iterable[Pair], state: PairState, error: str | None = None) -> None:
+    def set_status(
+        self, pairs: Iterable[Watch], state: PairState, error: str | None = None
+    ) -> None:
         """Record a state change; of several for one pair before a write, the last one wins."""
         change = StatusChange(state, datetime.now(UTC), error)
         for pair in pairs:

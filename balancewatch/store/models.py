@@ -42,14 +42,23 @@ watchlist = Table(
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("wallet", Text, nullable=False),
-    Column("token", Text, nullable=False),
+    Column("token", Text, nullable=True),  # NULL: every token of the wallet (its room)
     Column("enabled", Boolean, nullable=False, server_default=true()),
     Column("label", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("wallet", "token", name="watchlist_wallet_token_key"),
     CheckConstraint(f"wallet ~ '{BASE58_PATTERN}'", name="watchlist_wallet_is_base58_address"),
-    CheckConstraint(f"token ~ '{BASE58_PATTERN}'", name="watchlist_token_is_base58_address"),
+    CheckConstraint(
+        f"token IS NULL OR token ~ '{BASE58_PATTERN}'", name="watchlist_token_is_base58_address"
+    ),
+)
+# One all-tokens row per wallet (UNIQUE above lets any number of NULL tokens in).
+Index(
+    "watchlist_wallet_all_tokens_key",
+    watchlist.c.wallet,
+    unique=True,
+    postgresql_where=watchlist.c.token.is_(None),
 )
 
 balance_history = Table(
@@ -83,16 +92,22 @@ subscription_status = Table(
     "subscription_status",
     metadata,
     Column("wallet", Text, nullable=False),
-    Column("token", Text, nullable=False),
+    Column("token", Text, nullable=True),  # NULL: the wallet's own room
     Column("state", Text, nullable=False),
     Column("since", DateTime(timezone=True), nullable=False),
     Column("last_error", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("wallet", "token", name="subscription_status_pkey"),
     CheckConstraint(
         f"state IN ({', '.join(repr(state) for state in PAIR_STATES)})",
         name="subscription_status_state_known",
     ),
+)
+# One status per watch; a primary key could not hold the wallet room's NULL token.
+Index(
+    "subscription_status_watch_key",
+    subscription_status.c.wallet,
+    func.coalesce(subscription_status.c.token, ""),
+    unique=True,
 )
 
 # Every frame that was not stored as a balance, so nothing is lost silently.
@@ -137,7 +152,7 @@ coverage = Table(
     metadata,
     Column("id", Uuid, primary_key=True),
     Column("wallet", Text, nullable=False),
-    Column("token", Text, nullable=False),
+    Column("token", Text, nullable=True),  # NULL: the wallet room, covering every token
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=True),
     Column("end_reason", Text, nullable=True),
@@ -176,7 +191,7 @@ rpc_failures = Table(
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("wallet", Text, nullable=False),
-    Column("token", Text, nullable=False),
+    Column("token", Text, nullable=True),  # NULL: a whole wallet's snapshot
     Column("reason", Text, nullable=False),
     Column("detail", Text, nullable=False),
     Column("answer", Text, nullable=True),  # an excerpt of the answer, secrets scrubbed

@@ -12,34 +12,29 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
-from balancewatch.domain import Pair, PairState
+from balancewatch.domain import PairState, Watch
 from balancewatch.store.models import subscription_status, watchlist
 
-_ENABLED_PAIRS = "SELECT wallet, token FROM watchlist WHERE enabled"
-_ENABLED_AMONG = """
-SELECT w.wallet, w.token FROM watchlist AS w
-JOIN unnest($1::text[], $2::text[]) AS p(wallet, token) USING (wallet, token)
-WHERE w.enabled
-"""
+_ENABLED = "SELECT wallet, token FROM watchlist WHERE enabled"
+_ENABLED_OF_WALLETS = "SELECT wallet, token FROM watchlist WHERE enabled AND wallet = ANY($1)"
 
 
-async def enabled_pairs(engine: AsyncEngine) -> list[Pair]:
-    """Every enabled (wallet, token): the input of `rooms.wanted_rooms`.
+async def enabled_watches(engine: AsyncEngine) -> list[Watch]:
+    """Every enabled (wallet, token|None): the input of `rooms.wanted_rooms`.
 
     Read by the driver itself: at 100,000 rows, SQLAlchemy's row objects took 0.3 s of the
-    event loop (the read loop's time), asyncpg's records 0.04-0.1 s. A later shard filter
-    narrows this query, nothing else.
+    event loop (the read loop's time), asyncpg's records 0.04-0.1 s.
     """
-    return await _fetch_pairs(engine, _ENABLED_PAIRS)
+    return await _fetch_watches(engine, _ENABLED)
 
 
-async def enabled_among(engine: AsyncEngine, pairs: Collection[Pair]) -> list[Pair]:
-    """Those of `pairs` that are in the watchlist and enabled."""
-    wallets, tokens = [wallet for wallet, _ in pairs], [token for _, token in pairs]
-    return await _fetch_pairs(engine, _ENABLED_AMONG, wallets, tokens)
+async def enabled_of_wallets(engine: AsyncEngine, wallets: Collection[str]) -> list[Watch]:
+    """Every enabled row of these wallets: which rooms one wallet needs depends on all of its
+    rows (an all-tokens row covers the others)."""
+    return await _fetch_watches(engine, _ENABLED_OF_WALLETS, list(wallets))
 
 
-async def _fetch_pairs(engine: AsyncEngine, query: str, *args: object) -> list[Pair]:
+async def _fetch_watches(engine: AsyncEngine, query: str, *args: object) -> list[Watch]:
     async with engine.connect() as connection:
         driver = (await connection.get_raw_connection()).driver_connection
         assert driver is not None  # a connection checked out of the pool is open

@@ -16,7 +16,7 @@ from typing import Final
 
 import asyncpg
 
-from balancewatch.domain import EndReason, Pair, PairState
+from balancewatch.domain import EndReason, PairState, Watch
 from balancewatch.store.db import RawConnection
 
 BALANCE_COLUMNS: Final = ("wallet", "token", "amount", "received_at", "epoch")
@@ -30,7 +30,7 @@ INSERT INTO subscription_status AS s (wallet, token, state, since, last_error, u
 SELECT u.wallet, u.token, u.state, u.since, u.last_error, now()
 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
     AS u(wallet, token, state, since, last_error)
-ON CONFLICT (wallet, token) DO UPDATE SET
+ON CONFLICT (wallet, (coalesce(token, ''))) DO UPDATE SET
     state = excluded.state,
     since = CASE WHEN s.state = excluded.state THEN s.since ELSE excluded.since END,
     last_error = COALESCE(excluded.last_error, s.last_error),
@@ -102,9 +102,9 @@ async def copy_rejected(raw: RawConnection, rows: Sequence[RejectedRow], timeout
 
 
 async def upsert_status(
-    raw: RawConnection, changes: Mapping[Pair, StatusChange], timeout: float
+    raw: RawConnection, changes: Mapping[Watch, StatusChange], timeout: float
 ) -> None:
-    """Each pair's newest state; `since` moves only when the state changes."""
+    """Each watch's newest state; `since` moves only when the state changes."""
     pairs = list(changes)
     states = [changes[pair] for pair in pairs]
     await raw.execute(
@@ -135,7 +135,7 @@ async def write_checkpoint(
 @dataclass(frozen=True, slots=True)
 class PeriodStart:
     id: uuid.UUID
-    pair: Pair
+    pair: Watch  # token None: a wallet room's period, covering every token
     at: datetime
 
 

@@ -12,8 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.daemon.sync import touched_pairs
-from balancewatch.domain import Pair
+from balancewatch.daemon.sync import touched_watches
+from balancewatch.domain import Watch
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn
 from balancewatch.store.models import WATCHLIST_CHANNEL, metadata
@@ -53,6 +53,19 @@ async def test_the_database_refuses_a_malformed_address(
     assert await db.fetchval("SELECT count(*) FROM watchlist") == 0
 
 
+async def test_a_wallet_has_at_most_one_all_tokens_row(db: Any) -> None:
+    insert = "INSERT INTO watchlist (wallet, token) VALUES ($1, $2)"
+    await db.execute(insert, WALLET, None)
+    await db.execute(insert, WALLET, TOKEN)  # a token row beside it is allowed
+    await db.execute(insert, WALLET2, None)  # and another wallet's
+    with pytest.raises(asyncpg.UniqueViolationError) as caught:
+        await db.execute(insert, WALLET, None)
+    assert caught.value.constraint_name == "watchlist_wallet_all_tokens_key"
+    with pytest.raises(asyncpg.CheckViolationError):
+        await db.execute(insert, "not-base58!", None)  # the wallet is still checked
+    assert await db.fetchval("SELECT count(*) FROM watchlist") == 3
+
+
 async def test_a_pair_is_watched_once(db: Any) -> None:
     await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", WALLET, TOKEN)
     with pytest.raises(asyncpg.UniqueViolationError):
@@ -66,9 +79,10 @@ async def test_each_watchlist_change_notifies_the_pairs_it_touched_or_to_read_al
     received: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(WATCHLIST_CHANNEL, lambda *args: received.put_nowait(args[3]))
 
-    async def notified(sql: str, *args: object) -> set[Pair] | None:
+    async def notified(sql: str, *args: object) -> set[Watch] | None:
         await db.execute(sql, *args)
-        return touched_pairs(await asyncio.wait_for(received.get(), timeout=5))
+        payload: str = await asyncio.wait_for(received.get(), timeout=5)
+        return touched_watches(payload)
 
     insert = "INSERT INTO watchlist (wallet, token) VALUES ($1, $2)"
     try:
@@ -80,7 +94,10 @@ async def test_each_watchlist_change_notifies_the_pairs_it_touched_or_to_read_al
         moved = await notified("UPDATE watchlist SET token = $1", SOL)
         assert moved == {(WALLET, TOKEN), (WALLET, SOL)}
         await db.execute("UPDATE watchlist SET enabled = false WHERE false")  # no row: silent
-        assert await notified("DELETE FROM watchlist") == {(WALLET, SOL)}
+        # An all-tokens row is named by its wallet and a null.
+        all_tokens = "INSERT INTO watchlist (wallet) VALUES ($1)"
+        assert await notified(all_tokens, WALLET) == {(WALLET, None)}
+        assert await notified("DELETE FROM watchlist") == {(WALLET, SOL), (WALLET, None)}
         many = (
             "INSERT INTO watchlist (wallet, token) "
             "SELECT $1, translate(md5(i::text), '0', 'z') FROM generate_series(1, 40) AS i"
@@ -105,7 +122,7 @@ async def test_downgrading_0004_brings_back_one_plain_notification_per_statement
     finally:
         await listener.close()
     assert payload == "INSERT"
-    assert touched_pairs(payload) is None  # which a daemon of today reads as "read all"
+    assert touched_watches(payload) is None  # which a daemon of today reads as "read all"
     await migrate.upgrade(engine)
     assert await migrate.current_revision(engine) == migrate.head_revision()
 

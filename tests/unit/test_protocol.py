@@ -32,7 +32,7 @@ from balancewatch.daemon.protocol import (
 )
 from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
-from balancewatch.domain import Pair, is_address, pair_for, room_for
+from balancewatch.domain import Pair, Watch, is_address, room_for, watch_for
 from balancewatch.pipeline.records import BalanceLine, balance_line
 from balancewatch.store.writes import RejectedRow
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room, unrecorded_coverage
@@ -160,8 +160,8 @@ def test_an_unknown_frame_keeps_its_room_for_the_status() -> None:
 
 def test_rooms_round_trip_and_frames_match_the_upstream_shape() -> None:
     assert room_for(WALLET, TOKEN) == f"wallet:{WALLET}:{TOKEN}:balance"
-    assert pair_for(room_for(WALLET, TOKEN)) == (WALLET, TOKEN)
-    assert pair_for("wallet:short:short:balance") is None
+    assert watch_for(room_for(WALLET, TOKEN)) == (WALLET, TOKEN)
+    assert watch_for("wallet:short:short:balance") is None
     assert json.loads(join_frame(room())) == {"type": "join", "room": room()}
     assert json.loads(leave_frame(room())) == {"type": "leave", "room": room()}
 
@@ -414,7 +414,7 @@ class RecordingSink:
 
     rows: list[BalanceLine] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
-    status: list[tuple[Pair, str]] = field(default_factory=list)
+    status: list[tuple[Watch, str]] = field(default_factory=list)
 
     def add(self, line: BalanceLine) -> None:
         self.rows.append(line)
@@ -422,7 +422,7 @@ class RecordingSink:
     def add_rejected(self, row: RejectedRow) -> None:
         self.rejected.append(row)
 
-    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+    def set_status(self, pairs: Collection[Watch], state: str, error: str | None = None) -> None:
         self.status.extend((pair, state) for pair in pairs)
 
 

@@ -11,7 +11,7 @@ import pytest
 from balancewatch.daemon.datastream import WebSocketSender
 from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
-from balancewatch.domain import Pair
+from balancewatch.domain import Watch
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, room, unrecorded_coverage, wait_until
 
 
@@ -39,7 +39,7 @@ class RecordingSocket:
 
 
 class NoStatus:
-    def set_status(self, pairs: Collection[Pair], state: str, error: str | None = None) -> None:
+    def set_status(self, pairs: Collection[Watch], state: str, error: str | None = None) -> None:
         pass
 
 
