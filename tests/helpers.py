@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.service import Daemon
+from balancewatch.domain import room_for
 from balancewatch.settings import Settings
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn
@@ -31,7 +32,8 @@ SOL = "So11111111111111111111111111111111111111112"
 WALLET2 = "7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU"
 
 
-async def watch(db: Any, wallet: str = WALLET, token: str = TOKEN) -> None:
+async def watch(db: Any, wallet: str = WALLET, token: str | None = TOKEN) -> None:
+    """Watch one token of a wallet, or (token None) every token of it."""
     await db.execute("INSERT INTO watchlist (wallet, token) VALUES ($1, $2)", wallet, token)
 
 
@@ -40,8 +42,8 @@ async def history_count(db: Any) -> int:
     return count
 
 
-def room(wallet: str = WALLET, token: str = TOKEN) -> str:
-    return f"wallet:{wallet}:{token}:balance"
+def room(wallet: str = WALLET, token: str | None = TOKEN) -> str:
+    return room_for(wallet, token)
 
 
 @dataclass

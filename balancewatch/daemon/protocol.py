@@ -44,10 +44,11 @@ class BalanceUpdate(msgspec.Struct, frozen=True, gc=False):
     wallet: str
     token: str
     amount: str  # plain decimal notation, as Postgres `numeric` input
+    wallet_room: bool = False  # sent on the wallet's room, not the token's
 
     @property
     def room(self) -> str:
-        return room_for(self.wallet, self.token)
+        return room_for(self.wallet, None if self.wallet_room else self.token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,16 +133,26 @@ def _balance_update(frame: _MessageFrame) -> BalanceUpdate | Rejected:
     amount = _parse_amount(bytes(data.amount))
     if isinstance(amount, Rejected):
         return Rejected(amount.reason, amount.detail, frame.room)
-    matches = frame.room == room_for(data.wallet, data.token)
-    # A room that matches spells out both addresses: one pattern checks the two at once.
-    valid = is_room(frame.room) if matches else is_address(data.wallet) and is_address(data.token)
+    room = frame.room
+    token_room = room == room_for(data.wallet, data.token)
+    wallet_room = not token_room and room == room_for(data.wallet, None)
+    # A token's room that matches spells out both addresses: one pattern checks the two at
+    # once. A wallet's room spells out the wallet only.
+    if token_room:
+        valid = is_room(room)
+    elif wallet_room:
+        valid = is_room(room) and is_address(data.token)
+    else:
+        valid = is_address(data.wallet) and is_address(data.token)
     if not valid:
+        return Rejected("invalid_fields", "data.wallet or data.token is not a base58 address", room)
+    if not (token_room or wallet_room):
         return Rejected(
-            "invalid_fields", "data.wallet or data.token is not a base58 address", frame.room
+            "room_mismatch",
+            "room is neither data.wallet's room nor that of data.wallet and data.token",
+            room,
         )
-    if not matches:
-        return Rejected("room_mismatch", "room does not match data.wallet/data.token", frame.room)
-    return BalanceUpdate(data.wallet, data.token, amount)
+    return BalanceUpdate(data.wallet, data.token, amount, wallet_room)
 
 
 def _parse_amount(text: bytes) -> str | Rejected:

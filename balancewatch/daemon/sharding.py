@@ -103,8 +103,7 @@ class ShardedRooms:
 
     async def update(self, checked: Collection[Watch], wanted: Wanted) -> None:
         """Only these rows were read again."""
-        for watch in checked:
-            room = room_for(*watch)
+        for room in {room_for(*watch) for watch in checked} | wanted.covered.keys():
             self._rooms.pop(room, None)
             self._covered.pop(room, None)
             self._shard.pop(room, None)

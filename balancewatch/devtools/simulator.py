@@ -123,6 +123,9 @@ class Simulator:
         # The bench's fast path for many joins: acks are written together, once per turn of
         # the event loop, in one socket write (a balance sent meanwhile may overtake them).
         self.coalesce_acks = False
+        # How long the server takes to act on a leave, as a far server does: the room's messages
+        # go on until then, and the frames after the leave wait their turn.
+        self.leave_delay = 0.0
         # Called with each event as it is recorded, to check an invariant at every step.
         self.listeners: list[Callable[[SimEvent], None]] = []
         # The chain behind the stream, served as Solana JSON-RPC on POST /rpc.
@@ -392,6 +395,7 @@ class Simulator:
                 await self._ack(conn, room)
             self._hold(conn, room)
         elif kind == "leave" and room is not None:
+            await asyncio.sleep(self.leave_delay)
             self._release(conn, room)
         self._record(kind, conn, room, text=msg.data if kind == "unknown" else None)
 

@@ -133,6 +133,10 @@ def test_the_upstream_example_parses() -> None:
         (message("1", wallet="not-an-address", token=TOKEN), "invalid_fields"),
         (message("1", wallet=WALLET, token="O" + TOKEN[1:]), "invalid_fields"),
         (message("1", room_name=room(WALLET, SOL)), "room_mismatch"),
+        # On a wallet's room: another wallet's balance, or a token that is no address.
+        (message("1", wallet=WALLET2, room_name=room(WALLET, None)), "room_mismatch"),
+        (message("1", token="O" + TOKEN[1:], room_name=room(WALLET, None)), "invalid_fields"),
+        (message("1", token="", room_name=room(WALLET, None)), "invalid_fields"),
     ],
 )
 def test_a_bad_frame_is_rejected_with_its_reason(frame: str, reason: str) -> None:
@@ -158,9 +162,19 @@ def test_an_unknown_frame_keeps_its_room_for_the_status() -> None:
     assert result == Rejected("unknown_type", "type 'error'", room())
 
 
+def test_a_message_on_a_wallet_room_is_a_balance_of_the_token_it_names() -> None:
+    update = parse_frame(message("12.5", token=SOL, room_name=room(WALLET, None)))
+    assert update == BalanceUpdate(WALLET, SOL, "12.5", wallet_room=True)
+    assert isinstance(update, BalanceUpdate)
+    assert update.room == room(WALLET, None)
+
+
 def test_rooms_round_trip_and_frames_match_the_upstream_shape() -> None:
     assert room_for(WALLET, TOKEN) == f"wallet:{WALLET}:{TOKEN}:balance"
+    assert room_for(WALLET, None) == f"wallet:{WALLET}:balance"
     assert watch_for(room_for(WALLET, TOKEN)) == (WALLET, TOKEN)
+    assert watch_for(room_for(WALLET, None)) == (WALLET, None)
+    assert watch_for(f"wallet:{WALLET}::balance") is None
     assert watch_for("wallet:short:short:balance") is None
     assert json.loads(join_frame(room())) == {"type": "join", "room": room()}
     assert json.loads(leave_frame(room())) == {"type": "leave", "room": room()}

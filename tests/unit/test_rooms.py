@@ -54,3 +54,26 @@ def test_backoff_delay_is_full_jitter_within_the_ceiling(attempt: int, seed: int
     backoff = Backoff(initial=0.5, maximum=30.0, attempt=attempt, rng=random.Random(seed))
     ceiling = backoff.ceiling()
     assert 0 <= backoff.next_delay() <= ceiling <= 30.0
+
+
+def test_a_wallet_with_an_all_tokens_row_is_wanted_through_its_wallet_room_alone() -> None:
+    wanted = wanted_rooms([(WALLET, TOKEN), (WALLET, None), (WALLET, SOL), (WALLET2, SOL)])
+    assert wanted.rooms == {room(WALLET, None): (WALLET, None), room(WALLET2, SOL): (WALLET2, SOL)}
+    assert wanted.covered == {
+        room(WALLET, TOKEN): (WALLET, TOKEN),
+        room(WALLET, SOL): (WALLET, SOL),
+    }
+    assert wanted.invalid == {}
+
+
+def test_an_all_tokens_row_covers_rows_read_in_another_part() -> None:
+    # The watchlist is read in steps: the wallet's all-tokens row may be in another one.
+    wanted = wanted_rooms([(WALLET, TOKEN)], whole={WALLET})
+    assert wanted.rooms == {}
+    assert wanted.covered == {room(WALLET, TOKEN): (WALLET, TOKEN)}
+
+
+def test_a_malformed_wallet_of_an_all_tokens_row_is_reported_not_joined() -> None:
+    wanted = wanted_rooms([("bad wallet", None)])
+    assert wanted.rooms == {}
+    assert "wallet" in wanted.invalid[("bad wallet", None)]

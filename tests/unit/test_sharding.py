@@ -112,3 +112,25 @@ async def test_losing_every_lease_leaves_every_room() -> None:
     await rooms.hold({}, deadline=clock.now + 10)
     assert sender.holding() == set()
     assert sorted(sender.leaves()) == sorted(room(*p) for p in (A, B, C))
+
+
+async def test_a_room_left_for_a_switch_keeps_its_wallets_epoch_until_the_switch_ends() -> None:
+    clock = FakeClock()
+    rooms, sender, _, _ = await sharded(clock)
+    subs = rooms.subscriptions
+    await rooms.want(wanted_rooms([A, C]))
+    await rooms.hold({shard(A): 7}, deadline=clock.now + 10)
+    await rooms.update([(WALLET, None)], wanted_rooms([A, C, (WALLET, None)]))
+    assert sender.holding() == {room(WALLET, None)}
+    # Sent before the server took the leave in: stored under the wallet's shard's epoch.
+    assert rooms.epoch_for(room(*A)) == rooms.epoch_for(room(WALLET, None)) == "7"
+    subs.joined(room(WALLET, None))
+    assert rooms.epoch_for(room(*A)) is None
+
+
+async def test_a_covered_row_of_another_replicas_shard_is_not_reported_here() -> None:
+    clock = FakeClock()
+    rooms, _, status, _ = await sharded(clock)
+    await rooms.hold({shard(B): 8}, deadline=clock.now + 10)
+    await rooms.want(wanted_rooms([A, (WALLET, None), B]))
+    assert status.states(A) == []  # A's wallet is another replica's: its state is theirs

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.rooms import Wanted, wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
-from balancewatch.domain import Pair
+from balancewatch.domain import Pair, Watch
 from tests.fakes import FakeClock, FakeSender, FakeStatus
 from tests.helpers import (
     SOL,
@@ -41,15 +41,15 @@ _ADDRESSES = (WALLET, WALLET2, TOKEN, SOL)
 POOL: list[Pair] = [(wallet, token) for wallet in _ADDRESSES for token in _ADDRESSES]
 
 
-def r(pair: Pair) -> str:
+def r(pair: Watch) -> str:
     return room(*pair)
 
 
-def want(*pairs: Pair) -> Wanted:
+def want(*pairs: Watch) -> Wanted:
     return wanted_rooms(pairs)
 
 
-async def holding(subs: Subscriptions, status: FakeStatus, *pairs: Pair) -> FakeSender:
+async def holding(subs: Subscriptions, status: FakeStatus, *pairs: Watch) -> FakeSender:
     """A live connection that holds `pairs`, the frames and states that got it there cleared."""
     sender = FakeSender()
     await subs.connected(sender)
@@ -694,3 +694,88 @@ async def test_a_room_error_ends_its_period_and_opens_none(
     subs.room_error(r(B), "server said: no")
     assert [end.reason for end in periods.ended] == ["error"]
     assert [start.pair for start in periods.started] == [A]
+
+
+# --- whole wallets: switching between a wallet's token rooms and its wallet room ----------------
+
+WHOLE: Watch = (WALLET, None)
+
+
+def frames(kind: str, *watches: Watch) -> list[tuple[str, str]]:
+    """One frame per room, in the order the fake sender records them."""
+    return [(kind, name) for name in sorted(r(watch) for watch in watches)]
+
+
+async def test_an_all_tokens_row_leaves_the_token_rooms_before_it_joins_the_wallet_room(
+    subs: Subscriptions, status: FakeStatus, periods: RecordedPeriods
+) -> None:
+    sender = await holding(subs, status, A, C, B)
+    for pair in (A, C, B):
+        subs.joined(r(pair))
+    await subs.want(want(A, C, B, WHOLE))
+    # The server takes frames in order: it never holds both kinds of room of the wallet.
+    assert sender.frames == [*frames("leave", A, C), ("join", r(WHOLE))]
+    assert subs.held == {r(WHOLE), r(B)}
+    assert status.last(A) == status.last(C) == ("covered", None)
+    assert status.last(WHOLE) == ("joining", None)
+    assert len(periods.ended) == 2  # A's and C's periods; B's goes on
+
+
+async def test_a_switched_room_is_accepted_until_the_room_replacing_it_is_acknowledged(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    await holding(subs, status, A, C)
+    await subs.want(want(A, C, WHOLE))
+    assert subs.is_held(r(A))
+    assert subs.switching(r(A)) == A
+    subs.joined(r(WHOLE))
+    assert not subs.is_held(r(A))
+    assert not subs.is_held(r(C))
+    assert subs.switching(r(A)) is None
+
+
+async def test_a_switched_room_is_refused_once_its_replacement_went_unanswered_too_long(
+    subs: Subscriptions, status: FakeStatus, clock: FakeClock
+) -> None:
+    await holding(subs, status, A)
+    await subs.want(want(A, WHOLE))
+    clock.now += 9.9
+    assert subs.is_held(r(A))
+    clock.now += 0.2  # past the join-ack timeout
+    assert not subs.is_held(r(A))
+
+
+async def test_removing_the_all_tokens_row_goes_back_to_the_token_rooms(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = await holding(subs, status, A, C, WHOLE)
+    assert subs.held == {r(WHOLE)}
+    subs.joined(r(WHOLE))
+    # What the sync does when the row is deleted: every row of the wallet read again.
+    await subs.update({WHOLE, A, C}, want(A, C))
+    assert sender.frames == [("leave", r(WHOLE)), *frames("join", A, C)]
+    assert status.last(WHOLE) == ("left", None)
+    assert status.last(A) == status.last(C) == ("joining", None)
+    # The wallet room's messages are stored until both token rooms are acknowledged.
+    subs.joined(r(A))
+    assert subs.is_held(r(WHOLE))
+    subs.joined(r(C))
+    assert not subs.is_held(r(WHOLE))
+
+
+async def test_a_token_row_added_beside_an_all_tokens_row_is_covered_and_never_joined(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    sender = await holding(subs, status, WHOLE)
+    await subs.update({A}, want(A, WHOLE))
+    assert sender.frames == []
+    assert status.last(A) == ("covered", None)
+
+
+async def test_a_new_connection_ends_every_switch(subs: Subscriptions, status: FakeStatus) -> None:
+    await holding(subs, status, A)
+    await subs.want(want(A, WHOLE))
+    subs.disconnected("reset")
+    await subs.connected(FakeSender())
+    assert not subs.is_held(r(A))
+    assert status.last(A) == ("covered", None)
