@@ -3,9 +3,11 @@
 It starts a local cluster, migrates it, seeds a few watchlist rows, starts the simulator (the
 Datastream, and the chain behind it as Solana JSON-RPC) and the daemon, and prints each row as
 it is committed, with where it came from. Along the way it adds a pair with SQL (the watchlist
-sync), cuts the connection (the gap it leaves, and the snapshots that close it), changes a
-cold wallet's balance on the chain without a message (the check that finds the drift), and
-starts a second replica that takes its share of the shards, then stops it (the handover back).
+sync), watches a whole wallet (its token rooms left for its wallet room, and a token it never
+held before recorded as it arrives), cuts the connection (the gap it leaves, and the snapshots
+that close it), changes a cold wallet's balance on the chain without a message (the check that
+finds the drift), and starts a second replica that takes its share of the shards, then stops
+it (the handover back).
 Ctrl-C (or --seconds) stops all of it and deletes the cluster.
 """
 
@@ -52,6 +54,7 @@ ON_CHAIN = {
 }
 COLD = SEED[3]  # the random walk never sends it a message
 LATE_PAIR = ("7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", WSOL, "added while running")
+WHOLE_WALLET = ("7xKXtg2CW87d97TXJSDpbD5jBkheTqA83TZRuJosgAsU", "the trader, every token")
 CHECK_INTERVAL = 5.0
 _FEED_POLL = 0.25
 
@@ -103,6 +106,7 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                     tasks.create_task(sim.run_random_walk(rate, stop))
                     tasks.create_task(_feed(db, stop))
                     tasks.create_task(_add_late_pair(db, sim, stop))
+                    tasks.create_task(_watch_a_whole_wallet(db, sim, stop))
                     tasks.create_task(_drop_and_show_the_gap(db, sim, stop))
                     tasks.create_task(_drift_and_its_check(db, sim, stop))
                     tasks.create_task(_second_replica(db, settings, stop))
@@ -141,9 +145,10 @@ async def _feed(db: Any, stop: asyncio.Event) -> None:
     last_id = 0
     while not stop.is_set():
         rows = await db.fetch(
-            "SELECT h.id, h.received_at, h.amount, h.source, h.slot, "
-            "coalesce(w.label, '') AS label "
+            "SELECT h.id, h.received_at, h.amount, h.source, h.slot, h.token, "
+            "coalesce(w.label, a.label, '') AS label "
             "FROM balance_history h LEFT JOIN watchlist w USING (wallet, token) "
+            "LEFT JOIN watchlist a ON a.wallet = h.wallet AND a.token IS NULL "
             "WHERE h.id > $1 ORDER BY h.id",
             last_id,
         )
@@ -151,7 +156,8 @@ async def _feed(db: Any, stop: asyncio.Event) -> None:
             stamp = row["received_at"].strftime("%H:%M:%S.%f")[:-3]
             source = row["source"] if row["slot"] is None else f"{row['source']}@{row['slot']}"
             print(
-                f"  row {row['id']:>5}  {stamp}  {row['amount']:>24}  {source:<18}  {row['label']}",
+                f"  row {row['id']:>5}  {stamp}  {row['amount']:>24}  {source:<18}  "
+                f"{row['token'][:4]}..  {row['label']}",
                 flush=True,
             )
             last_id = row["id"]
@@ -174,6 +180,46 @@ async def _add_late_pair(db: Any, sim: Simulator, stop: asyncio.Event) -> None:
     await sim.wait_for(lambda: room in sim.joined_rooms(), timeout=5.0)
     elapsed_ms = (time.monotonic() - started) * 1000
     say(f"INSERT INTO watchlist ({label}) -> join on the socket in {elapsed_ms:.0f} ms")
+
+
+async def _watch_a_whole_wallet(db: Any, sim: Simulator, stop: asyncio.Event) -> None:
+    """Watch every token of the trader's wallet: its token rooms are left and its wallet room
+    joined, in one step; a token it receives from then on is recorded with no row of its own."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 4.5)
+    if stop.is_set():
+        return
+    wallet, label = WHOLE_WALLET
+    room = room_for(wallet, None)
+    token_rooms = [name for name in sim.joined_rooms() if name.startswith(f"wallet:{wallet}:")]
+    started = time.monotonic()
+    await db.execute("INSERT INTO watchlist (wallet, label) VALUES ($1, $2)", wallet, label)
+    await sim.wait_for(lambda: sim.joined_rooms() & set(token_rooms) == set(), timeout=5.0)
+    await sim.wait_for(lambda: room in sim.joined_rooms(), timeout=5.0)
+    say(
+        f"INSERT INTO watchlist (wallet, label): every token of {wallet[:4]}.. (what `watch add"
+        f" WALLET` does) -> its {len(token_rooms)} token rooms left and its wallet room joined"
+        f" in {_ms_since(started)}"
+    )
+    deadline = time.monotonic() + 15.0
+    while not stop.is_set() and time.monotonic() < deadline:
+        found = await db.fetchrow(_FIRST_UNLISTED_ROW, wallet)
+        if found is not None:
+            say(
+                f"{wallet[:4]}.. received a token it never held, {found['token'][:4]}..: row "
+                f"{found['id']}, though no watchlist row names it"
+            )
+            return
+        await asyncio.sleep(_FEED_POLL)
+
+
+_FIRST_UNLISTED_ROW = """
+SELECT h.id, h.token FROM balance_history h
+WHERE h.wallet = $1 AND NOT EXISTS (
+    SELECT 1 FROM watchlist w WHERE w.wallet = h.wallet AND w.token = h.token
+)
+ORDER BY h.id LIMIT 1
+"""
 
 
 _GAP = """

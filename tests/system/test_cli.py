@@ -117,6 +117,8 @@ async def test_a_signal_stores_every_received_message_and_exits_0(
 async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> None:
     async with started(environment(None), "demo", "--rate", "50", deadline=40) as demo:
         await demo.wait_for(lambda: "added while running" in demo.text(), "a pair added")
+        await demo.wait_for(lambda: "2 token rooms left" in demo.text(), "a whole wallet")
+        await demo.wait_for(lambda: "never held" in demo.text(), "a token first received")
         await demo.wait_for(lambda: "a check found the drift" in demo.text(), "the drift found")
         await demo.wait_for(lambda: "check@" in demo.text(), "the check row printed")
         await demo.wait_for(lambda: "back with demo-a" in demo.text(), "the handover back")
