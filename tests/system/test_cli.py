@@ -127,9 +127,9 @@ async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> Non
     assert code == 0, text
     assert "join on the socket in" in text
     assert text.count("  row ") >= 5
-    assert re.search(r"2500\.750000000 +snapshot@\d+ +a cold wallet", text)  # at the join
+    assert re.search(r"2500\.750000000 +snapshot@\d+ +EPjF\.\. +a cold wallet", text)  # joined
     assert "what was missed is known again" in text  # the snapshot after the gap
-    assert re.search(r"2400\.000000000 +check@\d+ +a cold wallet", text)
+    assert re.search(r"2400\.000000000 +check@\d+ +EPjF\.\. +a cold wallet", text)
     shares = re.search(r"demo-a holds (\d+) of 64 shards, demo-b holds (\d+) of 64", text)
     assert shares is not None
     assert int(shares[1]) + int(shares[2]) == 64
