@@ -35,8 +35,9 @@ async def insert_pair_history(db: Any) -> None:
 Span = tuple[datetime, datetime | None, str | None]  # started_at, ended_at, end_reason
 
 
-async def insert_periods(db: Any, pair: tuple[str, str], *spans: Span) -> None:
-    """Listening periods of `pair`, kept by one daemon that confirmed them just now."""
+async def insert_periods(db: Any, pair: tuple[str, str | None], *spans: Span) -> None:
+    """Listening periods of `pair` (of its whole wallet, token None), kept by one daemon that
+    confirmed them just now."""
     holder = "test-host/1/abcd"
     await db.execute(
         "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ($1, $2, now()) "

@@ -177,6 +177,22 @@ async def test_11_the_balance_at_a_time_and_whether_it_is_certain(
     assert (row["amount"], row["certain"]) == (Decimal("150"), True)
 
 
+async def test_11_a_period_of_the_whole_wallet_makes_each_of_its_tokens_certain(
+    db: Any, known: dict[str, Any]
+) -> None:
+    await insert_periods(
+        db, D, (AS_OF - timedelta(hours=2), AS_OF + timedelta(hours=1), "left")
+    )  # another wallet's period: no help
+    [row] = await run(db, 11)
+    assert row["certain"] is False
+    whole_wallet = (A[0], None)
+    await insert_periods(
+        db, whole_wallet, (AS_OF - timedelta(hours=2), AS_OF + timedelta(hours=1), "left")
+    )
+    [row] = await run(db, 11)
+    assert (row["amount"], row["certain"]) == (Decimal("150"), True)
+
+
 async def test_12_when_the_daemon_was_not_listening(db: Any, known: dict[str, Any]) -> None:
     now = known["now"]
     await insert_periods(
@@ -192,6 +208,15 @@ async def test_12_when_the_daemon_was_not_listening(db: Any, known: dict[str, An
     assert [(r["not_listening_from"], r["until"], r["end_reason"]) for r in rows] == [
         (now - timedelta(hours=5), now - timedelta(hours=4), "disconnected"),
         (now - timedelta(hours=1), now - timedelta(minutes=30), "lost"),
+    ]
+    # Listened to through the wallet's room for a while: that part is no gap.
+    await insert_periods(
+        db, (A[0], None), (now - timedelta(hours=1), now - timedelta(minutes=45), "left")
+    )
+    rows = await run(db, 12)
+    assert [(r["not_listening_from"], r["until"], r["end_reason"]) for r in rows] == [
+        (now - timedelta(hours=5), now - timedelta(hours=4), "disconnected"),
+        (now - timedelta(minutes=45), now - timedelta(minutes=30), "left"),
     ]
 
 
