@@ -143,3 +143,29 @@ async def test_a_third_replica_takes_its_share_gracefully(
         await assert_stored_once(db, [n for n, count in reached.items() if count == 1])
         assert max(reached.values()) == 1
     assert stream.overlaps == []
+
+
+async def test_a_whole_wallet_moves_to_its_wallet_room_on_the_replica_that_held_its_tokens(
+    database_url: URL, db: Any, stream: Simulator
+) -> None:
+    await watch_all(db)
+    wallets = sorted({wallet for wallet, _ in PAIRS})[:6]
+    async with replica(database_url, stream, "a"), replica(database_url, stream, "b"):
+        await wait_until(lambda: held_once(stream, {"key-a", "key-b"}), timeout=15)
+        holder_before = {
+            wallet: stream.room_holders(room_for(*pair))
+            for wallet in wallets
+            for pair in PAIRS
+            if pair[0] == wallet
+        }
+        await db.executemany("INSERT INTO watchlist (wallet) VALUES ($1)", [(w,) for w in wallets])
+        covered = {room_for(*pair) for pair in PAIRS if pair[0] in wallets}
+
+        def switched() -> bool:
+            return all(stream.room_subscribers(room) == 0 for room in covered) and all(
+                stream.room_holders(room_for(wallet, None)) == holder_before[wallet]
+                for wallet in wallets
+            )
+
+        await wait_until(switched, timeout=10, what="each wallet room held by its shard's owner")
+    assert stream.overlaps == []
