@@ -85,8 +85,11 @@ class ShardedRooms:
         return None if watch is None else self._epoch_text.get(shard_of(watch, self._shards))
 
     def held_elsewhere(self, room: str) -> bool:
-        """Wanted by the watchlist, but its shard is not held here: another replica's."""
+        """Wanted by the watchlist (or covered by a wallet room), but its shard is not held
+        here: another replica's."""
         shard = self._shard.get(room)
+        if shard is None and (watch := self._covered.get(room)) is not None:
+            shard = shard_of(watch, self._shards)
         return shard is not None and shard not in self._epochs
 
     async def want(self, wanted: Wanted) -> None:

@@ -327,14 +327,26 @@ class Subscriptions:
     def _record_covered(
         self, covered: Mapping[str, Watch], scope: Collection[str] | None = None
     ) -> None:
-        """`covered`: the token rooms their wallet room covers, of all rooms or of `scope`."""
+        """`covered`: the token rooms their wallet room covers, of all rooms or of `scope`. A
+        row no longer covered is joined (if wanted) or gone: then it is `left`."""
         fresh = [watch for room, watch in covered.items() if room not in self._covered]
         self._status.set_status(fresh, "covered")
+        before = (
+            self._covered
+            if scope is None
+            else {room: self._covered[room] for room in scope if room in self._covered}
+        )
+        gone = [
+            watch
+            for room, watch in before.items()
+            if room not in covered and room not in self._wanted and not self.elsewhere(room)
+        ]
+        self._status.set_status(gone, "left")
         if scope is None:
             self._covered = dict(covered)
         else:
-            for room in scope:
-                self._covered.pop(room, None)
+            for room in before:
+                del self._covered[room]
             self._covered.update(covered)
 
     def _record_invalid(

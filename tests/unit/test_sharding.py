@@ -134,3 +134,13 @@ async def test_a_covered_row_of_another_replicas_shard_is_not_reported_here() ->
     await rooms.hold({shard(B): 8}, deadline=clock.now + 10)
     await rooms.want(wanted_rooms([A, (WALLET, None), B]))
     assert status.states(A) == []  # A's wallet is another replica's: its state is theirs
+
+
+async def test_a_covered_row_of_a_shard_handed_over_keeps_its_state_for_the_new_owner() -> None:
+    clock = FakeClock()
+    rooms, _, status, _ = await sharded(clock)
+    await rooms.want(wanted_rooms([A, (WALLET, None)]))
+    await rooms.hold({shard(A): 7}, deadline=clock.now + 10)
+    assert status.states(A) == ["covered"]
+    await rooms.hold({}, deadline=clock.now + 10)
+    assert status.states(A) == ["covered"]  # not `left`: the new owner says

@@ -779,3 +779,10 @@ async def test_a_new_connection_ends_every_switch(subs: Subscriptions, status: F
     await subs.connected(FakeSender())
     assert not subs.is_held(r(A))
     assert status.last(A) == ("covered", None)
+
+
+async def test_a_covered_row_deleted_is_left(subs: Subscriptions, status: FakeStatus) -> None:
+    sender = await holding(subs, status, A, WHOLE)
+    await subs.update({A, WHOLE}, want(WHOLE))
+    assert sender.frames == []
+    assert status.last(A) == ("left", None)
