@@ -168,13 +168,13 @@ class ChainReads:
     async def _snapshot(self, pairs: list[Pair]) -> None:
         asked_at = datetime.now(UTC)
         failures: list[ReadFailure] = []
-        for read in await self._reader.read(pairs):
+        for pair, read in zip(pairs, await self._reader.read(pairs), strict=True):
             if isinstance(read, ChainBalance):
                 self._store(read, asked_at)
                 continue
             failures.append(read)
-            if read.pair in self._listening():
-                self._queue.retry(read.pair, self._clock() + self._config.retry_delay)
+            if pair in self._listening():
+                self._queue.retry(pair, self._clock() + self._config.retry_delay)
         self._failed("snapshot", failures)
         self._queue_changed()
 

@@ -18,8 +18,9 @@ from balancewatch.store.db import RawConnection
 # A balance read from the chain: wallet, token, amount, received_at, source, slot.
 ChainRow = tuple[str, str, Decimal, datetime, RowSource, int]
 CHAIN_ROW_COLUMNS: Final = ("wallet", "token", "amount", "received_at", "source", "slot")
-# An RPC answer not taken: received_at, wallet, token, reason, detail, answer.
-RpcFailureRow = tuple[datetime, str, str, str, str, str | None]
+# An RPC answer not taken: received_at, wallet, token (None for a whole wallet's read), reason,
+# detail, answer.
+RpcFailureRow = tuple[datetime, str, str | None, str, str, str | None]
 RPC_FAILURE_COLUMNS: Final = ("received_at", "wallet", "token", "reason", "detail", "answer")
 ReadCounts = Mapping[tuple[ChainReadKind, ChainReadResult], int]
 
