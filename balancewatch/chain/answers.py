@@ -1,30 +1,42 @@
-"""Solana JSON-RPC for one balance: the call to send, and what its answer says.
+"""Solana JSON-RPC for one balance, or a whole wallet's: the calls to send, and what their
+answers say.
 
-Everything here is pure: a pair in, a call out; a decoded answer in, a `ChainBalance` or a
-`ReadFailure` with a reason out. The RPC is untrusted input: an answer that is not exactly the
-documented shape never becomes a balance. The amount is the sum of every token account's raw
-`tokenAmount.amount`, scaled by `decimals` in exact Decimal arithmetic; `uiAmount` (an f64) is
-never read.
+Everything here is pure: a pair or a wallet in, calls out; decoded answers in, a `ChainBalance`
+(a pair), `WalletBalances` (a wallet) or a `ReadFailure` with a reason out. The RPC is
+untrusted input: an answer that is not exactly the documented shape never becomes a balance,
+and one bad answer of a wallet's three spoils the whole wallet (a token missing from a refused
+answer must not read as 0). An amount is the sum of every token account's raw
+`tokenAmount.amount` (per mint, for a wallet), scaled by `decimals` in exact Decimal
+arithmetic; `uiAmount` (an f64) is never read.
 """
 
 from __future__ import annotations
 
 import decimal
+import functools
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Final, Literal
 
 import msgspec
 
 from balancewatch import logs
-from balancewatch.domain import Pair
+from balancewatch.domain import Pair, Watch, is_address
 
 WRAPPED_SOL_MINT: Final = "So11111111111111111111111111111111111111112"
 LAMPORTS_DECIMALS: Final = 9
 U64_MAX: Final = 2**64 - 1
 MAX_DECIMALS: Final = 18
 COMMITMENT: Final = "confirmed"
+# The token programs a wallet read lists accounts of, by the name jsonParsed gives each as
+# `data.program`.
+Program = Literal["spl-token", "spl-token-2022"]
+PROGRAM_IDS: Final[dict[Program, str]] = {
+    "spl-token": "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA",
+    "spl-token-2022": "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb",
+}
 
 # An excerpt of an offending answer is at most this long; a detail quotes at most _DETAIL_CHARS.
 EXCERPT_CHARS: Final = 1000
@@ -55,6 +67,7 @@ FailureReason = Literal[
     "bad_decimals",
     "wrong_mint",
     "wrong_owner",
+    "wrong_program",
     "missing_answer",
     "unavailable",
 ]
@@ -68,14 +81,32 @@ class ChainBalance:
 
 
 @dataclass(frozen=True, slots=True)
+class WalletBalances:
+    """What the chain says a wallet holds: a balance for each token it has an account of (and
+    native SOL if it has lamports), each with the slot of the answer that showed it."""
+
+    wallet: str
+    held: Mapping[str, ChainBalance]
+    slot: int  # the oldest slot of its answers: as of it, the wallet held no other token
+
+    def balance(self, token: str) -> ChainBalance:
+        """The token's balance: 0 if the wallet holds none of it."""
+        held = self.held.get(token)
+        return ChainBalance((self.wallet, token), Decimal(0), self.slot) if held is None else held
+
+
+@dataclass(frozen=True, slots=True)
 class ReadFailure:
-    pair: Pair
+    pair: Watch  # token None: a whole wallet's read
     reason: FailureReason
     detail: str  # human readable; never the RPC URL
     answer: str | None  # an excerpt of the offending answer, scrubbed, or None
 
 
 ChainRead = ChainBalance | ReadFailure
+WalletRead = WalletBalances | ReadFailure
+# A JSON-RPC call, given its id.
+CallFor = Callable[[int], dict[str, object]]
 
 
 class _Refused(Exception):
@@ -92,11 +123,33 @@ def balance_call(call_id: int, pair: Pair) -> dict[str, object]:
     SOL mint), else getTokenAccountsByOwner filtered on the mint (either token program)."""
     wallet, token = pair
     if token == WRAPPED_SOL_MINT:
-        method = "getBalance"
-        params: list[object] = [wallet, {"commitment": COMMITMENT}]
-    else:
-        method = "getTokenAccountsByOwner"
-        params = [wallet, {"mint": token}, {"encoding": "jsonParsed", "commitment": COMMITMENT}]
+        return _call(call_id, "getBalance", [wallet, {"commitment": COMMITMENT}])
+    return _token_accounts_call(call_id, wallet, {"mint": token})
+
+
+def program_call(call_id: int, wallet: str, program: Program) -> dict[str, object]:
+    """The JSON-RPC call that lists every account `wallet` owns under one token program."""
+    return _token_accounts_call(call_id, wallet, {"programId": PROGRAM_IDS[program]})
+
+
+def wallet_calls(wallet: str) -> list[CallFor]:
+    """A whole wallet's read: its accounts under each token program, then its native SOL. The
+    answers go to `parse_wallet` in this order."""
+    return [
+        *(
+            functools.partial(program_call, wallet=wallet, program=program)
+            for program in PROGRAM_IDS
+        ),
+        functools.partial(balance_call, pair=(wallet, WRAPPED_SOL_MINT)),
+    ]
+
+
+def _token_accounts_call(call_id: int, wallet: str, accounts: dict[str, str]) -> dict[str, object]:
+    config = {"encoding": "jsonParsed", "commitment": COMMITMENT}
+    return _call(call_id, "getTokenAccountsByOwner", [wallet, accounts, config])
+
+
+def _call(call_id: int, method: str, params: list[object]) -> dict[str, object]:
     return {"jsonrpc": "2.0", "id": call_id, "method": method, "params": params}
 
 
@@ -107,8 +160,38 @@ def parse_answer(pair: Pair, answer: object) -> ChainRead:
         native = pair[1] == WRAPPED_SOL_MINT
         amount = _lamports(value) if native else _token_amount(pair, value)
     except _Refused as refused:
-        return ReadFailure(pair, refused.reason, refused.detail, excerpt(_encoded(answer)))
+        return _failure(pair, refused, answer)
     return ChainBalance(pair, amount, slot)
+
+
+def parse_wallet(wallet: str, answers: Sequence[object]) -> WalletRead:
+    """What the answers to `wallet_calls(wallet)`, in their order, say the wallet holds; the
+    first refused answer, if any, as the whole wallet's failure. Never raises."""
+    *program_answers, lamports_answer = answers
+    held: dict[str, ChainBalance] = {}
+    slots: list[int] = []
+    for program, answer in zip(PROGRAM_IDS, program_answers, strict=True):
+        try:
+            slot, value = _result(answer)
+            amounts = _sum_by_mint(value, wallet, program=program)
+            _listed_once(amounts, held)
+        except _Refused as refused:
+            return _failure((wallet, None), refused, answer)
+        slots.append(slot)
+        held |= {mint: ChainBalance((wallet, mint), amounts[mint], slot) for mint in amounts}
+    native = parse_answer((wallet, WRAPPED_SOL_MINT), lamports_answer)
+    if isinstance(native, ReadFailure):
+        return replace(native, pair=(wallet, None))
+    # Lamports are no token account: none at all is no system account, and nothing to show.
+    # The wrapped SOL mint is native SOL here, as in a pair's read and on the stream, so a
+    # wrapped SOL token account (skipped by _sum_by_mint) never stands in for it.
+    if native.amount:
+        held[WRAPPED_SOL_MINT] = native
+    return WalletBalances(wallet, held, min(native.slot, *slots))
+
+
+def _failure(watch: Watch, refused: _Refused, answer: object) -> ReadFailure:
+    return ReadFailure(watch, refused.reason, refused.detail, excerpt(_encoded(answer)))
 
 
 def excerpt(text: str) -> str:
@@ -167,39 +250,74 @@ def _lamports(value: object) -> Decimal:
 
 
 def _token_amount(pair: Pair, value: object) -> Decimal:
+    wallet, token = pair
+    return _sum_by_mint(value, wallet, mint=token).get(token, Decimal(0))
+
+
+def _sum_by_mint(
+    value: object, owner: str, *, mint: str | None = None, program: Program | None = None
+) -> dict[str, Decimal]:
+    """The accounts' amounts summed per mint, each account's owner (and the mint or program
+    asked) checked first. Wrapped SOL accounts are left out unless their mint was asked."""
     if not isinstance(value, list):
         raise _Refused("bad_shape", f"result.value is a JSON {_kind(value)}, not an array")
-    total = 0
-    scale: int | None = None
+    sums: dict[str, tuple[int, int]] = {}  # mint: (raw total, decimals)
     for index, account in enumerate(value):
-        raw, decimals = _account_amount(pair, index, account)
-        if scale is not None and decimals != scale:
+        found, raw, decimals = _account_amount(index, account, owner, mint=mint, program=program)
+        total, scale = sums.get(found, (0, decimals))
+        if decimals != scale:
             disagree = f"the accounts disagree on the mint's decimals ({scale}, {decimals})"
             raise _Refused("bad_decimals", disagree)
-        total, scale = total + raw, decimals
-    return Decimal(total).scaleb(-(scale or 0), context=_EXACT)
+        sums[found] = (total + raw, decimals)
+    if mint is None:
+        sums.pop(WRAPPED_SOL_MINT, None)
+    return {
+        found: Decimal(total).scaleb(-scale, context=_EXACT)
+        for found, (total, scale) in sums.items()
+    }
 
 
-def _account_amount(pair: Pair, index: int, account: object) -> tuple[int, int]:
-    """One token account's raw amount and decimals, once its mint and owner are checked."""
+def _account_amount(
+    index: int, account: object, owner: str, *, mint: str | None, program: Program | None
+) -> tuple[str, int, int]:
+    """One token account's mint, raw amount and decimals, once its program (if one was asked),
+    mint and owner are checked."""
     where = f"result.value[{index}]"
     if not isinstance(account, dict):
         raise _Refused("bad_shape", f"{where} is a JSON {_kind(account)}, not an object")
-    info = _info(account, where)
-    wallet, token = pair
-    _same_address(info, "mint", token, where, "wrong_mint")
-    _same_address(info, "owner", wallet, where, "wrong_owner")
+    data = _object(_object(account, "account", where), "data", f"{where}.account")
+    if program is not None and data.get("program") != program:
+        shown = short(repr(data.get("program")), 60)
+        raise _Refused("wrong_program", f"{where} data.program is {shown}, not {program!r}")
+    parsed = _object(data, "parsed", f"{where}.account.data")
+    info = _object(parsed, "info", f"{where}.account.data.parsed")
+    if mint is None:
+        found = _address(info, "mint", where)
+    else:
+        _same_address(info, "mint", mint, where, "wrong_mint")
+        found = mint
+    _same_address(info, "owner", owner, where, "wrong_owner")
     token_amount = _object(info, "tokenAmount", f"{where} info")
-    return _raw_amount(token_amount.get("amount"), where), _decimals(
-        token_amount.get("decimals"), where
+    return (
+        found,
+        _raw_amount(token_amount.get("amount"), where),
+        _decimals(token_amount.get("decimals"), where),
     )
 
 
-def _info(account: dict[str, object], where: str) -> dict[str, object]:
-    inner = _object(account, "account", where)
-    data = _object(inner, "data", f"{where}.account")
-    parsed = _object(data, "parsed", f"{where}.account.data")
-    return _object(parsed, "info", f"{where}.account.data.parsed")
+def _listed_once(amounts: Mapping[str, Decimal], held: Mapping[str, ChainBalance]) -> None:
+    """A mint belongs to one token program: listed under both, one answer is wrong."""
+    twice = amounts.keys() & held.keys()
+    if twice:
+        mint = short(min(twice), 60)
+        raise _Refused("wrong_program", f"mint {mint!r} is listed under both token programs")
+
+
+def _address(info: dict[str, object], name: str, where: str) -> str:
+    found = info.get(name)
+    if not isinstance(found, str) or not is_address(found):
+        raise _Refused("bad_shape", f"{where} info.{name} is not an address")
+    return found
 
 
 def _same_address(

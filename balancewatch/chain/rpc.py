@@ -1,9 +1,12 @@
-"""The Solana JSON-RPC client: reads many pairs' balances, in batches, within a rate limit.
+"""The Solana JSON-RPC client: reads many pairs' balances, or whole wallets', in batches,
+within a rate limit.
 
-`SolanaRpc.read` never raises for what a network or a provider does: every pair comes back as
-a `ChainBalance` or a `ReadFailure` with a reason. Every HTTP request waits on one leaky
-bucket (`max_rps`); a 429 holds every request of the client for its Retry-After; 5xx, timeouts
-and refused or reset connections are retried with full-jitter backoff, `max_attempts` times in
+`SolanaRpc.read` and `read_wallets` never raise for what a network or a provider does: every
+pair comes back as a `ChainBalance`, every wallet as `WalletBalances`, or either as a
+`ReadFailure` with a reason. A wallet is three calls (its accounts under each token program,
+its lamports), batched with the others. Every HTTP request waits on one leaky bucket
+(`max_rps`); a 429 holds every request of the client for its Retry-After; 5xx, timeouts and
+refused or reset connections are retried with full-jitter backoff, `max_attempts` times in
 all. A provider that refuses batches is remembered, and sent single calls from then on.
 
 The URL is a secret (providers put the key in its path or query): it is in no log line, no
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import itertools
 import math
 import random
@@ -30,14 +34,18 @@ from aiolimiter import AsyncLimiter
 from balancewatch import logs
 from balancewatch.aio import Backoff
 from balancewatch.chain.answers import (
+    CallFor,
     ChainRead,
     FailureReason,
     ReadFailure,
+    WalletRead,
     balance_call,
     excerpt,
     parse_answer,
+    parse_wallet,
+    wallet_calls,
 )
-from balancewatch.domain import Pair
+from balancewatch.domain import Pair, Watch
 from balancewatch.settings import check_rpc_url, rpc_url_secrets
 
 log = logs.get_logger(__name__)
@@ -65,7 +73,7 @@ class RpcConfig:
     max_rps: float = 10.0  # HTTP requests a second at most (a batch is one request)
     batch_size: int = 100  # calls per JSON-RPC batch
     timeout: float = 10.0  # per HTTP request, seconds
-    max_attempts: int = 5  # per request, before its pairs are ReadFailure("unavailable")
+    max_attempts: int = 5  # per request, before its calls are ReadFailure("unavailable")
     retry_initial: float = 0.5
     retry_max: float = 30.0
 
@@ -123,8 +131,8 @@ class _Failed:
     detail: str
     answer: str | None = None
 
-    def of(self, pairs: Sequence[Pair]) -> list[ChainRead]:
-        return [ReadFailure(pair, self.reason, self.detail, self.answer) for pair in pairs]
+    def of(self, watch: Watch) -> ReadFailure:
+        return ReadFailure(watch, self.reason, self.detail, self.answer)
 
 
 class _BatchRefused:
@@ -133,6 +141,7 @@ class _BatchRefused:
 
 _BATCH_REFUSED: Final = _BatchRefused()
 _Settled = _Decoded | _Failed | _BatchRefused
+_Answer = _Decoded | _Failed  # what came of one call
 
 
 class SolanaRpc:
@@ -187,51 +196,68 @@ class SolanaRpc:
 
     async def read(self, pairs: Sequence[Pair]) -> list[ChainRead]:
         """One result per pair, in the order given."""
+        answers = await self._answers([functools.partial(balance_call, pair=p) for p in pairs])
+        return [
+            parse_answer(pair, answer.value) if isinstance(answer, _Decoded) else answer.of(pair)
+            for pair, answer in zip(pairs, answers, strict=True)
+        ]
+
+    async def read_wallets(self, wallets: Sequence[str]) -> list[WalletRead]:
+        """One result per wallet, in the order given. A wallet's calls go in the batches with
+        the others; if any of them fails, so does the wallet."""
+        calls = [wallet_calls(wallet) for wallet in wallets]
+        answers = iter(await self._answers([call for its in calls for call in its]))
+        return [
+            _wallet_read(wallet, [next(answers) for _ in its])
+            for wallet, its in zip(wallets, calls, strict=True)
+        ]
+
+    async def _answers(self, calls: Sequence[CallFor]) -> list[_Answer]:
+        """Each call's decoded answer, or why there is none, in the order given."""
         if self._session is None:
             raise RuntimeError("SolanaRpc is not open: use it as `async with SolanaRpc(...)`")
         size = self._config.batch_size
-        chunks = [pairs[start : start + size] for start in range(0, len(pairs), size)]
-        done = await asyncio.gather(*(self._read_chunk(chunk) for chunk in chunks))
-        return [read for chunk in done for read in chunk]
+        chunks = [calls[start : start + size] for start in range(0, len(calls), size)]
+        done = await asyncio.gather(*(self._answer_chunk(chunk) for chunk in chunks))
+        return [answer for chunk in done for answer in chunk]
 
-    async def _read_chunk(self, pairs: Sequence[Pair]) -> list[ChainRead]:
-        if len(pairs) > 1 and not self._batches_refused:
-            reads = await self._read_batch(pairs)
-            if reads is not None:
-                return reads
-        return list(await asyncio.gather(*(self._read_single(pair) for pair in pairs)))
+    async def _answer_chunk(self, calls: Sequence[CallFor]) -> list[_Answer]:
+        if len(calls) > 1 and not self._batches_refused:
+            answers = await self._answer_batch(calls)
+            if answers is not None:
+                return answers
+        return list(await asyncio.gather(*(self._answer_single(call) for call in calls)))
 
-    async def _read_batch(self, pairs: Sequence[Pair]) -> list[ChainRead] | None:
-        """The pairs' reads, or None if the provider refused the batch."""
-        calls = {next(self._ids): pair for pair in pairs}
-        settled = await self._post([balance_call(i, pair) for i, pair in calls.items()], batch=True)
+    async def _answer_batch(self, calls: Sequence[CallFor]) -> list[_Answer] | None:
+        """The calls' answers, or None if the provider refused the batch."""
+        ids = [next(self._ids) for _ in calls]
+        payload = [call(call_id) for call, call_id in zip(calls, ids, strict=True)]
+        settled = await self._post(payload, batch=True)
         if isinstance(settled, _BatchRefused):
             return None
         if isinstance(settled, _Failed):
-            return settled.of(pairs)
+            return [settled] * len(calls)
         assert isinstance(settled.value, list)  # _classify checked it
-        answers = _by_id(settled.value, calls.keys())
+        answers = _by_id(settled.value, ids)
         return [
-            parse_answer(pair, answers[call_id])
+            _Decoded(answers[call_id])
             if call_id in answers
-            else ReadFailure(
-                pair, "missing_answer", f"the batch has no answer to call {call_id}", None
-            )
-            for call_id, pair in calls.items()
+            else _Failed("missing_answer", f"the batch has no answer to call {call_id}")
+            for call_id in ids
         ]
 
-    async def _read_single(self, pair: Pair) -> ChainRead:
+    async def _answer_single(self, call: CallFor) -> _Answer:
         call_id = next(self._ids)
-        settled = await self._post(balance_call(call_id, pair), batch=False)
+        settled = await self._post(call(call_id), batch=False)
         if isinstance(settled, _Failed):
-            return settled.of([pair])[0]
+            return settled
         assert isinstance(settled, _Decoded)
         assert isinstance(settled.value, dict)  # _classify checked it
         answered = settled.value.get("id")
         if answered is not None and (answered != call_id or isinstance(answered, bool)):
             text = excerpt(msgspec.json.encode(settled.value).decode())
-            return ReadFailure(pair, "bad_shape", "the answer is to another call's id", text)
-        return parse_answer(pair, settled.value)
+            return _Failed("bad_shape", "the answer is to another call's id", text)
+        return settled
 
     # -- one request, with its retries ---------------------------------------------------------
 
@@ -362,6 +388,16 @@ def _classify_body(body: bytes, *, batch: bool) -> tuple[RequestOutcome, _Settle
         detail = f"the answer to a {'batch' if batch else 'call'} is not {kind}"
         return "malformed", _Failed("bad_shape", detail, _body_excerpt(body))
     return "ok", _Decoded(value)
+
+
+def _wallet_read(wallet: str, answers: Sequence[_Answer]) -> WalletRead:
+    """The wallet's balances from its calls' answers; the first call without one fails it."""
+    decoded = []
+    for answer in answers:
+        if isinstance(answer, _Failed):
+            return answer.of((wallet, None))
+        decoded.append(answer.value)
+    return parse_wallet(wallet, decoded)
 
 
 def _by_id(answers: list[object], wanted: Collection[int]) -> dict[int, object]:

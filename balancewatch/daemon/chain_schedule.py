@@ -1,9 +1,10 @@
-"""Which pairs to read from the chain next: pure decisions, no I/O, timed by the caller's clock.
+"""Which watches to read from the chain next: pure decisions, no I/O, timed by the caller's
+clock. A watch is a pair, or a whole wallet (token None), read as one.
 
-Snapshots come first: a pair whose listening period just started has no certain balance until
+Snapshots come first: a watch whose listening period just started has no certain balance until
 its snapshot is stored, so the queue serves them before any check, in the order their periods
 started. A snapshot whose read failed waits a while and goes to the back of the queue. Checks
-go round the listened-to pairs, each once per interval, spread evenly over it.
+go round the listened-to watches, each once per interval, spread evenly over it.
 """
 
 from __future__ import annotations
@@ -12,42 +13,42 @@ import heapq
 import math
 from collections.abc import Callable, Collection
 
-from balancewatch.domain import Pair, Watch
+from balancewatch.domain import Watch
 
 
 class SnapshotQueue:
-    """Pairs waiting for their snapshot, each once, first come first served."""
+    """Watches waiting for their snapshot, each once, first come first served."""
 
     def __init__(self) -> None:
-        self._waiting: dict[Pair, None] = {}  # a dict keeps the order they came in
-        self._retry_at: dict[Pair, float] = {}
-        # (due, sequence, pair); a pair discarded meanwhile is skipped when it comes up.
-        self._later: list[tuple[float, int, Pair]] = []
+        self._waiting: dict[Watch, None] = {}  # a dict keeps the order they came in
+        self._retry_at: dict[Watch, float] = {}
+        # (due, sequence, watch); a watch discarded meanwhile is skipped when it comes up.
+        self._later: list[tuple[float, int, Watch]] = []
         self._sequence = 0
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._retry_at)
 
-    def add(self, pair: Pair) -> None:
-        """A listening period started: its pair is read as soon as the queue reaches it."""
+    def add(self, pair: Watch) -> None:
+        """A listening period started: its watch is read as soon as the queue reaches it."""
         self._retry_at.pop(pair, None)
         self._waiting[pair] = None
 
-    def discard(self, pair: Pair) -> None:
-        """The period ended: a snapshot now would not be of a listened-to pair."""
+    def discard(self, pair: Watch) -> None:
+        """The period ended: a snapshot now would not be of a listened-to watch."""
         self._waiting.pop(pair, None)
         self._retry_at.pop(pair, None)
 
-    def retry(self, pair: Pair, at: float) -> None:
+    def retry(self, pair: Watch, at: float) -> None:
         """Its read failed: queue it again at `at`, behind the pairs waiting then."""
         self._retry_at[pair] = at
         self._sequence += 1
         heapq.heappush(self._later, (at, self._sequence, pair))
 
-    def take(self, most: int, now: float) -> list[Pair]:
-        """Up to `most` pairs to read now, oldest first."""
+    def take(self, most: int, now: float) -> list[Watch]:
+        """Up to `most` watches to read now, oldest first."""
         self._release_due(now)
-        taken: list[Pair] = []
+        taken: list[Watch] = []
         while self._waiting and len(taken) < most:
             pair = next(iter(self._waiting))
             del self._waiting[pair]

@@ -167,9 +167,13 @@ class Daemon:
         async def newest(pairs: Sequence[Pair]) -> dict[Pair, Decimal]:
             return await chain.newest_amounts(engine, pairs)
 
+        async def newest_of(wallets: Sequence[str]) -> dict[Pair, Decimal]:
+            return await chain.newest_amounts_of(engine, wallets)
+
         reads = ChainReads(
             reader,
             newest,
+            newest_of,
             self.bookkeeping,
             ChainReadsConfig.from_settings(settings),
             listening=self.coverage.open_pairs,

@@ -2,14 +2,15 @@
 
 The Simulator serves it on its own port as `POST /rpc` (and `/rpc/anything`, with any query,
 where a provider would put a key): single calls and batches of `getTokenAccountsByOwner` (the
-mint filter, jsonParsed, the shape of the Agave RPC) and `getBalance`. A balance the Simulator
-streams is the chain's balance too; `set_balance` changes the chain without a message, as a
-transfer missed by the stream would.
+mint filter, or the programId filter of either token program; jsonParsed, the shape of the
+Agave RPC) and `getBalance`. A balance the Simulator streams is the chain's balance too;
+`set_balance` changes the chain without a message, as a transfer missed by the stream would.
 
 How each pair is held on chain varies the way it does on mainnet: an owner may hold two or
 three accounts of one mint (the balance split unevenly over them), a mint may belong to
 Token-2022. `set_layout` chooses; without it the choice is derived from the addresses' SHA-256,
-the same on every run. The mint's decimals are 9 unless set.
+the same on every run. The mint's decimals are 9 unless set. The wrapped SOL mint's balance is
+native SOL (lamports, `getBalance`), as the Datastream reports it: no token account holds it.
 
 It misbehaves on demand (`fail_next`, `refuse_batches`) and records every request
 (`requests`) so a test can check a client's rate, retries and batching from the server's side.
@@ -30,16 +31,17 @@ from typing import Any, Final, Literal, get_args
 
 from aiohttp import web
 
-from balancewatch.chain.answers import MAX_DECIMALS, U64_MAX, WRAPPED_SOL_MINT
+from balancewatch.chain.answers import (
+    MAX_DECIMALS,
+    PROGRAM_IDS,
+    U64_MAX,
+    WRAPPED_SOL_MINT,
+    Program,
+)
 from balancewatch.domain import Pair, is_address
 
-# Program addresses (public), not passwords: "Token" in the name is what the linter sees.
-SPL_TOKEN_PROGRAM: Final = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"  # noqa: S105
-TOKEN_2022_PROGRAM: Final = "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb"  # noqa: S105
 DEFAULT_DECIMALS: Final = 9
 FIRST_SLOT: Final = 341_000_000
-
-Program = Literal["spl-token", "spl-token-2022"]
 FaultKind = Literal[
     "401",
     "429",
@@ -60,12 +62,11 @@ _HTTP_FAULTS: Final[dict[FaultKind, int]] = {"401": 401, "429": 429, "500": 500,
 ANSWER_FAULTS: Final[frozenset[FaultKind]] = frozenset(FAULT_KINDS) - {*_HTTP_FAULTS, "timeout"}
 # A held request ("timeout") is answered when the simulator stops, or after this long.
 _HOLD_SECONDS: Final = 600.0
+# The mint of the bad account a fault gives an owner of none when the call asked no mint.
+_FAULT_MINT: Final = "Fau1tMint1111111111111111111111111111111111"
 _PLAIN_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _BASE58_ALPHABET: Final = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_PROGRAM_IDS: Final[dict[Program, str]] = {
-    "spl-token": SPL_TOKEN_PROGRAM,
-    "spl-token-2022": TOKEN_2022_PROGRAM,
-}
+_PROGRAMS: Final[dict[str, Program]] = {address: name for name, address in PROGRAM_IDS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,17 +272,35 @@ class Chain:
     def _token_accounts(self, params: object) -> list[dict[str, object]] | _Invalid:
         if not isinstance(params, list) or len(params) < 2 or not _is_address(params[0]):
             return _Invalid("Invalid param: WrongSize")
-        wallet, token_filter = params[0], params[1]
-        token = token_filter.get("mint") if isinstance(token_filter, dict) else None
-        if not _is_address(token):
-            return _Invalid("Invalid param: the simulator supports the mint filter only")
+        wallet, accounts = params[0], params[1]
         config = params[2] if len(params) > 2 else None
         if not isinstance(config, dict) or config.get("encoding") != "jsonParsed":
             return _Invalid("Invalid param: the simulator answers jsonParsed only")
-        assert isinstance(token, str)
-        if not self.has_balance(wallet, token):
-            return []
-        return self.token_accounts(wallet, token)
+        if not isinstance(accounts, dict):
+            return _Invalid("Invalid param: the filter is not an object")
+        if "programId" in accounts:
+            return self._program_accounts(wallet, accounts["programId"])
+        return self._mint_accounts(wallet, accounts.get("mint"))
+
+    def _mint_accounts(self, wallet: str, mint: object) -> list[dict[str, object]] | _Invalid:
+        if not isinstance(mint, str) or not is_address(mint):
+            return _Invalid("Invalid param: the simulator supports the mint and programId filters")
+        return self.token_accounts(wallet, mint) if self.has_balance(wallet, mint) else []
+
+    def _program_accounts(
+        self, wallet: str, program_id: object
+    ) -> list[dict[str, object]] | _Invalid:
+        """Every account `wallet` holds under one token program, as the programId filter lists
+        them (Agave refuses any other program)."""
+        program = _PROGRAMS.get(program_id) if isinstance(program_id, str) else None
+        if program is None:
+            return _Invalid("Invalid param: unrecognized Token program id")
+        return [
+            account
+            for token in self.tokens_of(wallet)
+            if token != WRAPPED_SOL_MINT and self.program(token) == program
+            for account in self.token_accounts(wallet, token)
+        ]
 
     def token_accounts(self, wallet: str, token: str) -> list[dict[str, object]]:
         """The pair's token accounts as getTokenAccountsByOwner (jsonParsed) lists them."""
@@ -328,7 +347,7 @@ def _account(
         "pubkey": base58(_digest(f"{wallet}:{token}:{index}")),
         "account": {
             "lamports": 2039280,
-            "owner": _PROGRAM_IDS[program],
+            "owner": PROGRAM_IDS[program],
             "executable": False,
             "rentEpoch": U64_MAX,
             "space": space,
@@ -343,17 +362,21 @@ def _account(
 
 def _corrupt(value: object, fault: FaultKind, params: object) -> object:
     """The answer's value made wrong the way `fault` says (getBalance has no decimals, mint or
-    owner to get wrong: its value is left alone for those)."""
+    owner to get wrong, nor a program's accounts a mint: their value is left alone for those)."""
     if fault == "bad_shape":
         return "corrupted"
     if isinstance(value, int):
         return U64_MAX + 1 if fault == "bad_amount" else value
     assert isinstance(value, list)
     assert isinstance(params, list)
-    wallet, mint = params[0], params[1]["mint"]
+    wallet, asked = params[0], params[1]
+    mint = asked.get("mint")
+    if fault == "wrong_mint" and mint is None:
+        return value
+    program = _PROGRAMS.get(asked.get("programId"), "spl-token")
     # An owner without an account still gets a bad one: every call of the request is wrong.
     accounts = value or [
-        _account(wallet, mint, 0, 0, decimals=DEFAULT_DECIMALS, program="spl-token")
+        _account(wallet, mint or _FAULT_MINT, 0, 0, decimals=DEFAULT_DECIMALS, program=program)
     ]
     for index, account in enumerate(accounts):
         tree: Any = account  # built just above, by _account

@@ -1,6 +1,6 @@
 """What the balances read from the chain write and read: their `snapshot` and `check` rows, the
 hourly counts of reads by result, the RPC answers refused, and the newest stored amount of the
-pairs being checked."""
+pairs being checked, or of every token of the wallets being read whole."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from balancewatch.store.db import RawConnection
 # A balance read from the chain: wallet, token, amount, received_at, source, slot.
 ChainRow = tuple[str, str, Decimal, datetime, RowSource, int]
 CHAIN_ROW_COLUMNS: Final = ("wallet", "token", "amount", "received_at", "source", "slot")
-# An RPC answer not taken: received_at, wallet, token, reason, detail, answer.
-RpcFailureRow = tuple[datetime, str, str, str, str, str | None]
+# An RPC answer not taken: received_at, wallet, token (None for a whole wallet's read), reason,
+# detail, answer.
+RpcFailureRow = tuple[datetime, str, str | None, str, str, str | None]
 RPC_FAILURE_COLUMNS: Final = ("received_at", "wallet", "token", "reason", "detail", "answer")
 ReadCounts = Mapping[tuple[ChainReadKind, ChainReadResult], int]
 
@@ -34,6 +35,12 @@ ON CONFLICT (hour, kind, result) DO UPDATE SET reads = r.reads + excluded.reads
 _NEWEST_AMOUNTS: Final = """
 SELECT wallet, token, amount
 FROM newest_amounts(CAST(:wallets AS text[]), CAST(:tokens AS text[]))
+"""
+# The same for every token the history has of each wallet (migration 0008).
+_NEWEST_AMOUNTS_OF: Final = """
+SELECT w.wallet, n.token, n.amount
+FROM unnest(CAST(:wallets AS text[])) AS w(wallet)
+CROSS JOIN LATERAL newest_amounts_of(w.wallet) AS n
 """
 
 
@@ -65,9 +72,18 @@ async def add_read_counts(raw: RawConnection, counts: ReadCounts, timeout: float
 
 async def newest_amounts(engine: AsyncEngine, pairs: Sequence[Pair]) -> dict[Pair, Decimal]:
     """The newest stored amount of each pair that has a row at all."""
+    wallets, tokens = [wallet for wallet, _ in pairs], [token for _, token in pairs]
+    return await _amounts(engine, _NEWEST_AMOUNTS, {"wallets": wallets, "tokens": tokens})
+
+
+async def newest_amounts_of(engine: AsyncEngine, wallets: Sequence[str]) -> dict[Pair, Decimal]:
+    """The newest stored amount of every token the history has of each wallet."""
+    return await _amounts(engine, _NEWEST_AMOUNTS_OF, {"wallets": list(wallets)})
+
+
+async def _amounts(
+    engine: AsyncEngine, query: str, params: dict[str, object]
+) -> dict[Pair, Decimal]:
     async with engine.connect() as conn:
-        result = await conn.execute(
-            text(_NEWEST_AMOUNTS),
-            {"wallets": [wallet for wallet, _ in pairs], "tokens": [token for _, token in pairs]},
-        )
+        result = await conn.execute(text(query), params)
         return {(row.wallet, row.token): row.amount for row in result}

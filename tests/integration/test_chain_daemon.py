@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from balancewatch.devtools.chainsim import ANSWER_FAULTS, FaultKind
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import Pair
-from tests.data import WALLET3
+from tests.data import WALLET3, insert
 from tests.helpers import (
     SOL,
     TOKEN,
@@ -284,3 +284,116 @@ async def test_a_refused_rpc_key_is_counted_and_leaves_no_refused_answer_row_per
         await running.daemon.bookkeeping.flush()
         assert await db.fetchval("SELECT count(*) FROM rpc_failures") == 0
         assert running.daemon.rpc_requests["client_error"] == 1
+
+
+# -- whole wallets -----------------------------------------------------------------------------
+
+GONE = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"  # in the history, no longer on chain
+SPENT = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"  # in the history at 0 already
+
+
+async def watch_wallet(db: Any, wallet: str = WALLET) -> None:
+    await db.execute("INSERT INTO watchlist (wallet) VALUES ($1)", wallet)
+
+
+def holds_three_tokens(simulator: Simulator) -> None:
+    """WALLET: an SPL mint in two accounts, a Token-2022 mint, and native SOL."""
+    chain = simulator.chain
+    chain.set_layout(WALLET, TOKEN, accounts=2, program="spl-token", decimals=6)
+    chain.set_layout(WALLET, TOKEN2022, program="spl-token-2022", decimals=9)
+    chain.set_balance(WALLET, TOKEN, "76989.158861")
+    chain.set_balance(WALLET, TOKEN2022, "123456789.123456789")
+    chain.set_balance(WALLET, SOL, "1.5")
+
+
+async def in_the_history(db: Any, *holdings: tuple[str, str]) -> None:
+    """Stream rows of WALLET from before the daemon ran: (token, amount)."""
+    at = await db.fetchval("SELECT now() - interval '1 day'")
+    await insert(db, [(WALLET, token, amount, at) for token, amount in holdings])
+
+
+async def test_a_whole_wallet_gets_a_snapshot_row_for_every_token_native_sol_included(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    holds_three_tokens(simulator)
+    await watch_wallet(db)
+    async with running_daemon(chain_settings(database_url, simulator)):
+        await wait_until(has_rows(db, "snapshot", 3), timeout=10, what="three snapshots")
+    snapshots = {r["token"]: r for r in await rows(db, "snapshot")}
+    assert {token: r["amount"] for token, r in snapshots.items()} == {
+        TOKEN: Decimal("76989.158861"),
+        TOKEN2022: Decimal("123456789.123456789"),
+        SOL: Decimal("1.5"),
+    }
+    assert {r["wallet"] for r in snapshots.values()} == {WALLET}
+    assert all(r["slot"] > 0 for r in snapshots.values())
+    period = await db.fetchrow("SELECT wallet, token, started_at FROM coverage")
+    assert (period["wallet"], period["token"]) == (WALLET, None)
+    assert all(r["received_at"] >= period["started_at"] for r in snapshots.values())
+    assert [(r.calls, r.batch) for r in simulator.chain.requests] == [(3, True)]
+
+
+async def test_a_token_the_history_holds_and_the_chain_no_longer_shows_gets_a_zero_row(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    simulator.chain.set_balance(WALLET, TOKEN, "1")
+    await in_the_history(db, (TOKEN, "2"), (GONE, "5"), (SPENT, "0"))
+    await watch_wallet(db)
+    async with running_daemon(chain_settings(database_url, simulator)):
+        await wait_until(has_rows(db, "snapshot", 2), timeout=10, what="two snapshots")
+    snapshots = await rows(db, "snapshot")
+    assert sorted((r["token"], r["amount"]) for r in snapshots) == sorted(
+        [(TOKEN, Decimal(1)), (GONE, Decimal(0))]
+    )
+    gone = next(r for r in snapshots if r["token"] == GONE)
+    as_of = await db.fetchrow(
+        "SELECT amount, certain FROM balance_as_of($1, $2, $3)", WALLET, GONE, gone["received_at"]
+    )
+    assert (as_of["amount"], as_of["certain"]) == (Decimal(0), True)
+
+
+async def test_a_failed_token_program_call_writes_no_snapshot_row_and_one_tokenless_failure(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    holds_three_tokens(simulator)
+    await in_the_history(db, (GONE, "5"))
+    # The wallet's one batch: both program calls get an account of another owner; getBalance
+    # has no owner to get wrong, and its answer is good.
+    simulator.chain.fail_next("wrong_owner")
+    await watch_wallet(db)
+    async with running_daemon(chain_settings(database_url, simulator)) as running:
+        reads = running.daemon.chain_reads
+        assert reads is not None
+        await wait_until(
+            lambda: db.fetchval("SELECT count(*) FROM rpc_failures"), timeout=10, what="a failure"
+        )
+        assert reads.results["snapshot", "failed"] == 1
+    assert await rows(db, "snapshot") == []
+    failures = await db.fetch("SELECT wallet, token, reason FROM rpc_failures")
+    assert [tuple(f) for f in failures] == [(WALLET, None, "wrong_owner")]
+
+
+async def test_a_wallet_check_finds_drift_in_one_token_and_writes_one_check_row(
+    database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    holds_three_tokens(simulator)
+    await watch_wallet(db)
+    settings = chain_settings(database_url, simulator, balance_check_interval=1.0)
+    async with running_daemon(settings) as running:
+        await wait_until(has_rows(db, "snapshot", 3), timeout=10, what="the snapshots")
+        simulator.chain.set_balance(WALLET, TOKEN2022, "7.25")  # no message: the stream missed it
+        await wait_until(has_rows(db, "check", 1), timeout=15, what="a check row")
+        reads = running.daemon.chain_reads
+        assert reads is not None
+        matched = reads.results["check", "match"]
+    checks = await rows(db, "check")
+    assert [(r["wallet"], r["token"], r["amount"]) for r in checks] == [
+        (WALLET, TOKEN2022, Decimal("7.25"))
+    ]
+    assert matched >= 2  # the other two tokens, the same round
+    assert (
+        await db.fetchval(
+            "SELECT sum(reads) FROM chain_reads WHERE kind = 'check' AND result = 'drift'"
+        )
+        == 1
+    )

@@ -14,7 +14,14 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from balancewatch.chain.answers import WRAPPED_SOL_MINT, ChainBalance, ChainRead, ReadFailure
+from balancewatch.chain.answers import (
+    WRAPPED_SOL_MINT,
+    ChainBalance,
+    ChainRead,
+    ReadFailure,
+    WalletBalances,
+    WalletRead,
+)
 from balancewatch.chain.rpc import RequestOutcome, RpcConfig, SolanaRpc
 from balancewatch.devtools.chainsim import ANSWER_FAULTS, FaultKind, base58
 from balancewatch.devtools.simulator import Simulator
@@ -268,6 +275,87 @@ async def test_a_bad_native_sol_answer_is_a_failure(
         [read] = await rpc.read([(WALLET, WRAPPED_SOL_MINT)])
     assert isinstance(read, ReadFailure)
     assert read.reason == reason
+
+
+# -- whole wallets ----------------------------------------------------------------------------
+
+SPL_MINT = "2b1kV6DkPAnxd5ixfnxCpjxmKwqjjaYmCZfHsFu24GXo"
+
+
+def held(read: WalletRead) -> dict[str, Decimal]:
+    assert isinstance(read, WalletBalances), read
+    return {token: balance.amount for token, balance in read.held.items()}
+
+
+@pytest.fixture
+def wallet_sim(sim: Simulator) -> Simulator:
+    """WALLET holds an SPL mint in three accounts, a Token-2022 mint, an empty account and
+    native SOL; WALLET2 one SPL account and no lamports."""
+    chain = sim.chain
+    chain.set_layout(WALLET, TOKEN, accounts=3, decimals=6)
+    chain.set_layout(WALLET2, TOKEN, decimals=6)
+    chain.set_layout(WALLET, MINT_2022, accounts=2, program="spl-token-2022", decimals=9)
+    chain.set_layout(WALLET, SPL_MINT, program="spl-token")
+    chain.set_balance(WALLET, MINT_2022, "18446744073.709551615")  # u64 max over 2 accounts
+    chain.set_balance(WALLET, SPL_MINT, "0")
+    return sim
+
+
+async def test_a_wallet_is_read_whole_in_one_batch_of_three_calls_each(
+    wallet_sim: Simulator,
+) -> None:
+    async with SolanaRpc(config(wallet_sim)) as rpc:
+        first, second = await rpc.read_wallets([WALLET, WALLET2])
+
+    assert held(first) == {
+        TOKEN: Decimal("76989.158861"),
+        MINT_2022: Decimal("18446744073.709551615"),
+        SPL_MINT: Decimal(0),
+        WRAPPED_SOL_MINT: Decimal("1.500000001"),
+    }
+    assert held(second) == {TOKEN: Decimal("0.000001")}
+    assert [(r.calls, r.batch) for r in wallet_sim.chain.requests] == [(6, True)]
+
+
+async def test_a_wallet_read_over_single_calls_reads_the_same(wallet_sim: Simulator) -> None:
+    async with SolanaRpc(config(wallet_sim)) as rpc:
+        [batched] = await rpc.read_wallets([WALLET])
+        wallet_sim.chain.refuse_batches = True
+        [single] = await rpc.read_wallets([WALLET])
+
+    assert held(single) == held(batched)
+    assert [(r.calls, r.batch) for r in wallet_sim.chain.requests[1:]] == [(3, True)] + [
+        (1, False)
+    ] * 3
+
+
+# A program-filtered call asks no mint: the simulator's wrong_mint leaves its answer alone.
+WALLET_FAULTS: list[FaultKind] = sorted(ANSWER_FAULTS - {"wrong_mint"})
+
+
+@pytest.mark.parametrize("kind", WALLET_FAULTS)
+async def test_a_bad_answer_to_a_wallets_token_accounts_fails_the_whole_wallet(
+    wallet_sim: Simulator, kind: FaultKind
+) -> None:
+    wallet_sim.chain.fail_next(kind)  # the one batch: every call of it, getBalance's as it can
+    async with SolanaRpc(config(wallet_sim)) as rpc:
+        [read] = await rpc.read_wallets([WALLET])
+    assert isinstance(read, ReadFailure)
+    assert (read.pair, read.reason) == ((WALLET, None), kind)
+    assert read.answer is not None
+
+
+async def test_one_failed_call_of_a_wallets_three_fails_the_whole_wallet(
+    wallet_sim: Simulator,
+) -> None:
+    wallet_sim.chain.refuse_batches = True
+    async with SolanaRpc(config(wallet_sim)) as rpc:
+        await rpc.read_wallets([WALLET2])  # the batch refused: single calls from now on
+        wallet_sim.chain.fail_next("rpc_error")
+        [read] = await rpc.read_wallets([WALLET])
+    assert isinstance(read, ReadFailure)
+    assert (read.pair, read.reason) == ((WALLET, None), "rpc_error")
+    assert [r.fault for r in wallet_sim.chain.requests[-3:]].count("rpc_error") == 1
 
 
 # -- the URL is a secret -----------------------------------------------------------------------

@@ -25,10 +25,12 @@ from balancewatch.daemon import datastream
 from balancewatch.daemon.service import check_schema
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.store.db import asyncpg_dsn, create_engine
+from tests.data import insert
 from tests.files import README
 from tests.fixtures import secrets_in
 from tests.helpers import (
     API_KEY,
+    SOL,
     TOKEN,
     WALLET,
     history_count,
@@ -186,10 +188,18 @@ async def test_without_its_grant_on_subscription_status_balance_rows_are_still_s
     assert await db.fetchval("SELECT count(*) FROM subscription_status") == 0
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["pair", "wallet"])
 async def test_snapshots_checks_and_refused_answers_work_with_only_the_readme_grants(
-    daemon_url: URL, db: Any, simulator: Simulator, tmp_path: Path
+    whole: bool, daemon_url: URL, db: Any, simulator: Simulator, tmp_path: Path
 ) -> None:
-    await watch(db)
+    snapshots = [(TOKEN, 5)]
+    if whole:
+        # In the history, not on chain: its 0 row needs newest_amounts_of, through its grant.
+        await insert(db, [(WALLET, SOL, "5", await db.fetchval("SELECT now() - interval '1 h'"))])
+        await db.execute("INSERT INTO watchlist (wallet) VALUES ($1)", WALLET)
+        snapshots.append((SOL, 0))
+    else:
+        await watch(db)
     simulator.chain.set_balance(WALLET, TOKEN, "5")
     settings = make_settings(
         daemon_url,
@@ -202,7 +212,9 @@ async def test_snapshots_checks_and_refused_answers_work_with_only_the_readme_gr
         async with running_daemon(settings) as running:
             reads = running.daemon.chain_reads
             assert reads is not None
-            await wait_until(lambda: reads.results["snapshot", "stored"] == 1, what="snapshot")
+            await wait_until(
+                lambda: reads.results["snapshot", "stored"] == len(snapshots), what="snapshots"
+            )
             simulator.chain.set_balance(WALLET, TOKEN, "6")  # no message: drift
             await wait_until(lambda: reads.results["check", "drift"] == 1, timeout=10, what="drift")
             simulator.chain.fail_next("wrong_owner", times=50)
@@ -211,6 +223,8 @@ async def test_snapshots_checks_and_refused_answers_work_with_only_the_readme_gr
             await wait_until(lambda: sum(book.pending.values()) == 0, what="all written")
     denied = [e for e in logs if re.search(r"permission denied|InsufficientPrivilege", repr(e))]
     assert denied == []
+    stored = await db.fetch("SELECT token, amount FROM balance_history WHERE source = 'snapshot'")
+    assert sorted(tuple(row) for row in stored) == sorted(snapshots)
     assert await db.fetchval("SELECT count(*) FROM balance_history WHERE source = 'check'") == 1
     assert await db.fetchval("SELECT count(*) FROM rpc_failures") >= 1
     assert await db.fetchval("SELECT sum(reads) FROM chain_reads WHERE result = 'drift'") == 1

@@ -4,7 +4,7 @@ a ReadFailure with the right reason, never a balance made of a bad answer."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -21,8 +21,13 @@ from balancewatch.chain.answers import (
     ChainRead,
     FailureReason,
     ReadFailure,
+    WalletBalances,
+    WalletRead,
     balance_call,
     parse_answer,
+    parse_wallet,
+    program_call,
+    wallet_calls,
 )
 from tests.helpers import TOKEN, WALLET, WALLET2
 
@@ -31,6 +36,7 @@ SOL_PAIR = (WALLET, WRAPPED_SOL_MINT)
 SPL = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
 TOKEN_2022 = "TokenzQdBNbLqP5VEhdkAS6EPFLC1PHnBqCXEpPxuEb"
 OTHER_MINT = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+MINT_2022 = "2b1kV6DkPAnxd5ixfnxCpjxmKwqjjaYmCZfHsFu24GXo"
 
 
 def account(
@@ -82,7 +88,7 @@ def answer(value: object, slot: object = 341197053, call_id: int = 1) -> dict[st
     }
 
 
-def failure(read: ChainRead) -> ReadFailure:
+def failure(read: ChainRead | WalletRead) -> ReadFailure:
     assert isinstance(read, ReadFailure), read
     return read
 
@@ -347,3 +353,134 @@ def test_a_random_corruption_is_a_failure_or_the_same_balance(
     expected = parse_answer(PAIR, copy.deepcopy(good))
     read = parse_answer(PAIR, _set(AMOUNT[: path_index + 1], replacement)(good))
     assert isinstance(read, ReadFailure) or read == expected
+
+
+# -- whole wallets -----------------------------------------------------------------------------
+
+WALLET_WATCH = (WALLET, None)
+
+
+def wallet_answers(
+    spl: Sequence[object], token_2022: Sequence[object], lamports: object = 0
+) -> list[object]:
+    """The answers to wallet_calls(WALLET), in their order, each at its own slot."""
+    return [answer(spl, slot=10), answer(token_2022, slot=11), answer(lamports, slot=12)]
+
+
+def held(read: WalletRead) -> dict[str, Decimal]:
+    assert isinstance(read, WalletBalances), read
+    return {token: balance.amount for token, balance in read.held.items()}
+
+
+def test_a_wallet_is_read_with_one_call_per_token_program_then_get_balance() -> None:
+    calls = [call(id_) for id_, call in enumerate(wallet_calls(WALLET), start=1)]
+    parsed = {"encoding": "jsonParsed", "commitment": "confirmed"}
+    assert calls == [
+        program_call(1, WALLET, "spl-token"),
+        program_call(2, WALLET, "spl-token-2022"),
+        balance_call(3, SOL_PAIR),
+    ]
+    assert [c["params"] for c in calls[:2]] == [
+        [WALLET, {"programId": SPL}, parsed],
+        [WALLET, {"programId": TOKEN_2022}, parsed],
+    ]
+    assert calls[2]["method"] == "getBalance"
+
+
+def test_a_wallet_holds_each_mint_summed_over_its_accounts_and_native_sol() -> None:
+    spl = [account("1", 1), account("2", 1, mint=OTHER_MINT), account("7", 1)]
+    token_2022 = [account("5", 0, mint=MINT_2022, program="spl-token-2022")]
+    read = parse_wallet(WALLET, wallet_answers(spl, token_2022, lamports=1500000001))
+    assert held(read) == {
+        TOKEN: Decimal("0.8"),
+        OTHER_MINT: Decimal("0.2"),
+        MINT_2022: Decimal(5),
+        WRAPPED_SOL_MINT: Decimal("1.500000001"),
+    }
+    assert isinstance(read, WalletBalances)
+    assert read.held[TOKEN] == ChainBalance((WALLET, TOKEN), Decimal("0.8"), 10)
+    assert read.held[MINT_2022].slot == 11
+    assert read.held[WRAPPED_SOL_MINT].slot == 12
+    assert read.slot == 10
+
+
+def test_an_account_at_zero_is_held_and_no_lamports_are_not() -> None:
+    read = parse_wallet(WALLET, wallet_answers([account("0", 6)], [], lamports=0))
+    assert held(read) == {TOKEN: Decimal(0)}
+    assert isinstance(read, WalletBalances)
+    assert read.balance(OTHER_MINT) == ChainBalance((WALLET, OTHER_MINT), Decimal(0), 10)
+
+
+def test_a_wrapped_sol_account_never_stands_in_for_native_sol() -> None:
+    wrapped = account("2000000000", 9, mint=WRAPPED_SOL_MINT)
+    assert held(parse_wallet(WALLET, wallet_answers([wrapped], [], lamports=5))) == {
+        WRAPPED_SOL_MINT: Decimal("0.000000005")
+    }
+    assert held(parse_wallet(WALLET, wallet_answers([wrapped], []))) == {}
+
+
+BAD_WALLET_ANSWERS: dict[str, tuple[FailureReason, list[object]]] = {
+    "a Token-2022 account in the SPL answer": (
+        "wrong_program",
+        wallet_answers([account(program="spl-token-2022")], []),
+    ),
+    "an SPL account in the Token-2022 answer": (
+        "wrong_program",
+        wallet_answers([], [account(mint=MINT_2022)]),
+    ),
+    "no program": (
+        "wrong_program",
+        wallet_answers([_delete(("account", "data", "program"))(account())], []),
+    ),
+    "one mint under both programs": (
+        "wrong_program",
+        wallet_answers([account()], [account(program="spl-token-2022")]),
+    ),
+    "another owner": ("wrong_owner", wallet_answers([account(), account(owner=WALLET2)], [])),
+    "a mint that is no address": ("bad_shape", wallet_answers([account(mint="0OIl")], [])),
+    "a mint that is no string": ("bad_shape", wallet_answers([account(mint=5)], [])),
+    "decimals that disagree": (
+        "bad_decimals",
+        wallet_answers([account("5", 6), account("5", 7)], []),
+    ),
+    "a bad amount": ("bad_amount", wallet_answers([], [account("-3", program="spl-token-2022")])),
+    "an error from one program": (
+        "rpc_error",
+        [answer([]), {"jsonrpc": "2.0", "id": 2, "error": {"code": -32005}}, answer(5)],
+    ),
+    "bad lamports": ("bad_amount", wallet_answers([account()], [], lamports=U64_MAX + 1)),
+    "an error for the lamports": (
+        "rpc_error",
+        [answer([account()]), answer([]), {"jsonrpc": "2.0", "id": 3, "error": {"code": 1}}],
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("reason", "answers"), BAD_WALLET_ANSWERS.values(), ids=list(BAD_WALLET_ANSWERS)
+)
+def test_one_bad_answer_of_a_wallets_three_fails_the_whole_wallet(
+    reason: FailureReason, answers: list[object]
+) -> None:
+    read = failure(parse_wallet(WALLET, answers))
+    assert (read.pair, read.reason) == (WALLET_WATCH, reason)
+    assert read.detail
+    assert read.answer is not None
+
+
+def test_mints_of_different_decimals_each_keep_their_own() -> None:
+    spl = [account("5", 6), account("5", 2, mint=OTHER_MINT)]
+    assert held(parse_wallet(WALLET, wallet_answers(spl, []))) == {
+        TOKEN: Decimal("0.000005"),
+        OTHER_MINT: Decimal("0.05"),
+    }
+
+
+@settings(max_examples=200)
+@given(json_values, st.integers(0, 2))
+def test_any_json_in_place_of_one_wallet_answer_is_a_failure_and_never_raises(
+    value: object, which: int
+) -> None:
+    answers = wallet_answers([account()], [])
+    answers[which] = value
+    assert failure(parse_wallet(WALLET, answers)).pair == WALLET_WATCH
