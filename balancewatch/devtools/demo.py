@@ -39,6 +39,7 @@ DEMO_KEY = "demo-key"
 USDC = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
 USDT = "Es9vMFrzaCERmJfrF4H2FYD4KCoNkY11McCe8BenwNYB"
 WSOL = "So11111111111111111111111111111111111111112"
+PYUSD = "2b1kV6DkPAnxd5ixfnxCpjxmKwqjjaYmCZfHsFu24GXo"  # a Token-2022 mint
 SEED = [
     ("FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1", USDT, "upstream example"),
     ("FV1r15rbNKkJanXLheoJA7fXEq6NDuMJ3bukXuhJWyV1", WSOL, "native SOL"),
@@ -132,6 +133,9 @@ async def _database(url: URL) -> AsyncIterator[Any]:
 async def _seed(db: Any, sim: Simulator) -> None:
     for (wallet, token), amount in ON_CHAIN.items():
         sim.chain.set_balance(wallet, token, amount)
+    # A token of the trader's no watchlist row names: its whole-wallet snapshot finds it.
+    sim.chain.set_layout(WHOLE_WALLET[0], PYUSD, program="spl-token-2022", decimals=6)
+    sim.chain.set_balance(WHOLE_WALLET[0], PYUSD, "420.5")
     sim.quiet_rooms.add(room_for(*COLD[:2]))
     await db.executemany("INSERT INTO watchlist (wallet, token, label) VALUES ($1, $2, $3)", SEED)
     say(
@@ -193,6 +197,7 @@ async def _watch_a_whole_wallet(db: Any, sim: Simulator, stop: asyncio.Event) ->
     room = room_for(wallet, None)
     token_rooms = [name for name in sim.joined_rooms() if name.startswith(f"wallet:{wallet}:")]
     started = time.monotonic()
+    inserted_at = await db.fetchval("SELECT clock_timestamp()")
     await db.execute("INSERT INTO watchlist (wallet, label) VALUES ($1, $2)", wallet, label)
     await sim.wait_for(lambda: sim.joined_rooms() & set(token_rooms) == set(), timeout=5.0)
     await sim.wait_for(lambda: room in sim.joined_rooms(), timeout=5.0)
@@ -201,6 +206,7 @@ async def _watch_a_whole_wallet(db: Any, sim: Simulator, stop: asyncio.Event) ->
         f" WALLET` does) -> its {len(token_rooms)} token rooms left and its wallet room joined"
         f" in {_ms_since(started)}"
     )
+    await _show_the_wallet_snapshot(db, wallet, inserted_at, stop)
     deadline = time.monotonic() + 15.0
     while not stop.is_set() and time.monotonic() < deadline:
         found = await db.fetchrow(_FIRST_UNLISTED_ROW, wallet)
@@ -213,10 +219,28 @@ async def _watch_a_whole_wallet(db: Any, sim: Simulator, stop: asyncio.Event) ->
         await asyncio.sleep(_FEED_POLL)
 
 
+async def _show_the_wallet_snapshot(db: Any, wallet: str, since: Any, stop: asyncio.Event) -> None:
+    deadline = time.monotonic() + 10.0
+    while not stop.is_set() and time.monotonic() < deadline:
+        rows = await db.fetch(_SNAPSHOT_OF_WALLET, wallet, since)
+        if any(row["token"] == PYUSD for row in rows):
+            read = ", ".join(f"{row['token'][:4]}.. {row['amount']}" for row in rows)
+            say(
+                f"its snapshot read every token from the chain (SPL Token, Token-2022 and native"
+                f" SOL): {read}"
+            )
+            return
+        await asyncio.sleep(_FEED_POLL)
+
+
+_SNAPSHOT_OF_WALLET = """
+SELECT token, amount FROM balance_history
+WHERE wallet = $1 AND source = 'snapshot' AND received_at >= $2 ORDER BY token
+"""
 _FIRST_UNLISTED_ROW = """
 SELECT h.id, h.token FROM balance_history h
-WHERE h.wallet = $1 AND NOT EXISTS (
-    SELECT 1 FROM watchlist w WHERE w.wallet = h.wallet AND w.token = h.token
+WHERE h.wallet = $1 AND h.source = 'stream' AND NOT EXISTS (
+    SELECT 1 FROM balance_history e WHERE e.wallet = h.wallet AND e.token = h.token AND e.id < h.id
 )
 ORDER BY h.id LIMIT 1
 """

@@ -118,6 +118,7 @@ async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> Non
     async with started(environment(None), "demo", "--rate", "50", deadline=40) as demo:
         await demo.wait_for(lambda: "added while running" in demo.text(), "a pair added")
         await demo.wait_for(lambda: "2 token rooms left" in demo.text(), "a whole wallet")
+        await demo.wait_for(lambda: "Token-2022 and native SOL): 2b1k" in demo.text(), "snapshot")
         await demo.wait_for(lambda: "never held" in demo.text(), "a token first received")
         await demo.wait_for(lambda: "a check found the drift" in demo.text(), "the drift found")
         await demo.wait_for(lambda: "check@" in demo.text(), "the check row printed")
