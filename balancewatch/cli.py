@@ -77,18 +77,31 @@ def _add_watch_commands(commands: Commands) -> None:
     actions = watch.add_subparsers(required=True, metavar="ACTION")
     ops = "balancewatch.ops.commands"
     add = _command(
-        actions, "add", f"{ops}:watch_add", help="watch a (wallet, token) pair, or re-enable it"
+        actions,
+        "add",
+        f"{ops}:watch_add",
+        help="watch a (wallet, token) pair, or every token of a wallet; or re-enable it",
     )
     add.add_argument("wallet")
-    add.add_argument("token")
+    add.add_argument("token", nargs="?", help="without it: every token of the wallet")
     add.add_argument("--label")
     remove = _command(
-        actions, "remove", f"{ops}:watch_remove", help="stop watching a pair (its history stays)"
+        actions,
+        "remove",
+        f"{ops}:watch_remove",
+        help="stop watching a pair, or a wallet's every token (its history stays)",
     )
     remove.add_argument("wallet")
-    remove.add_argument("token")
+    remove.add_argument(
+        "token",
+        nargs="?",
+        help="without it: the wallet's all-tokens row only (rows of single tokens stay)",
+    )
     _command(
-        actions, "list", f"{ops}:watch_list", help="every pair with the daemon's status for it"
+        actions,
+        "list",
+        f"{ops}:watch_list",
+        help="every pair and whole wallet with the daemon's status for it",
     )
     load = _command(
         actions,

@@ -76,9 +76,59 @@ async def test_watch_commands_edit_the_watchlist(database_url: URL, db: Any) -> 
     assert await db.fetchval("SELECT count(*) FROM watchlist") == 1
 
 
-async def test_watch_add_refuses_a_malformed_address(database_url: URL, db: Any) -> None:
+async def test_watch_add_without_a_token_watches_every_token_of_the_wallet(
+    database_url: URL, db: Any
+) -> None:
+    env = environment(database_url)
+    first = await balancewatch("watch", "add", WALLET, "--label", "treasury", env=env)
+    again = await balancewatch("watch", "add", WALLET, env=env)
+    assert (first.code, again.code) == (0, 0), first.stderr + again.stderr
+    assert first.stdout.strip() == f"added {WALLET} all tokens"
+    assert again.stdout.strip() == f"enabled {WALLET} all tokens"
+    rows = await db.fetch("SELECT token, label FROM watchlist")
+    assert [(row["token"], row["label"]) for row in rows] == [(None, "treasury")]
+
+
+async def test_watch_list_shows_a_whole_wallet_and_the_pairs_it_covers(
+    database_url: URL, db: Any
+) -> None:
+    env = environment(database_url)
+    await balancewatch("watch", "add", WALLET, TOKEN, env=env)
+    await balancewatch("watch", "add", WALLET, env=env)
+    await db.executemany(
+        "INSERT INTO subscription_status (wallet, token, state, since, updated_at) "
+        "VALUES ($1, $2, $3, now(), now())",
+        [(WALLET, TOKEN, "covered"), (WALLET, None, "joined")],
+    )
+    listed = await balancewatch("watch", "list", env=env)
+    assert listed.code == 0, listed.stderr
+    pair, whole = listed.stdout.splitlines()[1:]  # after the header
+    assert pair.split() == [WALLET, TOKEN, "yes", "covered", "(all", "tokens)"]
+    assert whole.split() == [WALLET, "all", "tokens", "yes", "joined"]
+
+
+async def test_watch_remove_without_a_token_removes_only_the_all_tokens_row(
+    database_url: URL, db: Any
+) -> None:
+    env = environment(database_url)
+    await balancewatch("watch", "add", WALLET, TOKEN, env=env)
+    await balancewatch("watch", "add", WALLET, env=env)
+    removed = await balancewatch("watch", "remove", WALLET, env=env)
+    missing = await balancewatch("watch", "remove", WALLET, env=env)
+    assert (removed.code, missing.code) == (0, 1)
+    assert removed.stdout.strip() == (
+        f"removed {WALLET} all tokens (its history and single-token rows stay)"
+    )
+    assert missing.stderr.strip() == f"not watched: {WALLET} all tokens"
+    assert await db.fetchval("SELECT array_agg(token) FROM watchlist") == [TOKEN]
+
+
+@pytest.mark.parametrize("token", [[TOKEN], []], ids=["pair", "whole wallet"])
+async def test_watch_add_refuses_a_malformed_address(
+    database_url: URL, db: Any, token: list[str]
+) -> None:
     finished = await balancewatch(
-        "watch", "add", "0xdeadbeef", TOKEN, env=environment(database_url)
+        "watch", "add", "0xdeadbeef", *token, env=environment(database_url)
     )
     assert finished.code == 2
     assert "WALLET" in finished.stderr
