@@ -107,7 +107,8 @@ def _add_watch_commands(commands: Commands) -> None:
         actions,
         "import",
         "balancewatch.ops.watchfile:import_command",
-        help="add or update pairs from a CSV file (wallet,token,enabled,label); all or nothing",
+        help="add or update pairs from a CSV file (wallet,token,enabled,label; an empty token: "
+        "every token of the wallet); all or nothing",
     )
     load.add_argument("file", type=Path, metavar="FILE.csv")
     dump = _command(
