@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from balancewatch.domain import Watch
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 
 # -- a history: the views and `balancewatch history` -----------------------------------------
@@ -35,8 +36,9 @@ async def insert_pair_history(db: Any) -> None:
 Span = tuple[datetime, datetime | None, str | None]  # started_at, ended_at, end_reason
 
 
-async def insert_periods(db: Any, pair: tuple[str, str], *spans: Span) -> None:
-    """Listening periods of `pair`, kept by one daemon that confirmed them just now."""
+async def insert_periods(db: Any, watch: Watch, *spans: Span) -> None:
+    """Listening periods of `watch` (a pair, or a wallet's room: token None), kept by one
+    daemon that confirmed them just now."""
     holder = "test-host/1/abcd"
     await db.execute(
         "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ($1, $2, now()) "
@@ -47,7 +49,7 @@ async def insert_periods(db: Any, pair: tuple[str, str], *spans: Span) -> None:
     await db.executemany(
         "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
         "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6)",
-        [(*pair, start, end, reason, holder) for start, end, reason in spans],
+        [(*watch, start, end, reason, holder) for start, end, reason in spans],
     )
 
 
