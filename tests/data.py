@@ -69,33 +69,39 @@ async def history_rows(db: Any, ages: list[timedelta]) -> None:
     )
 
 
+async def insert_watches(db: Any, rows: list[tuple[str, str | None, bool]]) -> None:
+    """Watchlist rows (wallet, token or None for all tokens, enabled)."""
+    await db.executemany("INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)", rows)
+
+
+async def insert_statuses(db: Any, rows: list[tuple[str, str | None, str, str | None]]) -> None:
+    """What the daemon said of each watch, since now: (wallet, token, state, last_error)."""
+    await db.executemany(
+        "INSERT INTO subscription_status (wallet, token, state, since, last_error, updated_at)"
+        " VALUES ($1, $2, $3, now(), $4, now())",
+        rows,
+    )
+
+
 async def seed(db: Any) -> None:
-    for wallet, token, enabled in [
-        (WALLET, TOKEN, True),
-        (WALLET2, SOL, True),
-        (WALLET3, SOL, True),
-        (WALLET3, TOKEN, True),
-        (WALLET2, TOKEN, False),
-    ]:
-        await db.execute(
-            "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
-            wallet,
-            token,
-            enabled,
-        )
-    for wallet, token, state, error in [
-        (WALLET, TOKEN, "joined", None),
-        (WALLET2, SOL, "error", "server said: no such room"),
-        (WALLET3, SOL, "joining", "no ack after 30 s (attempt 3)"),
-    ]:
-        await db.execute(
-            "INSERT INTO subscription_status (wallet, token, state, since, last_error, updated_at)"
-            " VALUES ($1, $2, $3, now(), $4, now())",
-            wallet,
-            token,
-            state,
-            error,
-        )
+    await insert_watches(
+        db,
+        [
+            (WALLET, TOKEN, True),
+            (WALLET2, SOL, True),
+            (WALLET3, SOL, True),
+            (WALLET3, TOKEN, True),
+            (WALLET2, TOKEN, False),
+        ],
+    )
+    await insert_statuses(
+        db,
+        [
+            (WALLET, TOKEN, "joined", None),
+            (WALLET2, SOL, "error", "server said: no such room"),
+            (WALLET3, SOL, "joining", "no ack after 30 s (attempt 3)"),
+        ],
+    )
     await history_rows(
         db,
         [timedelta(seconds=s) for s in (5, 20, 50)]

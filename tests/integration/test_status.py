@@ -16,7 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
 from balancewatch.store import reports
-from tests.data import WALLET3, history_rows, insert_periods, seed
+from tests.data import (
+    WALLET3,
+    history_rows,
+    insert_periods,
+    insert_statuses,
+    insert_watches,
+    seed,
+)
 from tests.helpers import (
     SOL,
     TOKEN,
@@ -124,10 +131,7 @@ async def test_status_counts_pairs_listened_to_and_the_gaps_of_the_last_day(
     engine: AsyncEngine, db: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = await db.fetchval("SELECT now()")
-    await db.executemany(
-        "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
-        [(WALLET, TOKEN, True), (WALLET2, SOL, True), (WALLET3, SOL, False)],
-    )
+    await insert_watches(db, [(WALLET, TOKEN, True), (WALLET2, SOL, True), (WALLET3, SOL, False)])
     await insert_periods(
         db,
         (WALLET, TOKEN),
@@ -153,8 +157,8 @@ async def test_status_counts_whole_wallets_apart_and_their_pairs_as_listened_thr
     engine: AsyncEngine, db: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = await db.fetchval("SELECT now()")
-    await db.executemany(
-        "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
+    await insert_watches(
+        db,
         [
             (WALLET, TOKEN, True),
             (WALLET, SOL, True),
@@ -164,9 +168,8 @@ async def test_status_counts_whole_wallets_apart_and_their_pairs_as_listened_thr
             (WALLET3, None, True),
         ],
     )
-    await db.executemany(
-        "INSERT INTO subscription_status (wallet, token, state, since, last_error, updated_at) "
-        "VALUES ($1, $2, $3, now(), $4, now())",
+    await insert_statuses(
+        db,
         [
             (WALLET, TOKEN, "covered", None),
             (WALLET, SOL, "covered", None),

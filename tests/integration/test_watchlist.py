@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.store import watchlist
 from balancewatch.store.watchlist import ImportRow
+from tests.data import insert_statuses
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, watch
 
 
@@ -62,11 +63,7 @@ async def test_entries_give_a_whole_wallet_and_its_covered_pair_their_own_status
 ) -> None:
     await watch(db, WALLET, TOKEN)
     await watchlist.add(engine, WALLET, None, None)
-    await db.executemany(
-        "INSERT INTO subscription_status (wallet, token, state, since, updated_at) "
-        "VALUES ($1, $2, $3, now(), now())",
-        [(WALLET, TOKEN, "covered"), (WALLET, None, "joined")],
-    )
+    await insert_statuses(db, [(WALLET, TOKEN, "covered", None), (WALLET, None, "joined", None)])
     found = [(e.wallet, e.token, e.state) for e in await watchlist.entries(engine)]
     assert found == [(WALLET, TOKEN, "covered"), (WALLET, None, "joined")]
 

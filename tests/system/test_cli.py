@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from balancewatch.devtools.simulator import Simulator
+from tests.data import insert_statuses
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, room
 from tests.processes import balancewatch, environment, started
 
@@ -89,17 +90,20 @@ async def test_watch_add_without_a_token_watches_every_token_of_the_wallet(
     assert [(row["token"], row["label"]) for row in rows] == [(None, "treasury")]
 
 
+async def watch_a_pair_and_its_whole_wallet(database_url: URL) -> dict[str, str]:
+    """`watch add WALLET TOKEN` then `watch add WALLET`; the environment they ran in."""
+    env = environment(database_url)
+    for token in ([TOKEN], []):
+        added = await balancewatch("watch", "add", WALLET, *token, env=env)
+        assert added.code == 0, added.stderr
+    return env
+
+
 async def test_watch_list_shows_a_whole_wallet_and_the_pairs_it_covers(
     database_url: URL, db: Any
 ) -> None:
-    env = environment(database_url)
-    await balancewatch("watch", "add", WALLET, TOKEN, env=env)
-    await balancewatch("watch", "add", WALLET, env=env)
-    await db.executemany(
-        "INSERT INTO subscription_status (wallet, token, state, since, updated_at) "
-        "VALUES ($1, $2, $3, now(), now())",
-        [(WALLET, TOKEN, "covered"), (WALLET, None, "joined")],
-    )
+    env = await watch_a_pair_and_its_whole_wallet(database_url)
+    await insert_statuses(db, [(WALLET, TOKEN, "covered", None), (WALLET, None, "joined", None)])
     listed = await balancewatch("watch", "list", env=env)
     assert listed.code == 0, listed.stderr
     pair, whole = listed.stdout.splitlines()[1:]  # after the header
@@ -110,9 +114,7 @@ async def test_watch_list_shows_a_whole_wallet_and_the_pairs_it_covers(
 async def test_watch_remove_without_a_token_removes_only_the_all_tokens_row(
     database_url: URL, db: Any
 ) -> None:
-    env = environment(database_url)
-    await balancewatch("watch", "add", WALLET, TOKEN, env=env)
-    await balancewatch("watch", "add", WALLET, env=env)
+    env = await watch_a_pair_and_its_whole_wallet(database_url)
     removed = await balancewatch("watch", "remove", WALLET, env=env)
     missing = await balancewatch("watch", "remove", WALLET, env=env)
     assert (removed.code, missing.code) == (0, 1)
