@@ -77,24 +77,39 @@ def _add_watch_commands(commands: Commands) -> None:
     actions = watch.add_subparsers(required=True, metavar="ACTION")
     ops = "balancewatch.ops.commands"
     add = _command(
-        actions, "add", f"{ops}:watch_add", help="watch a (wallet, token) pair, or re-enable it"
+        actions,
+        "add",
+        f"{ops}:watch_add",
+        help="watch a (wallet, token) pair, or every token of a wallet; or re-enable it",
     )
-    add.add_argument("wallet")
-    add.add_argument("token")
+    add.add_argument("wallet", metavar="WALLET")
+    add.add_argument("token", metavar="TOKEN", nargs="?", help="without it: every token")
     add.add_argument("--label")
     remove = _command(
-        actions, "remove", f"{ops}:watch_remove", help="stop watching a pair (its history stays)"
+        actions,
+        "remove",
+        f"{ops}:watch_remove",
+        help="stop watching a pair, or a wallet's every token (its history stays)",
     )
-    remove.add_argument("wallet")
-    remove.add_argument("token")
+    remove.add_argument("wallet", metavar="WALLET")
+    remove.add_argument(
+        "token",
+        metavar="TOKEN",
+        nargs="?",
+        help="without it: the wallet's all-tokens row only (rows of single tokens stay)",
+    )
     _command(
-        actions, "list", f"{ops}:watch_list", help="every pair with the daemon's status for it"
+        actions,
+        "list",
+        f"{ops}:watch_list",
+        help="every pair and whole wallet with the daemon's status for it",
     )
     load = _command(
         actions,
         "import",
         "balancewatch.ops.watchfile:import_command",
-        help="add or update pairs from a CSV file (wallet,token,enabled,label); all or nothing",
+        help="add or update pairs from a CSV file (wallet,token,enabled,label; an empty token: "
+        "every token of the wallet); all or nothing",
     )
     load.add_argument("file", type=Path, metavar="FILE.csv")
     dump = _command(
@@ -111,12 +126,21 @@ def _add_history_command(commands: Commands) -> None:
         commands,
         "history",
         "balancewatch.ops.history:command",
-        help="print one pair's balance history, newest first, with a chart",
-        description="Print one pair's balance history, newest first. Times: ISO 8601 "
-        "(naive means UTC) or a span back from now: 90s, 15m, 1h, 2d, 1w.",
+        help="print one pair's balance history, or every token's of a wallet, newest first",
+        description="Print one pair's balance history, newest first, with a chart, and the "
+        "gaps: when neither its room nor its wallet's all-tokens room was listened to. Without "
+        "TOKEN: every token of the wallet, with a TOKEN column and no chart; its gaps are when "
+        "no room of the wallet was listened to, neither the all-tokens room nor any token's "
+        "(give the TOKEN for one token's gaps). Times: ISO 8601 (naive means UTC) or a span "
+        "back from now: 90s, 15m, 1h, 2d, 1w.",
     )
-    history.add_argument("wallet", help="the wallet's address (base58)")
-    history.add_argument("token", help="the token's mint address (base58)")
+    history.add_argument("wallet", metavar="WALLET", help="the wallet's address (base58)")
+    history.add_argument(
+        "token",
+        metavar="TOKEN",
+        nargs="?",
+        help="the token's mint address (base58); without it, every token of the wallet",
+    )
     history.add_argument("--since", help="from this time on (inclusive)")
     history.add_argument("--until", help="up to this time (inclusive)")
     history.add_argument(
@@ -126,7 +150,9 @@ def _add_history_command(commands: Commands) -> None:
         help=f"at most this many of the newest rows (default {HISTORY_LIMIT}; 0: all)",
     )
     history.add_argument("--format", choices=HISTORY_FORMATS, default="table")
-    history.add_argument("--plot", type=Path, metavar="FILE.png", help="also write the chart")
+    history.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="also write the chart (needs a TOKEN)"
+    )
 
 
 def _add_status_commands(commands: Commands) -> None:

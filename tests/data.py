@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from balancewatch.domain import Watch
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 
 # -- a history: the views and `balancewatch history` -----------------------------------------
@@ -35,9 +36,9 @@ async def insert_pair_history(db: Any) -> None:
 Span = tuple[datetime, datetime | None, str | None]  # started_at, ended_at, end_reason
 
 
-async def insert_periods(db: Any, pair: tuple[str, str | None], *spans: Span) -> None:
-    """Listening periods of `pair` (of its whole wallet, token None), kept by one daemon that
-    confirmed them just now."""
+async def insert_periods(db: Any, watch: Watch, *spans: Span) -> None:
+    """Listening periods of `watch` (a pair, or a wallet's room: token None), kept by one
+    daemon that confirmed them just now."""
     holder = "test-host/1/abcd"
     await db.execute(
         "INSERT INTO coverage_holders (holder, started_at, confirmed_at) VALUES ($1, $2, now()) "
@@ -48,7 +49,7 @@ async def insert_periods(db: Any, pair: tuple[str, str | None], *spans: Span) ->
     await db.executemany(
         "INSERT INTO coverage (id, wallet, token, started_at, ended_at, end_reason, holder) "
         "VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, $6)",
-        [(*pair, start, end, reason, holder) for start, end, reason in spans],
+        [(*watch, start, end, reason, holder) for start, end, reason in spans],
     )
 
 
@@ -68,33 +69,39 @@ async def history_rows(db: Any, ages: list[timedelta]) -> None:
     )
 
 
+async def insert_watches(db: Any, rows: list[tuple[str, str | None, bool]]) -> None:
+    """Watchlist rows (wallet, token or None for all tokens, enabled)."""
+    await db.executemany("INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)", rows)
+
+
+async def insert_statuses(db: Any, rows: list[tuple[str, str | None, str, str | None]]) -> None:
+    """What the daemon said of each watch, since now: (wallet, token, state, last_error)."""
+    await db.executemany(
+        "INSERT INTO subscription_status (wallet, token, state, since, last_error, updated_at)"
+        " VALUES ($1, $2, $3, now(), $4, now())",
+        rows,
+    )
+
+
 async def seed(db: Any) -> None:
-    for wallet, token, enabled in [
-        (WALLET, TOKEN, True),
-        (WALLET2, SOL, True),
-        (WALLET3, SOL, True),
-        (WALLET3, TOKEN, True),
-        (WALLET2, TOKEN, False),
-    ]:
-        await db.execute(
-            "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
-            wallet,
-            token,
-            enabled,
-        )
-    for wallet, token, state, error in [
-        (WALLET, TOKEN, "joined", None),
-        (WALLET2, SOL, "error", "server said: no such room"),
-        (WALLET3, SOL, "joining", "no ack after 30 s (attempt 3)"),
-    ]:
-        await db.execute(
-            "INSERT INTO subscription_status (wallet, token, state, since, last_error, updated_at)"
-            " VALUES ($1, $2, $3, now(), $4, now())",
-            wallet,
-            token,
-            state,
-            error,
-        )
+    await insert_watches(
+        db,
+        [
+            (WALLET, TOKEN, True),
+            (WALLET2, SOL, True),
+            (WALLET3, SOL, True),
+            (WALLET3, TOKEN, True),
+            (WALLET2, TOKEN, False),
+        ],
+    )
+    await insert_statuses(
+        db,
+        [
+            (WALLET, TOKEN, "joined", None),
+            (WALLET2, SOL, "error", "server said: no such room"),
+            (WALLET3, SOL, "joining", "no ack after 30 s (attempt 3)"),
+        ],
+    )
     await history_rows(
         db,
         [timedelta(seconds=s) for s in (5, 20, 50)]

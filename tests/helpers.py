@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 from alembic import command
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -178,3 +179,19 @@ async def count_is(url: URL, expected: int) -> bool:
     with contextlib.suppress(OSError, asyncpg.PostgresError):
         return bool(await scalar(url, "SELECT count(*) FROM balance_history") == expected)
     return False
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(text: str) -> Samples:
+    """Every sample of a Prometheus text page, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]

@@ -1,4 +1,5 @@
-"""What the daemon tells about itself: the state of every pair, and the Prometheus metrics.
+"""What the daemon tells about itself: the state of every pair and whole wallet, and the
+Prometheus metrics.
 
 Nothing here runs per message. The counters the pieces keep anyway (`Ingest.messages`,
 `Writer.rows_written`, `DatastreamClient.connections`...) are read by a collector when
@@ -12,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Protocol, TypeVar
+from typing import Final, Literal, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +36,14 @@ from balancewatch.progress import Progress
 
 Label = TypeVar("Label", bound=str)
 
+# What a watch is: one token of a wallet, or every token of it (token None). Counted apart.
+WatchKind = Literal["pair", "wallet"]
+
+
+def kind_of(watch: Watch) -> WatchKind:
+    return "pair" if watch[1] is not None else "wallet"
+
+
 _BATCH_ROWS_BUCKETS: Final = (1, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 50_000)
 _WRITE_SECONDS_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -48,14 +57,15 @@ class StatusSink(Protocol):
 
 
 class PairStates:
-    """The last state of every pair, kept as the subscriptions record it (each change is passed
-    on to the writer, which stores it in subscription_status). One dict update per state
-    change, never per message. Logs the progress of a large join."""
+    """The last state of every watch (pair or whole wallet), kept as the subscriptions record
+    it (each change is passed on to the writer, which stores it in subscription_status), and
+    how many of each kind are in each state. One dict update per state change, never per
+    message. Logs the progress of a large join."""
 
     def __init__(self, sink: StatusSink) -> None:
         self._sink = sink
         self.states: dict[Watch, PairState] = {}
-        self.counts: Counter[PairState] = Counter()
+        self.counts: Counter[tuple[WatchKind, PairState]] = Counter()
         self._joins = Progress("subscriptions.join_progress")
 
     def set_status(
@@ -65,19 +75,24 @@ class PairStates:
         for pair in pairs:
             previous = self.states.get(pair)
             if previous != state:
+                kind = kind_of(pair)
                 if previous is not None:
-                    self.counts[previous] -= 1
-                self.counts[state] += 1
+                    self.counts[kind, previous] -= 1
+                self.counts[kind, state] += 1
                 self.states[pair] = state
         self._join_progress()
 
+    def _in(self, state: PairState) -> int:
+        """Watches of either kind in `state`: a wallet's room is joined as a pair's is."""
+        return self.counts["pair", state] + self.counts["wallet", state]
+
     def _join_progress(self) -> None:
-        joining = self.counts["joining"]
+        joining = self._in("joining")
         if not self._joins.active:
             if joining:
                 self._joins.start()
             return
-        settled = self.counts["joined"] + self.counts["error"]
+        settled = self._in("joined") + self._in("error")
         if joining:
             self._joins.update(joined=settled, of=settled + joining)
         else:
@@ -121,7 +136,7 @@ class Snapshot:
     bookkeeping_failures: Mapping[Table, int]
     bookkeeping_pending: Mapping[Table, int]
     pairs_listening: int
-    pair_counts: Mapping[PairState, int]
+    pair_counts: Mapping[tuple[WatchKind, PairState], int]  # pairs and whole wallets by state
     connected: bool
     connections: int
     pending_in_memory: int
@@ -191,12 +206,13 @@ class DaemonCollector(Collector):
             "Subscription states or rejected frames waiting to be written.",
             c.bookkeeping_pending,
         )
-        pairs = GaugeMetricFamily(
-            "balancewatch_pairs", "Watchlist pairs by subscription state.", labels=["state"]
+        yield _states("pairs", "Watchlist pairs by subscription state.", "pair", c.pair_counts)
+        yield _states(
+            "wallets",
+            "Whole wallets (all-tokens watchlist rows) by subscription state.",
+            "wallet",
+            c.pair_counts,
         )
-        for state in PAIR_STATES:
-            pairs.add_metric([state], c.pair_counts.get(state, 0))
-        yield pairs
         yield _gauge(
             "pairs_listening",
             "Pairs in a listening period now (their join acknowledged on the open connection).",
@@ -295,6 +311,19 @@ def _chain_metrics(chain: ChainCounts) -> Iterable[Metric]:
         "reason",
         chain.refused,
     )
+
+
+def _states(
+    name: str,
+    documentation: str,
+    kind: WatchKind,
+    counts: Mapping[tuple[WatchKind, PairState], int],
+) -> Metric:
+    """Every state, 0 included, so that a dashboard's series never vanish."""
+    metric = GaugeMetricFamily(f"balancewatch_{name}", documentation, labels=["state"])
+    for state in PAIR_STATES:
+        metric.add_metric([state], counts.get((kind, state), 0))
+    return metric
 
 
 def _labelled(

@@ -49,6 +49,21 @@ def migrate(_: argparse.Namespace) -> int:
     return with_engine(upgrade)
 
 
+ALL_TOKENS = "all tokens"
+
+
+def shown_token(token: str | None) -> str:
+    """A watch's token as people read it: the mint, or "all tokens" for a whole wallet."""
+    return ALL_TOKENS if token is None else token
+
+
+def shown_state(state: str | None) -> str:
+    """`covered`: listened to through the wallet's all-tokens row, not through its own room."""
+    if state == "covered":
+        return f"covered ({ALL_TOKENS})"
+    return state or "-"
+
+
 def watch_add(args: argparse.Namespace) -> int:
     problems = address_problems(WALLET=args.wallet, TOKEN=args.token)
     if problems:
@@ -56,19 +71,26 @@ def watch_add(args: argparse.Namespace) -> int:
 
     async def add(engine: AsyncEngine) -> int:
         created = await watchlist.add(engine, args.wallet, args.token, args.label)
-        print(f"{'added' if created else 'enabled'} {args.wallet} {args.token}")
+        print(f"{'added' if created else 'enabled'} {args.wallet} {shown_token(args.token)}")
         return EXIT_OK
 
     return with_engine(add)
 
 
 def watch_remove(args: argparse.Namespace) -> int:
+    watched = f"{args.wallet} {shown_token(args.token)}"
+
     async def remove(engine: AsyncEngine) -> int:
-        removed = await watchlist.remove(engine, args.wallet, args.token)
-        if not removed:
-            print(f"not watched: {args.wallet} {args.token}", file=sys.stderr)
+        if not await watchlist.remove(engine, args.wallet, args.token):
+            print(f"not watched: {watched}", file=sys.stderr)
             return EXIT_FAILURE
-        print(f"removed {args.wallet} {args.token} (its history is kept)")
+        # Say what stays: a user may expect the whole wallet to go.
+        kept = (
+            "its history is kept"
+            if args.token is not None
+            else "its history and single-token rows stay"
+        )
+        print(f"removed {watched} ({kept})")
         return EXIT_OK
 
     return with_engine(remove)
@@ -77,12 +99,12 @@ def watch_remove(args: argparse.Namespace) -> int:
 def watch_list(_: argparse.Namespace) -> int:
     async def show(engine: AsyncEngine) -> int:
         rows = await watchlist.entries(engine)
-        print(f"{'WALLET':44}  {'TOKEN':44}  {'ENABLED':7}  {'STATE':8}  LABEL")
+        print(f"{'WALLET':44}  {'TOKEN':44}  {'ENABLED':7}  {'STATE':20}  LABEL")
         for row in rows:
-            state = row.state or "-"
             print(
-                f"{row.wallet:44}  {row.token:44}  {'yes' if row.enabled else 'no':7}  "
-                f"{state:8}  {row.label or ''}"
+                f"{row.wallet:44}  {shown_token(row.token):44}  "
+                f"{'yes' if row.enabled else 'no':7}  {shown_state(row.state):20}  "
+                f"{row.label or ''}"
             )
         return EXIT_OK
 

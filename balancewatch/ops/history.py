@@ -1,5 +1,6 @@
 """`balancewatch history`: one pair's balances as a table (with a terminal chart), CSV or JSON,
-and optionally the same chart as a PNG.
+and optionally the same chart as a PNG; or every token's of a wallet, with a token column and
+no chart (a chart is of one token).
 
 Amounts are read as Postgres' own text of the `numeric` (`amount::text`) and printed as that:
 no float touches a printed amount. Only the chart's geometry uses floats.
@@ -59,7 +60,7 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def check_pair(wallet: str, token: str) -> None:
+def check_pair(wallet: str, token: str | None) -> None:
     problems = address_problems(WALLET=wallet, TOKEN=token)
     if problems:
         raise UsageError("; ".join(problems))
@@ -81,13 +82,20 @@ def _until(gap: Gap) -> str:
     return "now" if gap.end is None else iso_utc(gap.end)
 
 
-def render_table(rows: Sequence[Row], gaps: Sequence[Gap] = ()) -> str:
+def render_table(rows: Sequence[Row], gaps: Sequence[Gap] = (), *, tokens: bool = False) -> str:
+    """With `tokens`, a TOKEN column (the rows of a whole wallet)."""
     width = max([len("AMOUNT"), *(len(row.amount) for row in rows)])
-    lines = [f"{'RECEIVED_AT (UTC)':27}  {'AMOUNT':>{width}}  SOURCE"]
+    token_width = max([len("TOKEN"), *(len(row.token) for row in rows)])
+
+    def token(text: str) -> str:
+        return f"{text:{token_width}}  " if tokens else ""
+
+    lines = [f"{'RECEIVED_AT (UTC)':27}  {token('TOKEN')}{'AMOUNT':>{width}}  SOURCE"]
     for entry in merged(rows, gaps):
         if isinstance(entry, Row):
             lines.append(
-                f"{iso_utc(entry.received_at):27}  {entry.amount:>{width}}  {entry.source}"
+                f"{iso_utc(entry.received_at):27}  {token(entry.token)}"
+                f"{entry.amount:>{width}}  {entry.source}"
             )
         else:
             lines.append(
@@ -100,32 +108,51 @@ def render_table(rows: Sequence[Row], gaps: Sequence[Gap] = ()) -> str:
 CSV_COLUMNS: Final = ("kind", "received_at", "amount", "source", "slot", "until", "end_reason")
 
 
-def render_csv(rows: Sequence[Row], gaps: Sequence[Gap] = ()) -> str:
-    """One line per row (kind `balance`) and per gap (kind `gap`: from received_at to until)."""
+def render_csv(rows: Sequence[Row], gaps: Sequence[Gap] = (), *, tokens: bool = False) -> str:
+    """One line per row (kind `balance`) and per gap (kind `gap`: from received_at to until);
+    with `tokens`, a `token` column after `received_at` (empty on a gap: the wallet's)."""
+    columns = list(CSV_COLUMNS)
+    if tokens:
+        columns.insert(2, "token")
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
     for entry in merged(rows, gaps):
         if isinstance(entry, Row):
-            slot = "" if entry.slot is None else entry.slot
             writer.writerow(
-                ["balance", iso_utc(entry.received_at), entry.amount, entry.source, slot, "", ""]
+                {
+                    "kind": "balance",
+                    "received_at": iso_utc(entry.received_at),
+                    "token": entry.token,
+                    "amount": entry.amount,
+                    "source": entry.source,
+                    "slot": "" if entry.slot is None else entry.slot,
+                }
             )
         else:
             until = "" if entry.end is None else iso_utc(entry.end)
-            writer.writerow(["gap", iso_utc(entry.start), "", "", "", until, entry.reason])
+            writer.writerow(
+                {
+                    "kind": "gap",
+                    "received_at": iso_utc(entry.start),
+                    "until": until,
+                    "end_reason": entry.reason,
+                }
+            )
     return out.getvalue()
 
 
-def render_json(rows: Sequence[Row], gaps: Sequence[Gap] = ()) -> str:
+def render_json(rows: Sequence[Row], gaps: Sequence[Gap] = (), *, tokens: bool = False) -> str:
     """A JSON array of balances and gaps, newest first; amounts are strings so that no reader
-    turns them into floats."""
+    turns them into floats. With `tokens`, each balance names its token."""
     items: list[dict[str, object]] = []
     for entry in merged(rows, gaps):
         if isinstance(entry, Row):
+            token = {"token": entry.token} if tokens else {}
             items.append(
                 {
                     "kind": "balance",
+                    **token,
                     "received_at": iso_utc(entry.received_at),
                     "amount": entry.amount,
                     "source": entry.source,
@@ -272,6 +299,8 @@ class _Window:
 def _window(args: argparse.Namespace) -> _Window:
     """Check every argument before touching the database; UsageError names the bad one."""
     check_pair(args.wallet, args.token)
+    if args.plot and args.token is None:
+        raise UsageError("--plot draws one token's chart: give the TOKEN after the WALLET")
     now = datetime.now(UTC)
     since = parse_time(args.since, now) if args.since else None
     until = parse_time(args.until, now) if args.until else None
@@ -324,14 +353,18 @@ def command(args: argparse.Namespace) -> int:
 
 
 def _print(rows: Sequence[Row], missed: Sequence[Gap], args: argparse.Namespace) -> None:
+    """A whole wallet's rows (no token given) name their token, and have no chart: a chart
+    is of one token."""
+    tokens = args.token is None
     if args.format == "csv":
-        sys.stdout.write(render_csv(rows, missed))
+        sys.stdout.write(render_csv(rows, missed, tokens=tokens))
     elif args.format == "json":
-        sys.stdout.write(render_json(rows, missed))
+        sys.stdout.write(render_json(rows, missed, tokens=tokens))
     elif not rows:
-        print(f"no balances for {args.wallet} {args.token} in that window", file=sys.stderr)
+        of = f"any token of {args.wallet}" if tokens else f"{args.wallet} {args.token}"
+        print(f"no balances for {of} in that window", file=sys.stderr)
     else:
-        sys.stdout.write(render_table(rows, missed))
-        chart = render_chart(rows, missed)
+        sys.stdout.write(render_table(rows, missed, tokens=tokens))
+        chart = "" if tokens else render_chart(rows, missed)
         if chart:
             sys.stdout.write("\n" + chart)

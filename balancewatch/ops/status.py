@@ -1,8 +1,8 @@
 """`balancewatch status`: one screen that answers "is it working?", and `balancewatch healthcheck`.
 
-`status` reads the database (pairs by state, pairs with problems, rows in the last minute and
-hour, the newest row's age, listening coverage, snapshots and checks of the chain, rejected
-frames and RPC answers by reason) and, when it answers, the daemon's HTTP
+`status` reads the database (pairs and whole wallets by state, those with problems, rows in the
+last minute and hour, the newest row's age, listening coverage, snapshots and checks of the
+chain, rejected frames and RPC answers by reason) and, when it answers, the daemon's HTTP
 endpoint (`/readyz` and `/metrics`: connected, pending rows, reconnects).
 
 The queries are in store/reports.py, each cheap on a large history.
@@ -30,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.errors import EXIT_FAILURE, EXIT_OK
-from balancewatch.ops.commands import with_engine
-from balancewatch.store.reports import Report, gather
+from balancewatch.ops.commands import shown_state, shown_token, with_engine
+from balancewatch.store.reports import Report, Watches, gather
 
 EXIT_NOT_READY: Final = EXIT_FAILURE
 HTTP_TIMEOUT: Final = 3.0
@@ -108,10 +108,7 @@ def render(report: Report, daemon: DaemonView | None) -> str:
     lines = [f"balancewatch status at {report.now:%Y-%m-%d %H:%M:%S %Z}", ""]
     if daemon is not None:
         lines += _daemon_lines(daemon)
-    enabled = sum(report.pairs.values())
-    by_state = ", ".join(f"{n} {state}" for state, n in sorted(report.pairs.items()))
-    by_state = f": {by_state}" if by_state else ""
-    lines.append(f"pairs    {enabled} enabled{by_state}; {report.disabled} disabled")
+    lines += _watches_lines(report)
     newest = "no rows yet" if report.newest_age is None else f"newest {_age(report.newest_age)} ago"
     lines.append(
         f"rows     {report.rows_last_minute:,} in the last minute, "
@@ -123,14 +120,17 @@ def render(report: Report, daemon: DaemonView | None) -> str:
         if report.gapped
         else "no gap in the last 24 h"
     )
-    lines.append(f"coverage {report.listening} pairs being listened to; {gaps}")
+    listening = f"{report.pairs.listening} pairs"
+    if _any(report.wallets):
+        listening += f", {_wallets(report.wallets.listening)}"
+    lines.append(f"coverage {listening} being listened to; {gaps}")
     lines += _replica_lines(report)
     lines += _chain_lines(report)
     if report.problems:
         lines += ["", "pairs with problems"]
         for problem in report.problems:
             since = "" if problem.since is None else f"since {problem.since:%Y-%m-%d %H:%M:%S}  "
-            pair = f"{problem.wallet} {problem.token}"
+            pair = f"{problem.wallet} {shown_token(problem.token)}"
             lines.append(f"  {problem.state:8} {pair}  {since}{problem.error or ''}")
         if report.more_problems:
             lines.append(f"  ... and {report.more_problems} more")
@@ -138,6 +138,30 @@ def render(report: Report, daemon: DaemonView | None) -> str:
     if report.rpc_failures:
         lines += _by_reason("RPC answers refused, last 24 h", report.rpc_failures)
     return "\n".join(lines)
+
+
+def _watches_lines(report: Report) -> list[str]:
+    """Pairs by state; whole wallets apart, when the watchlist has any."""
+    lines = [f"pairs    {_by_state(report.pairs)}"]
+    if _any(report.wallets):
+        lines.append(f"wallets  {_by_state(report.wallets)} (each for all its tokens)")
+    return lines
+
+
+def _by_state(watches: Watches) -> str:
+    enabled = sum(watches.states.values())
+    states = sorted(watches.states.items())
+    by_state = ", ".join(f"{n} {shown_state(state)}" for state, n in states)
+    by_state = f": {by_state}" if by_state else ""
+    return f"{enabled} enabled{by_state}; {watches.disabled} disabled"
+
+
+def _any(watches: Watches) -> bool:
+    return bool(watches.states or watches.disabled)
+
+
+def _wallets(count: int) -> str:
+    return f"{count} whole wallet{'' if count == 1 else 's'}"
 
 
 def _replica_lines(report: Report) -> list[str]:

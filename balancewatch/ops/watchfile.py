@@ -1,9 +1,10 @@
 """`balancewatch watch import/export`: the watchlist as a CSV file.
 
 The format is a header naming the columns, `wallet,token,enabled,label` (`enabled` and `label`
-may be left out, in any order after a header that names them), then one pair per line. Parsing
-is pure and checks the whole file before anything is written: a file with any bad line changes
-nothing, and every bad line is reported with its number and why.
+may be left out, in any order after a header that names them), then one pair per line, or one
+whole wallet (an empty token: every token of the wallet). Parsing is pure and checks the whole
+file before anything is written: a file with any bad line changes nothing, and every bad line is
+reported with its number and why.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.domain import address_problems
+from balancewatch.domain import Watch, address_problems
 from balancewatch.errors import EXIT_OK, EXIT_USAGE
 from balancewatch.ops.commands import with_engine
 from balancewatch.store import watchlist
@@ -55,7 +56,7 @@ def parse(text: str) -> ParseResult:
     columns = _columns(header, result.errors)
     if columns is None:
         return result
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[Watch, int] = {}
     line = reader.line_num + 1
     try:
         for record in reader:
@@ -86,7 +87,7 @@ def _row(
     record: list[str],
     line: int,
     columns: list[str],
-    seen: dict[tuple[str, str], int],
+    seen: dict[Watch, int],
     result: ParseResult,
 ) -> None:
     if len(record) != len(columns):
@@ -95,22 +96,22 @@ def _row(
         )
         return
     cells = {name: value.strip() for name, value in zip(columns, record, strict=True)}
-    reasons = address_problems(wallet=cells["wallet"], token=cells["token"])
+    watch = (cells["wallet"], cells["token"] or None)  # an empty token: the whole wallet
+    reasons = address_problems(wallet=watch[0], token=watch[1])
     enabled = _enabled(cells.get("enabled", ""))
     if enabled is None:
         reasons.append(f"enabled {cells['enabled']!r} is not true/false (or yes/no, 1/0)")
-    pair = (cells["wallet"], cells["token"])
-    if not reasons and pair in seen:
-        reasons.append(f"duplicate of line {seen[pair]}")
+    if not reasons and watch in seen:
+        reasons.append(f"duplicate of line {seen[watch]}")
     if reasons:
         result.errors.append(LineError(line, "; ".join(reasons)))
         return
-    seen[pair] = line
+    seen[watch] = line
     has_label = "label" in cells
     result.rows.append(
         ImportRow(
-            wallet=pair[0],
-            token=pair[1],
+            wallet=watch[0],
+            token=watch[1],
             enabled=enabled if "enabled" in cells else None,
             label=cells["label"] or None if has_label else None,
             has_label=has_label,
@@ -135,7 +136,12 @@ def render(entries: Sequence[WatchEntry]) -> str:
     writer.writerow(COLUMNS)
     for entry in entries:
         writer.writerow(
-            [entry.wallet, entry.token, "true" if entry.enabled else "false", entry.label or ""]
+            [
+                entry.wallet,
+                entry.token or "",
+                "true" if entry.enabled else "false",
+                entry.label or "",
+            ]
         )
     return out.getvalue()
 
@@ -189,5 +195,5 @@ def export_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"balancewatch: cannot write {path}: {exc}", file=sys.stderr)
         return 1
-    print(f"exported {len(entries)} pairs to {path}", file=sys.stderr)
+    print(f"exported {len(entries)} rows to {path}", file=sys.stderr)
     return EXIT_OK

@@ -1,12 +1,13 @@
-"""One pair's balances, newest first, as Postgres' own text of each amount (`amount::text`):
-no float ever touches an amount read here; and the gaps in the daemon's listening to it."""
+"""One pair's balances, or every token's of a wallet, newest first, as Postgres' own text of
+each amount (`amount::text`): no float ever touches an amount read here; and the gaps in the
+daemon's listening to them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Text, cast, select, text
+from sqlalchemy import Text, TextClause, cast, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.store.models import balance_history
@@ -14,6 +15,7 @@ from balancewatch.store.models import balance_history
 
 @dataclass(frozen=True, slots=True)
 class Row:
+    token: str
     received_at: datetime
     amount: str  # Postgres' text of the numeric, exactly as stored
     source: str = "stream"
@@ -22,8 +24,8 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """A stretch when no daemon was listening to the pair: from the end of a listening period
-    to the start of the next one (None: not listening again yet)."""
+    """A stretch when no daemon was listening: from the end of a listening period to the start
+    of the next one (None: not listening again yet)."""
 
     start: datetime
     end: datetime | None
@@ -33,53 +35,96 @@ class Gap:
 async def fetch(
     engine: AsyncEngine,
     wallet: str,
-    token: str,
+    token: str | None,
     *,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None,
 ) -> list[Row]:
-    """The pair's rows in [since, until], newest first, at most `limit` (None: all)."""
+    """The pair's rows (every token's of the wallet if `token` is None) in [since, until],
+    newest first, at most `limit` (None: all)."""
     history = balance_history.c
     query = (
         select(
+            history.token,
             history.received_at,
             cast(history.amount, Text).label("amount"),
             history.source,
             history.slot,
         )
-        .where(history.wallet == wallet, history.token == token)
+        .where(history.wallet == wallet)
         .order_by(history.received_at.desc(), history.id.desc())
         .limit(limit)
     )
+    if token is not None:
+        query = query.where(history.token == token)
     if since is not None:
         query = query.where(history.received_at >= since)
     if until is not None:
         query = query.where(history.received_at <= until)
     async with engine.connect() as connection:
         result = await connection.execute(query)
-        return [Row(row.received_at, row.amount, row.source, row.slot) for row in result]
+        return [Row(*row) for row in result]
 
 
-_GAPS = text(
+# The stretches not listened to, from `periods (watch, started_at, ended_at, end_reason)` (an
+# open period ends at 'infinity'), for each watch apart. Periods overlap (a token's room and
+# its wallet's room, two replicas around a handover), so a gap does not begin at the end of
+# each period: it begins where the furthest end reached so far is before the next start, and
+# has the reason of the period that reached it (the first of its `reach`, in start order).
+_GAPS_OF_PERIODS = """
+reached AS (
+    SELECT watch, started_at, ended_at, end_reason,
+           max(ended_at) OVER running AS reach,
+           lead(started_at) OVER running AS next_start
+    FROM periods
+    WINDOW running AS (
+        PARTITION BY watch ORDER BY started_at, ended_at ROWS UNBOUNDED PRECEDING
+    )
+),
+gaps AS (
+    SELECT watch, reach AS gap_start, next_start AS gap_end, reason FROM (
+        SELECT watch, reach, next_start, first_value(end_reason) OVER (
+            PARTITION BY watch, reach ORDER BY started_at, ended_at
+        ) AS reason
+        FROM reached
+    ) ends
+    WHERE reach < coalesce(next_start, 'infinity')
+)
+"""
+
+
+def gaps_query(periods: str, select: str) -> TextClause:
+    """`select` over `gaps (watch, gap_start, gap_end, reason)`, the gaps of the listening
+    periods that the query `periods` gives (see _GAPS_OF_PERIODS)."""
+    sql = f"WITH periods AS ({periods}),\n{_GAPS_OF_PERIODS}\n{select}"
+    return text(sql)  # our own constants only; every value is a bound parameter
+
+
+# A pair is listened to through its own room or its wallet's; with no token, a wallet is
+# listened to while any room of it is (see `fetch_gaps`).
+_GAPS = gaps_query(
     """
-    SELECT ended_at, next_start, end_reason FROM (
-        SELECT ended_at, end_reason, lead(started_at) OVER (ORDER BY started_at) AS next_start
-        FROM coverage WHERE wallet = :wallet AND token = :token
-    ) periods
-    WHERE ended_at IS NOT NULL AND (next_start IS NULL OR next_start > ended_at)
-      AND ended_at < :until AND (next_start IS NULL OR next_start > :since)
-    ORDER BY ended_at
+    SELECT 0 AS watch, started_at, coalesce(ended_at, 'infinity') AS ended_at, end_reason
+    FROM coverage
+    WHERE wallet = :wallet AND (token = :token OR token IS NULL OR CAST(:token AS text) IS NULL)
+    """,
     """
+    SELECT gap_start, gap_end, reason FROM gaps
+    WHERE gap_start < :until AND (gap_end IS NULL OR gap_end > :since)
+    ORDER BY gap_start
+    """,
 )
 
 
 async def fetch_gaps(
-    engine: AsyncEngine, wallet: str, token: str, *, since: datetime, until: datetime
+    engine: AsyncEngine, wallet: str, token: str | None, *, since: datetime, until: datetime
 ) -> list[Gap]:
-    """The pair's gaps that overlap [since, until], oldest first. Before its first listening
+    """The gaps that overlap [since, until], oldest first: when neither the pair's room nor its
+    wallet's was listened to; or, with no token, when no room of the wallet was (neither its
+    own nor any of its tokens': one token's gaps are that pair's). Before the first listening
     period there is no gap: it was not watched, or watched by a version that kept no periods."""
     params = {"wallet": wallet, "token": token, "since": since, "until": until}
     async with engine.connect() as connection:
         result = await connection.execute(_GAPS, params)
-        return [Gap(row.ended_at, row.next_start, row.end_reason) for row in result]
+        return [Gap(row.gap_start, row.gap_end, row.reason) for row in result]

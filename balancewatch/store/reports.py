@@ -14,31 +14,41 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from balancewatch.store.history import gaps_query
+
 PROBLEMS_SHOWN: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
 class Problem:
     wallet: str
-    token: str
+    token: str | None  # None: the wallet's all-tokens row
     state: str
     since: datetime | None
     error: str | None
 
 
 @dataclass(slots=True)
+class Watches:
+    """The watchlist rows of one kind: pairs, or whole wallets (token NULL)."""
+
+    states: dict[str, int] = field(default_factory=dict)  # the enabled ones by state
+    disabled: int = 0
+    listening: int = 0  # enabled, in an open listening period (a pair's own, or its wallet's)
+
+
+@dataclass(slots=True)
 class Report:
     now: datetime
-    pairs: dict[str, int] = field(default_factory=dict)  # enabled pairs by state
-    disabled: int = 0
+    pairs: Watches = field(default_factory=Watches)
+    wallets: Watches = field(default_factory=Watches)
     problems: list[Problem] = field(default_factory=list)
     more_problems: int = 0
     rows_last_minute: int = 0
     rows_last_hour: int = 0
     newest_age: timedelta | None = None
     rejected: list[tuple[str, int, datetime]] = field(default_factory=list)  # last 24 h
-    listening: int = 0  # pairs in an open listening period
-    gapped: int = 0  # enabled pairs with a gap in their listening in the last 24 h
+    gapped: int = 0  # enabled rows with a gap in their listening in the last 24 h
     uncovered: timedelta = timedelta(0)  # those gaps' time within the 24 h, added up
     snapshot_queue: int = 0  # pairs waiting for a snapshot, in the daemons confirming now
     chain_reads: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, result)
@@ -57,36 +67,65 @@ class Replica:
     pairs: int
 
 
-_PAIRS = """
-SELECT coalesce(s.state, 'not seen') AS state, count(*) AS n
-FROM watchlist w LEFT JOIN subscription_status s USING (wallet, token)
-WHERE w.enabled GROUP BY 1
+# A row's status is joined on (wallet, coalesce(token, '')), subscription_status's unique key,
+# so that a whole wallet (token NULL) finds its own: a join on that key hashes, where IS NOT
+# DISTINCT FROM compared every row of a wallet with every other.
+_WATCHES = """
+SELECT w.token IS NULL AS whole_wallet, w.enabled, coalesce(s.state, 'not seen') AS state,
+       count(*) AS n
+FROM watchlist w LEFT JOIN subscription_status s
+  ON s.wallet = w.wallet AND coalesce(s.token, '') = coalesce(w.token, '')
+GROUP BY 1, 2, 3
 """
 _PROBLEMS = """
 SELECT w.wallet, w.token, s.state, s.since, s.last_error, count(*) OVER () AS total
-FROM watchlist w JOIN subscription_status s USING (wallet, token)
+FROM watchlist w JOIN subscription_status s
+  ON s.wallet = w.wallet AND coalesce(s.token, '') = coalesce(w.token, '')
 WHERE w.enabled
   AND (s.state IN ('error', 'invalid') OR (s.state = 'joining' AND s.last_error IS NOT NULL))
 ORDER BY s.since LIMIT :limit
 """
-_LISTENING = "SELECT count(DISTINCT (wallet, token)) FROM coverage WHERE ended_at IS NULL"
-# A gap: from the end of a period to the pair's next period (or to now if none), for the
-# enabled pairs, the part of it inside the last 24 hours. An open period is no gap.
-_GAPS = """
-WITH periods AS (
-    SELECT c.wallet, c.token, c.ended_at,
-           lead(c.started_at) OVER (PARTITION BY c.wallet, c.token ORDER BY c.started_at) AS next
-    FROM coverage c JOIN watchlist w USING (wallet, token)
-    WHERE w.enabled
-)
-SELECT count(DISTINCT (wallet, token)) AS pairs,
-       coalesce(sum(coalesce(next, now()) - greatest(ended_at, now() - interval '24 hours')),
-                interval '0') AS uncovered
-FROM periods
-WHERE ended_at IS NOT NULL
-  AND (next IS NULL OR next > ended_at)
-  AND coalesce(next, now()) > now() - interval '24 hours'
+# An enabled row is listened to through its own room; a pair also through its wallet's room
+# (then `covered`). Two joins, not one with an OR: each hashes.
+_LISTENING = """
+WITH open AS (SELECT DISTINCT wallet, token FROM coverage WHERE ended_at IS NULL)
+SELECT count(*) FILTER (WHERE w.token IS NOT NULL) AS pairs,
+       count(*) FILTER (WHERE w.token IS NULL) AS wallets
+FROM watchlist w
+LEFT JOIN open own ON own.wallet = w.wallet AND own.token = w.token
+LEFT JOIN open room ON room.wallet = w.wallet AND room.token IS NULL
+WHERE w.enabled AND (own.wallet IS NOT NULL OR room.wallet IS NOT NULL)
 """
+# A gap: when an enabled row was listened to neither through its own room nor (a pair)
+# through its wallet's, the part of it inside the last 24 hours. Of the periods that ended
+# before then only how far each room's reached is kept: all a later gap needs, and a wallet
+# room's periods are repeated for each row of the wallet.
+_GAPS = gaps_query(
+    """
+    WITH rooms AS (
+        SELECT wallet, token, started_at, coalesce(ended_at, 'infinity') AS ended_at
+        FROM coverage WHERE ended_at IS NULL OR ended_at > now() - interval '24 hours'
+        UNION ALL
+        SELECT wallet, token, '-infinity', max(ended_at) FROM coverage
+        WHERE ended_at <= now() - interval '24 hours' GROUP BY wallet, token
+    )
+    SELECT w.id AS watch, r.started_at, r.ended_at, NULL AS end_reason
+    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token = w.token
+    WHERE w.enabled
+    UNION ALL
+    SELECT w.id, r.started_at, r.ended_at, NULL
+    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token IS NULL
+    WHERE w.enabled
+    """,
+    """
+    SELECT count(DISTINCT watch) AS watches,
+           coalesce(sum(coalesce(gap_end, now())
+                        - greatest(gap_start, now() - interval '24 hours')),
+                    interval '0') AS uncovered
+    FROM gaps
+    WHERE coalesce(gap_end, now()) > now() - interval '24 hours'
+    """,
+)
 _SNAPSHOT_QUEUE = """
 SELECT coalesce(sum(snapshot_queue), 0) FROM coverage_holders
 WHERE confirmed_at > now() - interval '30 seconds'
@@ -125,11 +164,7 @@ async def gather(engine: AsyncEngine) -> Report:
     async with engine.connect() as connection:
         now: datetime = (await connection.execute(text("SELECT now()"))).scalar_one()
         report = Report(now=now)
-        for row in await connection.execute(text(_PAIRS)):
-            report.pairs[row.state] = row.n
-        report.disabled = (
-            await connection.execute(text("SELECT count(*) FROM watchlist WHERE NOT enabled"))
-        ).scalar_one()
+        await _watches(connection, report)
         rows = (await connection.execute(text(_PROBLEMS), {"limit": PROBLEMS_SHOWN})).all()
         report.problems = [Problem(r.wallet, r.token, r.state, r.since, r.last_error) for r in rows]
         report.more_problems = max(0, (rows[0].total if rows else 0) - len(rows))
@@ -144,12 +179,23 @@ async def gather(engine: AsyncEngine) -> Report:
         report.rejected = [
             (row.reason, row.n, row.last) for row in await connection.execute(text(_REJECTED))
         ]
-        report.listening = (await connection.execute(text(_LISTENING))).scalar_one()
-        gaps = (await connection.execute(text(_GAPS))).one()
-        report.gapped, report.uncovered = gaps.pairs, gaps.uncovered
+        gaps = (await connection.execute(_GAPS)).one()
+        report.gapped, report.uncovered = gaps.watches, gaps.uncovered
         await _chain(connection, report)
         await _replicas(connection, report)
         return report
+
+
+async def _watches(connection: AsyncConnection, report: Report) -> None:
+    """The watchlist's pairs and whole wallets by state, and how many are listened to."""
+    for row in await connection.execute(text(_WATCHES)):
+        watches = report.wallets if row.whole_wallet else report.pairs
+        if row.enabled:
+            watches.states[row.state] = row.n
+        else:
+            watches.disabled += row.n
+    listening = (await connection.execute(text(_LISTENING))).one()
+    report.pairs.listening, report.wallets.listening = listening.pairs, listening.wallets
 
 
 async def _replicas(connection: AsyncConnection, report: Report) -> None:

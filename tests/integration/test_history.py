@@ -1,5 +1,5 @@
-"""The history made easy to read: the views and `balance_at` of migration 0003, against real
-Postgres."""
+"""The history made easy to read: the views and `balance_at` of migration 0003, and the gaps
+`balancewatch history` shows, against real Postgres."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.store import migrate
-from tests.data import AMOUNTS, T0, insert, insert_pair_history
+from balancewatch.store.history import Gap, fetch_gaps
+from tests.data import AMOUNTS, T0, Span, insert, insert_pair_history, insert_periods
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 
 # --- the views and balance_at ---------------------------------------------------------------
@@ -97,3 +98,57 @@ async def test_the_as_of_lookup_is_an_index_scan(db: Any) -> None:
         T0,
     )
     assert "balance_history_pair_received_at_idx" in "\n".join(row[0] for row in rows)
+
+
+# --- the gaps of `balancewatch history` -----------------------------------------------------
+
+
+def minutes(start: float, end: float | None, reason: str | None = None) -> Span:
+    return (
+        T0 + timedelta(minutes=start),
+        None if end is None else T0 + timedelta(minutes=end),
+        reason,
+    )
+
+
+def gap(start: float, end: float | None, reason: str) -> Gap:
+    return Gap(*minutes(start, end)[:2], reason)
+
+
+async def gaps_of(engine: AsyncEngine, token: str | None) -> list[Gap]:
+    until = T0 + timedelta(days=1)
+    return await fetch_gaps(engine, WALLET, token, since=T0, until=until)
+
+
+async def test_a_gap_begins_where_the_furthest_period_so_far_ends(
+    engine: AsyncEngine, db: Any
+) -> None:
+    # Two replicas around a handover: the second period ends first, inside the first one.
+    await insert_periods(
+        db,
+        (WALLET, TOKEN),
+        minutes(0, 10, "handover"),
+        minutes(2, 5, "lost"),
+        minutes(12, 20, "shutdown"),
+    )
+    assert await gaps_of(engine, TOKEN) == [gap(10, 12, "handover"), gap(20, None, "shutdown")]
+
+
+async def test_a_pair_is_listened_to_through_its_wallets_room_too(
+    engine: AsyncEngine, db: Any
+) -> None:
+    # Its own room left for the wallet's (an all-tokens row added), then taken back.
+    await insert_periods(db, (WALLET, TOKEN), minutes(0, 10, "left"), minutes(30, 40, "shutdown"))
+    await insert_periods(db, (WALLET, None), minutes(10, 25, "left"))
+    await insert_periods(db, (WALLET, SOL), minutes(0, 50, "shutdown"))  # another token's
+    assert await gaps_of(engine, TOKEN) == [gap(25, 30, "left"), gap(40, None, "shutdown")]
+
+
+async def test_a_wallets_gaps_are_when_no_room_of_it_was_listened_to(
+    engine: AsyncEngine, db: Any
+) -> None:
+    await insert_periods(db, (WALLET, TOKEN), minutes(0, 10, "left"), minutes(30, 40, "shutdown"))
+    await insert_periods(db, (WALLET, None), minutes(10, 25, "disconnected"))
+    await insert_periods(db, (WALLET, SOL), minutes(35, 50, "shutdown"))
+    await insert_periods(db, (WALLET2, None), minutes(0, None))  # another wallet's
+    assert await gaps_of(engine, None) == [gap(25, 30, "disconnected"), gap(50, None, "shutdown")]

@@ -10,7 +10,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
@@ -29,6 +28,8 @@ from tests.helpers import (
     make_settings,
     room,
     running_daemon,
+    scrape,
+    value,
     wait_until,
     watch,
 )
@@ -62,21 +63,6 @@ async def readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
 async def ready_is(daemon: Daemon, status: int, failing: set[str]) -> bool:
     got, body = await readyz(daemon)
     return got == status and set(body["failing"]) == failing
-
-
-def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a Prometheus text page, by name and labels."""
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 async def test_healthz_answers_while_the_daemon_runs(
@@ -222,7 +208,9 @@ async def test_metrics_count_reconnects_and_pairs_in_error(
         # The server answers a room with something else than `joined`: an error state, which
         # is settled (still ready), and counted.
         await simulator.send_raw(f'{{"type":"error","room":"{room(WALLET2, SOL)}"}}')
-        await wait_until(lambda: daemon.pair_states.counts["error"] == 1, what="error state")
+        await wait_until(
+            lambda: daemon.pair_states.counts["pair", "error"] == 1, what="error state"
+        )
         await wait_until(lambda: ready_is(daemon, 200, set()), what="ready with an error pair")
         _, text = await get(daemon, "/metrics")
     samples = scrape(text)
@@ -231,6 +219,22 @@ async def test_metrics_count_reconnects_and_pairs_in_error(
     assert value(samples, "balancewatch_pairs", state="error") == 1
     assert value(samples, "balancewatch_pairs", state="joined") == 1
     assert value(samples, "balancewatch_frames_rejected_total", reason="unknown_type") == 1
+
+
+async def test_metrics_count_a_whole_wallet_apart_from_the_pair_it_covers(
+    engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    await watch(db)
+    await db.execute("INSERT INTO watchlist (wallet) VALUES ($1)", WALLET)  # all tokens
+    async with running_daemon(make_settings(database_url, simulator.url)) as running:
+        daemon = running.daemon
+        await simulator.wait_for(lambda: simulator.joined_rooms() == {f"wallet:{WALLET}:balance"})
+        await wait_until(lambda: ready_is(daemon, 200, set()), what="ready")
+        _, text = await get(daemon, "/metrics")
+    samples = scrape(text)
+    assert value(samples, "balancewatch_wallets", state="joined") == 1
+    assert value(samples, "balancewatch_pairs", state="covered") == 1
+    assert value(samples, "balancewatch_pairs", state="joined") == 0
 
 
 async def test_two_daemons_keep_their_metrics_apart(

@@ -160,6 +160,20 @@ async def test_10_quiet_pairs(db: Any, known: dict[str, Any]) -> None:
     ]
 
 
+async def test_10_a_whole_wallet_is_quiet_when_every_token_of_it_is(
+    db: Any, known: dict[str, Any]
+) -> None:
+    whole = "INSERT INTO watchlist (wallet, label) VALUES ($1, $2)"
+    await db.execute(whole, WALLET2, "all of wallet 2")  # its newest row: D's, 2 hours ago
+    await db.execute(whole, WALLET, "all of wallet 1")  # A spoke 10 minutes ago
+    rows = await run(db, 10)
+    assert [(pair(r), r["label"], r["last_message"]) for r in rows] == [
+        (C, "c", None),
+        (B, "b", known["now"] - timedelta(hours=3)),
+        ((WALLET2, None), "all of wallet 2", known["now"] - timedelta(hours=2)),
+    ]
+
+
 async def test_11_the_balance_at_a_time_and_whether_it_is_certain(
     db: Any, known: dict[str, Any]
 ) -> None:

@@ -16,7 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
 from balancewatch.store import reports
-from tests.data import WALLET3, history_rows, insert_periods, seed
+from tests.data import (
+    WALLET3,
+    history_rows,
+    insert_periods,
+    insert_statuses,
+    insert_watches,
+    seed,
+)
 from tests.helpers import (
     SOL,
     TOKEN,
@@ -124,10 +131,7 @@ async def test_status_counts_pairs_listened_to_and_the_gaps_of_the_last_day(
     engine: AsyncEngine, db: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = await db.fetchval("SELECT now()")
-    await db.executemany(
-        "INSERT INTO watchlist (wallet, token, enabled) VALUES ($1, $2, $3)",
-        [(WALLET, TOKEN, True), (WALLET2, SOL, True), (WALLET3, SOL, False)],
-    )
+    await insert_watches(db, [(WALLET, TOKEN, True), (WALLET2, SOL, True), (WALLET3, SOL, False)])
     await insert_periods(
         db,
         (WALLET, TOKEN),
@@ -141,12 +145,60 @@ async def test_status_counts_pairs_listened_to_and_the_gaps_of_the_last_day(
         db, (WALLET3, SOL), (now - timedelta(hours=3), now - timedelta(hours=2), "left")
     )
     report = await reports.gather(engine)
-    assert (report.listening, report.gapped) == (1, 2)
+    assert (report.pairs.listening, report.gapped) == (1, 2)
     # 1 h for the first; 30 min for the second, still going on (up to the report's own now)
     assert timedelta(minutes=90) <= report.uncovered < timedelta(minutes=90, seconds=10)
     assert await status.show(engine, "none") == 0
     out = capsys.readouterr().out
     assert "coverage 1 pairs being listened to; 2 with a gap in the last 24 h (90 min " in out
+
+
+async def test_status_counts_whole_wallets_apart_and_their_pairs_as_listened_through_them(
+    engine: AsyncEngine, db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = await db.fetchval("SELECT now()")
+    await insert_watches(
+        db,
+        [
+            (WALLET, TOKEN, True),
+            (WALLET, SOL, True),
+            (WALLET, None, True),
+            (WALLET2, TOKEN, True),
+            (WALLET2, None, False),
+            (WALLET3, None, True),
+        ],
+    )
+    await insert_statuses(
+        db,
+        [
+            (WALLET, TOKEN, "covered", None),
+            (WALLET, SOL, "covered", None),
+            (WALLET, None, "joined", None),
+            (WALLET2, TOKEN, "joined", None),
+            (WALLET3, None, "error", "server said: no such room"),
+        ],
+    )
+    hours = [now - timedelta(hours=h) for h in (3, 2, 1.5, 1)]
+    # TOKEN's own room left for the wallet's, which then missed half an hour.
+    await insert_periods(db, (WALLET, TOKEN), (hours[0], hours[1], "left"))
+    await insert_periods(
+        db, (WALLET, None), (hours[1], hours[2], "disconnected"), (hours[3], None, None)
+    )
+    await insert_periods(db, (WALLET2, TOKEN), (hours[0], None, None))
+
+    report = await reports.gather(engine)
+    assert (report.pairs.listening, report.wallets.listening) == (3, 1)
+    # The wallet's half hour, for it and each of its two pairs.
+    assert report.gapped == 3
+    assert timedelta(minutes=90) <= report.uncovered < timedelta(minutes=90, seconds=10)
+    assert await status.show(engine, "none") == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "pairs    3 enabled: 2 covered (all tokens), 1 joined; 0 disabled\n" in out
+    assert "wallets  2 enabled: 1 error, 1 joined; 1 disabled (each for all its tokens)\n" in out
+    assert "coverage 3 pairs, 1 whole wallet being listened to; 3 with a gap" in out
+    problems = out.split("pairs with problems")[1].split("rejected frames")[0]
+    assert f"error    {WALLET3} all tokens  since " in problems
 
 
 async def test_status_without_any_listening_period(

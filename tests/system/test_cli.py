@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from balancewatch.devtools.simulator import Simulator
+from tests.data import insert_statuses
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, room
 from tests.processes import balancewatch, environment, started
 
@@ -76,9 +77,60 @@ async def test_watch_commands_edit_the_watchlist(database_url: URL, db: Any) -> 
     assert await db.fetchval("SELECT count(*) FROM watchlist") == 1
 
 
-async def test_watch_add_refuses_a_malformed_address(database_url: URL, db: Any) -> None:
+async def test_watch_add_without_a_token_watches_every_token_of_the_wallet(
+    database_url: URL, db: Any
+) -> None:
+    env = environment(database_url)
+    first = await balancewatch("watch", "add", WALLET, "--label", "treasury", env=env)
+    again = await balancewatch("watch", "add", WALLET, env=env)
+    assert (first.code, again.code) == (0, 0), first.stderr + again.stderr
+    assert first.stdout.strip() == f"added {WALLET} all tokens"
+    assert again.stdout.strip() == f"enabled {WALLET} all tokens"
+    rows = await db.fetch("SELECT token, label FROM watchlist")
+    assert [(row["token"], row["label"]) for row in rows] == [(None, "treasury")]
+
+
+async def watch_a_pair_and_its_whole_wallet(database_url: URL) -> dict[str, str]:
+    """`watch add WALLET TOKEN` then `watch add WALLET`; the environment they ran in."""
+    env = environment(database_url)
+    for token in ([TOKEN], []):
+        added = await balancewatch("watch", "add", WALLET, *token, env=env)
+        assert added.code == 0, added.stderr
+    return env
+
+
+async def test_watch_list_shows_a_whole_wallet_and_the_pairs_it_covers(
+    database_url: URL, db: Any
+) -> None:
+    env = await watch_a_pair_and_its_whole_wallet(database_url)
+    await insert_statuses(db, [(WALLET, TOKEN, "covered", None), (WALLET, None, "joined", None)])
+    listed = await balancewatch("watch", "list", env=env)
+    assert listed.code == 0, listed.stderr
+    pair, whole = listed.stdout.splitlines()[1:]  # after the header
+    assert pair.split() == [WALLET, TOKEN, "yes", "covered", "(all", "tokens)"]
+    assert whole.split() == [WALLET, "all", "tokens", "yes", "joined"]
+
+
+async def test_watch_remove_without_a_token_removes_only_the_all_tokens_row(
+    database_url: URL, db: Any
+) -> None:
+    env = await watch_a_pair_and_its_whole_wallet(database_url)
+    removed = await balancewatch("watch", "remove", WALLET, env=env)
+    missing = await balancewatch("watch", "remove", WALLET, env=env)
+    assert (removed.code, missing.code) == (0, 1)
+    assert removed.stdout.strip() == (
+        f"removed {WALLET} all tokens (its history and single-token rows stay)"
+    )
+    assert missing.stderr.strip() == f"not watched: {WALLET} all tokens"
+    assert await db.fetchval("SELECT array_agg(token) FROM watchlist") == [TOKEN]
+
+
+@pytest.mark.parametrize("token", [[TOKEN], []], ids=["pair", "whole wallet"])
+async def test_watch_add_refuses_a_malformed_address(
+    database_url: URL, db: Any, token: list[str]
+) -> None:
     finished = await balancewatch(
-        "watch", "add", "0xdeadbeef", TOKEN, env=environment(database_url)
+        "watch", "add", "0xdeadbeef", *token, env=environment(database_url)
     )
     assert finished.code == 2
     assert "WALLET" in finished.stderr

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.data import AMOUNTS, T0, insert, insert_pair_history, insert_periods
-from tests.helpers import TOKEN, WALLET
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 from tests.processes import balancewatch, environment, python
 
 # --- the command ----------------------------------------------------------------------------
@@ -93,6 +93,77 @@ async def test_history_marks_where_the_daemon_was_not_listening(database_url: UR
     assert [entry["kind"] for entry in entries] == kinds
 
 
+BONK = "DezXAZ8z7PnrnRJjz3wXBoRgixCa6xjnB7YaB1pPB263"
+
+
+async def insert_wallet_history(db: Any) -> None:
+    """Rows of three tokens of WALLET a minute apart from T0, listened to through the wallet's
+    room with a gap from 12:02:30 to 12:03:30; and one row of another wallet."""
+    tokens = [TOKEN, SOL, BONK, TOKEN, SOL]
+    await insert(
+        db, [(WALLET, token, str(i), T0 + timedelta(minutes=i)) for i, token in enumerate(tokens)]
+    )
+    await insert(db, [(WALLET2, TOKEN, "9", T0)])
+    await insert_periods(
+        db,
+        (WALLET, None),
+        (T0, T0 + timedelta(seconds=150), "disconnected"),
+        (T0 + timedelta(seconds=210), None, None),
+    )
+
+
+async def test_history_of_a_wallet_prints_every_token_newest_first_with_its_gaps(
+    database_url: URL, db: Any
+) -> None:
+    await insert_wallet_history(db)
+    finished = await balancewatch("history", WALLET, env=environment(database_url))
+    assert finished.code == 0, finished.stderr
+    lines = finished.stdout.splitlines()  # no chart: a chart is of one token
+    assert lines[0].split() == ["RECEIVED_AT", "(UTC)", "TOKEN", "AMOUNT", "SOURCE"]
+    at = [f"2026-11-20T12:0{minute}:00.000000Z" for minute in range(5)]
+    assert [line.split() for line in lines[1:3]] == [
+        [at[4], SOL, "4", "stream"],
+        [at[3], TOKEN, "3", "stream"],
+    ]
+    assert lines[3] == (
+        "-- not listening from 2026-11-20T12:02:30.000000Z to 2026-11-20T12:03:30.000000Z "
+        "(disconnected) --"
+    )
+    assert [line.split() for line in lines[4:]] == [
+        [at[2], BONK, "2", "stream"],
+        [at[1], SOL, "1", "stream"],
+        [at[0], TOKEN, "0", "stream"],
+    ]
+
+
+async def test_history_of_a_wallet_as_csv_and_json_names_each_rows_token(
+    database_url: URL, db: Any
+) -> None:
+    await insert_wallet_history(db)
+    env = environment(database_url)
+    as_csv = await balancewatch("history", WALLET, "--format", "csv", "--limit", "3", env=env)
+    assert as_csv.code == 0, as_csv.stderr
+    assert as_csv.stdout.splitlines() == [
+        "kind,received_at,token,amount,source,slot,until,end_reason",
+        f"balance,2026-11-20T12:04:00.000000Z,{SOL},4,stream,,,",
+        f"balance,2026-11-20T12:03:00.000000Z,{TOKEN},3,stream,,,",
+        "gap,2026-11-20T12:02:30.000000Z,,,,,2026-11-20T12:03:30.000000Z,disconnected",
+        f"balance,2026-11-20T12:02:00.000000Z,{BONK},2,stream,,,",
+    ]
+    as_json = await balancewatch("history", WALLET, "--format", "json", "--limit", "1", env=env)
+    assert as_json.code == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == [
+        {"kind": "balance", "token": SOL, "received_at": "2026-11-20T12:04:00.000000Z",
+         "amount": "4", "source": "stream", "slot": None},
+    ]  # fmt: skip
+
+
+async def test_history_of_a_wallet_with_no_rows_says_so(database_url: URL) -> None:
+    finished = await balancewatch("history", WALLET, env=environment(database_url))
+    assert (finished.code, finished.stdout) == (0, "")
+    assert finished.stderr.strip() == f"no balances for any token of {WALLET} in that window"
+
+
 async def test_history_since_a_relative_time(database_url: URL, db: Any) -> None:
     now = datetime.now(UTC)
     await insert(db, [(WALLET, TOKEN, str(i), now - timedelta(hours=i)) for i in range(1, 6)])
@@ -128,6 +199,8 @@ async def test_history_plot_writes_a_png(database_url: URL, db: Any, tmp_path: P
         ([WALLET, TOKEN, "--since", "last tuesday"], "last tuesday"),
         ([WALLET, TOKEN, "--since", "1h", "--until", "2h"], "--since"),
         ([WALLET, TOKEN, "--limit", "-1"], "--limit"),
+        (["0xdeadbeef"], "WALLET"),
+        ([WALLET, "--plot", "chart.png"], "TOKEN"),  # a chart is of one token
     ],
 )
 async def test_history_refuses_bad_arguments_with_one_line_and_exit_2(

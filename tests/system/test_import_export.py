@@ -15,7 +15,7 @@ from tests.processes import balancewatch, environment
 # --- the commands, against Postgres ---------------------------------------------------------
 
 
-async def watchlist_rows(db: Any) -> list[tuple[str, str, bool, str | None]]:
+async def watchlist_rows(db: Any) -> list[tuple[str, str | None, bool, str | None]]:
     rows = await db.fetch("SELECT wallet, token, enabled, label FROM watchlist ORDER BY id")
     return [(r["wallet"], r["token"], r["enabled"], r["label"]) for r in rows]
 
@@ -62,6 +62,53 @@ async def test_import_upserts_and_export_round_trips(
     assert again.code == 0
     assert "0 added, 3 updated" in again.stdout
     assert await watchlist_rows(db) == expected
+
+
+async def test_an_empty_token_imports_and_exports_a_whole_wallet(
+    database_url: URL, db: Any, tmp_path: Path
+) -> None:
+    await db.execute("INSERT INTO watchlist (wallet, label) VALUES ($1, 'old')", WALLET)
+    source = tmp_path / "in.csv"
+    source.write_text(
+        f"wallet,token,enabled,label\n{WALLET},,true,treasury\n{WALLET2},,false,\n"
+        f"{WALLET},{TOKEN},,usdt\n"
+    )
+    env = environment(database_url)
+    imported = await balancewatch("watch", "import", str(source), env=env)
+    assert imported.code == 0, imported.stderr
+    assert "2 added, 1 updated" in imported.stdout
+    expected = [
+        (WALLET, None, True, "treasury"),
+        (WALLET2, None, False, None),
+        (WALLET, TOKEN, True, "usdt"),
+    ]
+    assert await watchlist_rows(db) == expected
+
+    exported = await balancewatch("watch", "export", env=env)
+    assert exported.stdout.splitlines() == [
+        "wallet,token,enabled,label",
+        f"{WALLET},,true,treasury",
+        f"{WALLET2},,false,",
+        f"{WALLET},{TOKEN},true,usdt",
+    ]
+    (tmp_path / "out.csv").write_text(exported.stdout)
+    again = await balancewatch("watch", "import", str(tmp_path / "out.csv"), env=env)
+    assert "0 added, 3 updated" in again.stdout
+    assert await watchlist_rows(db) == expected
+
+
+async def test_two_all_tokens_lines_of_one_wallet_are_refused_and_nothing_is_imported(
+    database_url: URL, db: Any, tmp_path: Path
+) -> None:
+    source = tmp_path / "twice.csv"
+    source.write_text(f"wallet,token\n{WALLET},\n{WALLET},{TOKEN}\n{WALLET}, \n")
+    finished = await balancewatch("watch", "import", str(source), env=environment(database_url))
+    assert finished.code == 2
+    assert finished.stderr.splitlines() == [
+        f"{source}:4: duplicate of line 2",
+        f"balancewatch: {source}: 1 bad line, nothing imported",
+    ]
+    assert await watchlist_rows(db) == []
 
 
 async def test_import_without_the_optional_columns_keeps_what_a_known_pair_had(

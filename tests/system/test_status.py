@@ -9,10 +9,8 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from balancewatch.devtools.simulator import Simulator
-from tests.data import seed
-from tests.helpers import (
-    API_KEY,
-)
+from tests.data import insert_periods, seed
+from tests.helpers import API_KEY, WALLET
 from tests.processes import balancewatch, environment
 
 
@@ -26,6 +24,18 @@ async def test_status_runs_as_a_command(database_url: URL, db: Any) -> None:
     assert "pairs    4 enabled" in text
     assert "rows     3 in the last minute, 6 in the last hour" in text
     assert re.fullmatch(r"balancewatch status at \S+ \S+ UTC", text.splitlines()[0])
+
+
+async def test_status_counts_a_whole_wallet_apart_from_pairs(database_url: URL, db: Any) -> None:
+    await seed(db)
+    env = environment(database_url)
+    assert (await balancewatch("watch", "add", WALLET, env=env)).code == 0
+    await insert_periods(db, (WALLET, None), (await db.fetchval("SELECT now()"), None, None))
+    finished = await balancewatch("status", "--http", "none", env=env)
+    assert finished.code == 0, finished.stderr
+    assert "pairs    4 enabled" in finished.stdout
+    assert "wallets  1 enabled: 1 not seen; 0 disabled" in finished.stdout
+    assert "coverage 1 pairs, 1 whole wallet being listened to" in finished.stdout
 
 
 async def test_the_commands_a_container_runs(database_url: URL, simulator: Simulator) -> None:

@@ -9,6 +9,7 @@ import pytest
 from balancewatch.ops.history import UsageError, parse_time, render_chart
 from balancewatch.store.history import Gap, Row
 from tests.data import T0
+from tests.helpers import TOKEN
 
 # --- pure parts -----------------------------------------------------------------------------
 
@@ -39,7 +40,9 @@ def test_an_unreadable_time_is_a_usage_error(given: str) -> None:
 
 
 def test_the_chart_is_a_braille_step_line_labelled_with_the_exact_extremes() -> None:
-    rows = [Row(T0 + timedelta(minutes=i), a) for i, a in enumerate(["1.5", "3", "0.25", "3"])]
+    rows = [
+        Row(TOKEN, T0 + timedelta(minutes=i), a) for i, a in enumerate(["1.5", "3", "0.25", "3"])
+    ]
     lines = render_chart(rows, width=40, height=6).splitlines()
     assert len(lines) == 6 + 2
     assert lines[0].startswith("   3 ┤")
@@ -54,7 +57,7 @@ def test_the_chart_is_a_braille_step_line_labelled_with_the_exact_extremes() -> 
 
 
 def test_a_flat_history_draws_a_flat_line_and_one_row_draws_nothing() -> None:
-    flat = [Row(T0 + timedelta(minutes=i), "7") for i in range(3)]
+    flat = [Row(TOKEN, T0 + timedelta(minutes=i), "7") for i in range(3)]
     plot = [line.split("┤")[-1].split("│")[-1] for line in render_chart(flat).splitlines()[:8]]
     assert sum(any(ch != "\u2800" for ch in row) for row in plot) == 1
     assert render_chart(flat[:1]) == ""
@@ -62,7 +65,7 @@ def test_a_flat_history_draws_a_flat_line_and_one_row_draws_nothing() -> None:
 
 def test_the_chart_marks_the_gaps_under_its_time_axis() -> None:
     start = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-    rows = [Row(start + timedelta(minutes=m), str(m)) for m in (0, 10, 20)]
+    rows = [Row(TOKEN, start + timedelta(minutes=m), str(m)) for m in (0, 10, 20)]
     gap = Gap(start + timedelta(minutes=5), start + timedelta(minutes=15), "disconnected")
     lines = render_chart(rows, [gap], width=20, height=4).splitlines()
     marks = lines[-1]

@@ -6,17 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
 from balancewatch.daemon.http import Readiness
-from balancewatch.daemon.metrics import PairStates
+from balancewatch.daemon.metrics import DaemonCollector, PairStates, Snapshot
 from balancewatch.progress import Progress
 from balancewatch.settings import Settings
 from tests.files import compose, final_stage, image_env
-from tests.helpers import (
-    TOKEN,
-    WALLET,
-)
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, scrape, value
 
 
 def test_the_endpoints_listen_on_loopback_unless_told_otherwise() -> None:
@@ -44,7 +42,7 @@ def test_a_long_join_logs_its_progress_at_most_once_a_second() -> None:
             now[0] = n * 0.4
             states.set_status([pair], "joined" if n != 3 else "error")
     assert len(sink.changes) == 11  # every change reaches the writer
-    assert states.counts == {"joined": 9, "error": 1, "joining": 0}
+    assert states.counts == {("pair", "joined"): 9, ("pair", "error"): 1, ("pair", "joining"): 0}
     progress = [line for line in logs if line["event"] == "subscriptions.join_progress"]
     # At 1.2 s (4 settled of 10) and 2.4 s (7); the last ack, at 3.6 s, ends the join.
     assert [(line["joined"], line["of"]) for line in progress] == [(4, 10), (7, 10)]
@@ -59,6 +57,47 @@ def test_a_quick_join_logs_nothing() -> None:
         states.set_status([(WALLET, TOKEN)], "joining")
         states.set_status([(WALLET, TOKEN)], "joined")
     assert [line["event"] for line in logs] == []
+
+
+def test_metrics_count_whole_wallets_apart_from_pairs() -> None:
+    states = PairStates(_Sink())
+    states.set_status([(WALLET, TOKEN), (WALLET, SOL), (WALLET2, TOKEN)], "joining")
+    states.set_status([(WALLET, None)], "joining")
+    states.set_status([(WALLET, None), (WALLET2, TOKEN)], "joined")
+    states.set_status([(WALLET, TOKEN), (WALLET, SOL)], "covered")  # by the wallet's room
+    registry = CollectorRegistry()
+    registry.register(DaemonCollector(lambda: idle_snapshot(dict(states.counts))))
+
+    samples = scrape(generate_latest(registry).decode())
+
+    assert value(samples, "balancewatch_pairs", state="covered") == 2
+    assert value(samples, "balancewatch_pairs", state="joined") == 1
+    assert value(samples, "balancewatch_pairs", state="joining") == 0
+    assert value(samples, "balancewatch_wallets", state="joined") == 1
+    assert value(samples, "balancewatch_wallets", state="joining") == 0
+    assert value(samples, "balancewatch_wallets", state="error") == 0  # every state, 0 too
+
+
+def idle_snapshot(pair_counts: Any) -> Snapshot:
+    """A daemon that did nothing yet but record these states."""
+    return Snapshot(
+        messages=0,
+        rows_written=0,
+        rejected={},
+        rejected_dropped=0,
+        bookkeeping_failures={},
+        bookkeeping_pending={},
+        pairs_listening=0,
+        pair_counts=pair_counts,
+        connected=False,
+        connections=0,
+        pending_in_memory=0,
+        pending_in_spool=0,
+        spool_bytes=0,
+        reading_paused=False,
+        newest_stored=None,
+        database_up=None,
+    )
 
 
 # -- the container's healthcheck ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from tests.data import BAD_FILE
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 
 
-def entry(wallet: str, token: str, enabled: bool, label: str | None) -> WatchEntry:
+def entry(wallet: str, token: str | None, enabled: bool, label: str | None) -> WatchEntry:
     return WatchEntry(wallet, token, enabled, label, None, None, None)
 
 
@@ -39,6 +39,21 @@ def test_optional_columns_may_be_left_out_and_come_in_any_order() -> None:
     assert parsed.errors == []
     (row,) = parsed.rows
     assert (row.wallet, row.token, row.enabled, row.has_label) == (WALLET, TOKEN, None, False)
+
+
+def test_an_empty_token_is_every_token_of_the_wallet_and_its_pairs_are_no_duplicates() -> None:
+    parsed = parse(f"wallet,token\n{WALLET},\n{WALLET},{TOKEN}\n{WALLET2}, \n")
+    assert parsed.errors == []
+    assert [(r.wallet, r.token) for r in parsed.rows] == [
+        (WALLET, None),
+        (WALLET, TOKEN),
+        (WALLET2, None),
+    ]
+
+
+def test_two_all_tokens_lines_of_one_wallet_are_a_duplicate() -> None:
+    parsed = parse(f"wallet,token,label\n{WALLET},,a\n{WALLET2},,b\n{WALLET},,c\n")
+    assert [(error.line, error.reason) for error in parsed.errors] == [(4, "duplicate of line 2")]
 
 
 @pytest.mark.parametrize(
@@ -72,8 +87,10 @@ def test_export_reads_back_to_the_same_rows() -> None:
     entries = [
         entry(WALLET, TOKEN, True, 'treasury "USDT", main'),
         entry(WALLET, SOL, False, None),
+        entry(WALLET2, None, True, "every token"),
     ]
     text = render(entries)
+    assert text.splitlines()[3] == f"{WALLET2},,true,every token"
     assert text.splitlines()[0] == "wallet,token,enabled,label"
     parsed = parse(text)
     assert parsed.errors == []
