@@ -136,7 +136,7 @@ class Snapshot:
     bookkeeping_failures: Mapping[Table, int]
     bookkeeping_pending: Mapping[Table, int]
     pairs_listening: int
-    pair_counts: Mapping[tuple[WatchKind, PairState], int]  # pairs and whole wallets by state
+    watch_counts: Mapping[tuple[WatchKind, PairState], int]  # pairs and whole wallets, by state
     connected: bool
     connections: int
     pending_in_memory: int
@@ -206,12 +206,12 @@ class DaemonCollector(Collector):
             "Subscription states or rejected frames waiting to be written.",
             c.bookkeeping_pending,
         )
-        yield _states("pairs", "Watchlist pairs by subscription state.", "pair", c.pair_counts)
+        yield _states("pairs", "Watchlist pairs by subscription state.", "pair", c.watch_counts)
         yield _states(
             "wallets",
             "Whole wallets (all-tokens watchlist rows) by subscription state.",
             "wallet",
-            c.pair_counts,
+            c.watch_counts,
         )
         yield _gauge(
             "pairs_listening",

@@ -215,7 +215,7 @@ class Daemon:
             bookkeeping_failures=dict(self.bookkeeping.failures),
             bookkeeping_pending=self.bookkeeping.pending,
             pairs_listening=self.coverage.listening,
-            pair_counts=dict(self.pair_states.counts),
+            watch_counts=dict(self.pair_states.counts),
             connected=self.client.connected,
             connections=self.client.connections,
             pending_in_memory=self.writer.pending_in_memory,

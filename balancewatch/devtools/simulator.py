@@ -53,7 +53,7 @@ _SHUTDOWN_TIMEOUT: Final = 2.0
 _MIN_TICK: Final = 0.05
 _ZERO_CHANCE: Final = 0.03
 # How often a random walk on a wallet room moves a token the wallet never held before.
-_NEW_TOKEN_CHANCE: Final = 0.1
+_NEW_TOKEN_CHANCE: Final = 0.03
 _MAX_STEP_PER_10K: Final = 500  # a balance moves by at most 5 % per message
 # The bench fast path's flow control: the most unsent bytes a socket may hold before a write
 # waits, and how long it waits between looks.

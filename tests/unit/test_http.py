@@ -78,7 +78,7 @@ def test_metrics_count_whole_wallets_apart_from_pairs() -> None:
     assert value(samples, "balancewatch_wallets", state="error") == 0  # every state, 0 too
 
 
-def idle_snapshot(pair_counts: Any) -> Snapshot:
+def idle_snapshot(watch_counts: Any) -> Snapshot:
     """A daemon that did nothing yet but record these states."""
     return Snapshot(
         messages=0,
@@ -88,7 +88,7 @@ def idle_snapshot(pair_counts: Any) -> Snapshot:
         bookkeeping_failures={},
         bookkeeping_pending={},
         pairs_listening=0,
-        pair_counts=pair_counts,
+        watch_counts=watch_counts,
         connected=False,
         connections=0,
         pending_in_memory=0,
