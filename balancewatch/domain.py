@@ -28,6 +28,8 @@ SETTLED_STATES: Final[frozenset[PairState]] = frozenset({"joined", "error"})
 # started, or when a check found the stored balance wrong).
 RowSource = Literal["stream", "snapshot", "check"]
 ROW_SOURCES: Final[tuple[RowSource, ...]] = get_args(RowSource)
+# Each source as balance_rows stores it, in one byte.
+ROW_SOURCE_CODES: Final[dict[RowSource, str]] = {"stream": "s", "snapshot": "n", "check": "c"}
 
 # A balance read from the chain: a snapshot when a listening period starts, or a check of the
 # stored balance. What came of it: a snapshot row stored; the stored balance confirmed (match),

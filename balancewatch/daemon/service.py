@@ -41,6 +41,7 @@ from balancewatch.daemon.metrics import (
     Snapshot,
     WriteMetrics,
 )
+from balancewatch.daemon.partitions import PartitionKeeper
 from balancewatch.daemon.sharding import ShardedRooms
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
@@ -114,6 +115,7 @@ class Daemon:
         # Of the rooms the watchlist wants, the subscriptions get those of the shards held.
         self.rooms = ShardedRooms(self.subscriptions, shards)
         self.sync = WatchlistSync(engine, url, self.rooms, config_from(settings, SyncConfig))
+        self.partitions = PartitionKeeper(engine)
         self.leases = LeaseKeeper(
             url,
             self.rooms,
@@ -263,6 +265,7 @@ class Daemon:
                 readers.create_task(self.client.run(stop))
                 readers.create_task(self.sync.run(stop))
                 readers.create_task(self.leases.run(stop))
+                readers.create_task(self.partitions.run(stop))
                 readers.create_task(self.http.serve(stop))
                 readers.create_task(
                     self.coverage.confirm_until(stop, self.client.last_sign_of_life)

@@ -88,11 +88,11 @@ BEGIN
         FROM bench_new));
     RETURN NULL;
 END $$;
-CREATE TRIGGER bench_notify_commit AFTER INSERT ON balance_history
+CREATE TRIGGER bench_notify_commit AFTER INSERT ON balance_rows
     REFERENCING NEW TABLE AS bench_new FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_commit();
 """
 _DROP_TRIGGER = """
-DROP TRIGGER IF EXISTS bench_notify_commit ON balance_history;
+DROP TRIGGER IF EXISTS bench_notify_commit ON balance_rows;
 DROP FUNCTION IF EXISTS bench_notify_commit();
 """
 
@@ -333,7 +333,7 @@ async def _settle(db: Any) -> None:
     """The same start for every run: an empty history (it grows by each run's rows, and every
     run was slower than the one before it, whatever it measured) and a checkpoint taken (else
     one lands in some runs and not others)."""
-    await db.execute("TRUNCATE balance_history")
+    await db.execute("TRUNCATE balance_rows")
     with contextlib.suppress(asyncpg.InsufficientPrivilegeError):  # --database-url, no superuser
         await db.execute("CHECKPOINT")
 

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from balancewatch.logs import get_logger
 from balancewatch.pipeline.fencing import Fenced, fence
+from balancewatch.pipeline.pair_ids import PairIds
 from balancewatch.pipeline.records import BalanceLine, received_at
 from balancewatch.pipeline.spool import Position, Spool
 from balancewatch.progress import Progress
@@ -35,14 +36,20 @@ def written(fenced: Fenced, spool_end: Position | None = None) -> Written:
 
 
 async def store_lines(
-    raw: RawConnection, lines: list[BalanceLine], timeout: float, *, split: bool = False
+    raw: RawConnection,
+    lines: list[BalanceLine],
+    pairs: PairIds,
+    timeout: float,
+    *,
+    split: bool = False,
 ) -> Fenced:
     """Every row in one COPY (the fencing trigger checks them: BatchFenced if it refuses); or,
     with `split`, after such a refusal, only the rows that pass. Inside the caller's
-    transaction when `split`, or when a checkpoint goes with them."""
+    transaction when `split`, or when a checkpoint goes with them. UnknownPairs, before
+    anything is written, if an id is missing (see PairIds.known_for)."""
     fenced = await fence(raw, lines, timeout) if split else Fenced(lines, 0)
     if fenced.kept:
-        await writes.copy_balance_lines(raw, fenced.kept, timeout)
+        await writes.copy_balance_rows(raw, pairs.rows(fenced.kept), timeout)
     return fenced
 
 
@@ -50,12 +57,14 @@ class SpoolReplay:
     def __init__(
         self,
         spool: Spool,
+        pairs: PairIds,
         *,
         batch_size: int,
         timeout: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._spool = spool
+        self._pairs = pairs
         self._batch_size = batch_size
         self._timeout = timeout
         self._progress = Progress("writer.spool_replay_progress", clock=clock)
@@ -64,6 +73,9 @@ class SpoolReplay:
     async def write_next(self, raw: RawConnection) -> Written:
         """The next rows after the committed checkpoint, and the checkpoint moved past them
         (the rows that pass the fencing check, if it refused some)."""
+        return await self._pairs.known_for(raw, lambda: self._write_fenced(raw), self._timeout)
+
+    async def _write_fenced(self, raw: RawConnection) -> Written:
         try:
             return await self._write_next(raw, split=False)
         except writes.BatchFenced:
@@ -78,7 +90,7 @@ class SpoolReplay:
                 log.warning("writer.spool_reset", checkpoint=str(start), end=str(spool.end()))
                 start = spool.start()
             rows, end = spool.read(start, self._batch_size)
-            fenced = await store_lines(raw, rows, self._timeout, split=split)
+            fenced = await store_lines(raw, rows, self._pairs, self._timeout, split=split)
             await writes.write_checkpoint(
                 raw, spool.spool_id, end.segment, end.offset, self._timeout
             )

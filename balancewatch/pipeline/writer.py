@@ -25,6 +25,7 @@ from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.pipeline.buffer import Buffer
 from balancewatch.pipeline.fencing import Fenced
+from balancewatch.pipeline.pair_ids import PairIds
 from balancewatch.pipeline.records import BalanceLine
 from balancewatch.pipeline.replay import SpoolReplay, Written, store_lines, written
 from balancewatch.pipeline.spool import Spool
@@ -80,8 +81,14 @@ class Writer:
         self._buffer = Buffer(
             spool, max_memory_rows=config.max_buffered_rows, durable=config.durable
         )
+        # Each pair's id, kept for the life of the process (10,000 pairs: about 2 MB).
+        self._pairs = PairIds()
         self._replay = SpoolReplay(
-            spool, batch_size=config.batch_size, timeout=config.write_timeout, clock=clock
+            spool,
+            self._pairs,
+            batch_size=config.batch_size,
+            timeout=config.write_timeout,
+            clock=clock,
         )
         self._connection = DedicatedConnection(url, role="writer", timeout=config.write_timeout)
         self._work = asyncio.Event()
@@ -245,11 +252,15 @@ class Writer:
 
     async def _store_memory_batch(self, raw: RawConnection, rows: list[BalanceLine]) -> Fenced:
         timeout = self._config.write_timeout
+        return await self._pairs.known_for(raw, lambda: self._store_fenced(raw, rows), timeout)
+
+    async def _store_fenced(self, raw: RawConnection, rows: list[BalanceLine]) -> Fenced:
+        timeout = self._config.write_timeout
         try:
-            return await store_lines(raw, rows, timeout)  # one COPY, checked by its trigger
+            return await store_lines(raw, rows, self._pairs, timeout)  # one COPY, its trigger
         except BatchFenced:
             async with raw.transaction():
-                return await store_lines(raw, rows, timeout, split=True)
+                return await store_lines(raw, rows, self._pairs, timeout, split=True)
 
     async def _fsync_spool(self, drain: asyncio.Event) -> None:
         while not drain.is_set():

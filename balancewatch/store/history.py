@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Text, TextClause, cast, select, text
+from sqlalchemy import Text, TextClause, case, cast, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.store.models import balance_history
+from balancewatch.domain import ROW_SOURCE_CODES
+from balancewatch.store.models import balance_rows, pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,25 +44,35 @@ async def fetch(
 ) -> list[Row]:
     """The pair's rows (every token's of the wallet if `token` is None) in [since, until],
     newest first, at most `limit` (None: all)."""
-    history = balance_history.c
+    rows, pair = balance_rows.c, pairs.c
+    of_wallet = select(pair.pair_id).where(pair.wallet == wallet)
+    # One pair: its id looked up first, so that its rows come newest first from the index,
+    # without a sort; a wallet's pairs: their rows merged and sorted.
+    wanted = (
+        rows.pair_id.in_(of_wallet)
+        if token is None
+        else rows.pair_id == of_wallet.where(pair.token == token).scalar_subquery()
+    )
+    source = case(
+        *((rows.source == code, name) for name, code in ROW_SOURCE_CODES.items()), else_=None
+    )
     query = (
         select(
-            history.token,
-            history.received_at,
-            cast(history.amount, Text).label("amount"),
-            history.source,
-            history.slot,
+            pair.token,
+            rows.received_at,
+            cast(rows.amount, Text).label("amount"),
+            source.label("source"),
+            rows.slot,
         )
-        .where(history.wallet == wallet)
-        .order_by(history.received_at.desc(), history.id.desc())
+        .join_from(balance_rows, pairs, rows.pair_id == pair.pair_id)
+        .where(wanted)
+        .order_by(rows.received_at.desc(), rows.id.desc())
         .limit(limit)
     )
-    if token is not None:
-        query = query.where(history.token == token)
     if since is not None:
-        query = query.where(history.received_at >= since)
+        query = query.where(rows.received_at >= since)
     if until is not None:
-        query = query.where(history.received_at <= until)
+        query = query.where(rows.received_at <= until)
     async with engine.connect() as connection:
         result = await connection.execute(query)
         return [Row(*row) for row in result]

@@ -168,11 +168,7 @@ async def gather(engine: AsyncEngine) -> Report:
         rows = (await connection.execute(text(_PROBLEMS), {"limit": PROBLEMS_SHOWN})).all()
         report.problems = [Problem(r.wallet, r.token, r.state, r.since, r.last_error) for r in rows]
         report.more_problems = max(0, (rows[0].total if rows else 0) - len(rows))
-        newest = (
-            await connection.execute(
-                text("SELECT received_at FROM balance_history ORDER BY id DESC LIMIT 1")
-            )
-        ).scalar_one_or_none()
+        newest = await newest_row(connection, now)
         report.newest_age = None if newest is None else now - newest
         report.rows_last_minute = await rows_since(connection, now - timedelta(minutes=1))
         report.rows_last_hour = await rows_since(connection, now - timedelta(hours=1))
@@ -220,31 +216,25 @@ async def _chain(connection: AsyncConnection, report: Report) -> None:
 
 
 async def rows_since(connection: AsyncConnection, cutoff: datetime) -> int:
-    """Rows of balance_history received after `cutoff`, without scanning the table."""
-    bounds = (await connection.execute(text("SELECT min(id), max(id) FROM balance_history"))).one()
-    if bounds[0] is None:
-        return 0
-    first = await _first_id_after(connection, cutoff, bounds[0], bounds[1])
+    """Rows of the history received after `cutoff`: only the partitions of its days (and the
+    default one) are read."""
     count: int = (
         await connection.execute(
-            text("SELECT count(*) FROM balance_history WHERE id >= :first AND received_at > :cut"),
-            {"first": first, "cut": cutoff},
+            text("SELECT count(*) FROM balance_rows WHERE received_at > :cut"), {"cut": cutoff}
         )
     ).scalar_one()
     return count
 
 
-async def _first_id_after(
-    connection: AsyncConnection, cutoff: datetime, low: int, high: int
-) -> int:
-    """The smallest id received after `cutoff` (high + 1 if none), by binary search: rows are
-    stored in arrival order, so received_at grows with id."""
-    probe = text("SELECT id, received_at FROM balance_history WHERE id >= :at ORDER BY id LIMIT 1")
-    while low <= high:
-        middle = (low + high) // 2
-        row = (await connection.execute(probe, {"at": middle})).first()
-        if row is None or row.received_at > cutoff:
-            high = middle - 1
-        else:
-            low = row.id + 1
-    return low
+async def newest_row(connection: AsyncConnection, now: datetime) -> datetime | None:
+    """When the newest row up to `now` was received: today's partitions first, the whole
+    history only if they have none."""
+    newest = "SELECT max(received_at) FROM balance_rows WHERE received_at <= :now"
+    for since in (now - timedelta(days=1), None):
+        query = newest if since is None else f"{newest} AND received_at > :since"
+        found: datetime | None = (
+            await connection.execute(text(query), {"now": now, "since": since})
+        ).scalar_one()
+        if found is not None:
+            return found
+    return None

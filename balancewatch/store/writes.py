@@ -1,6 +1,7 @@
 """Every statement of the write path, on the write path's own asyncpg connections.
 
-Balance rows travel as COPY text lines (see pipeline/records.py); rejected frames as records;
+Balance rows travel as COPY text lines (see pipeline/records.py), stored with their pair's id;
+rejected frames as records;
 subscription states as one upsert of arrays; the spool checkpoint is read and moved in the
 transaction of the rows it covers; listening periods as arrays too, with their holder's
 confirmation.
@@ -19,7 +20,10 @@ import asyncpg
 from balancewatch.domain import EndReason, PairState, Watch
 from balancewatch.store.db import RawConnection
 
+# A balance line's columns (pipeline/records.py); stored as balance_rows' ROW_COLUMNS, the
+# pair's id in place of its wallet and token (pipeline/pair_ids.py).
 BALANCE_COLUMNS: Final = ("wallet", "token", "amount", "received_at", "epoch")
+ROW_COLUMNS: Final = ("pair_id", "amount", "received_at", "epoch")
 
 # A frame that was not stored as a balance: received_at, reason, detail, room, frame, size.
 RejectedRow = tuple[datetime, str, str, str | None, str, int]
@@ -53,7 +57,7 @@ class StatusChange:
     error: str | None
 
 
-# Raised by the balance_history_fence trigger: a row of the batch was received after its
+# Raised by the balance_rows_fence trigger: a row of the batch was received after its
 # shard tenure ended (see the migrations' 0007).
 FENCED_SQLSTATE: Final = "BWF01"
 
@@ -64,21 +68,35 @@ class BatchFenced(Exception):
     (pipeline/fencing.py)."""
 
 
-async def copy_balance_lines(raw: RawConnection, lines: Sequence[bytes], timeout: float) -> None:
-    """COPY rows given as text lines into balance_history: one statement, atomic by itself,
-    and checked by the fencing trigger in it (BatchFenced if it refuses them)."""
+async def copy_balance_rows(raw: RawConnection, rows: bytes, timeout: float) -> None:
+    """COPY rows given as text (ROW_COLUMNS) into balance_rows: one statement, atomic by
+    itself, and checked by the fencing trigger in it (BatchFenced if it refuses them)."""
 
     async def chunks() -> AsyncIterator[bytes]:
-        yield b"".join(lines)
+        yield rows
 
     try:
         await raw.copy_to_table(
-            "balance_history", source=chunks(), columns=BALANCE_COLUMNS, timeout=timeout
+            "balance_rows", source=chunks(), columns=ROW_COLUMNS, timeout=timeout
         )
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == FENCED_SQLSTATE:
             raise BatchFenced(str(exc)) from exc
         raise
+
+
+async def pair_ids(
+    raw: RawConnection, pairs: Sequence[Sequence[str]], timeout: float
+) -> list[tuple[str, str, int]]:
+    """The id of each (wallet, token), added to `pairs` if it was not there (committed with
+    the statement when outside a transaction)."""
+    found = await raw.fetch(
+        "SELECT wallet, token, pair_id FROM pair_ids($1::text[], $2::text[])",
+        [wallet for wallet, _ in pairs],
+        [token for _, token in pairs],
+        timeout=timeout,
+    )
+    return [(row["wallet"], row["token"], row["pair_id"]) for row in found]
 
 
 async def tenure_ends(

@@ -41,7 +41,7 @@ async def test_a_slow_database_fills_memory_to_its_bound_then_the_spool_and_drop
         """
         CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
-        CREATE TRIGGER slow_writes AFTER INSERT ON balance_history
+        CREATE TRIGGER slow_writes AFTER INSERT ON balance_rows
         FOR EACH STATEMENT EXECUTE FUNCTION slow_down();
         """
     )
@@ -58,7 +58,7 @@ async def test_a_slow_database_fills_memory_to_its_bound_then_the_spool_and_drop
                 peak_memory = max(peak_memory, len(running.daemon.writer._buffer.memory))
         await wait_until(lambda: running.daemon.ingest.messages == 5000, timeout=20)
         assert running.daemon.writer._buffer.spilled
-        await connection.execute("DROP TRIGGER slow_writes ON balance_history")
+        await connection.execute("DROP TRIGGER slow_writes ON balance_rows")
         await wait_until(
             lambda: count_is(url, 5000), timeout=60, what="all rows after the slowdown"
         )

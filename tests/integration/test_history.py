@@ -88,16 +88,19 @@ async def test_downgrading_0003_drops_the_views_and_the_function(engine: AsyncEn
     assert await migrate.current_revision(engine) == migrate.head_revision()
 
 
-async def test_the_as_of_lookup_is_an_index_scan(db: Any) -> None:
+async def test_the_as_of_lookup_is_an_index_scan_without_a_sort(db: Any) -> None:
     await db.execute("SET enable_seqscan = off")
-    rows = await db.fetch(
-        "EXPLAIN SELECT amount FROM balance_history WHERE wallet = $1 AND token = $2 "
+    rows = await db.fetch(  # the query of balance_at and balance_as_of (migration 0009)
+        "EXPLAIN SELECT amount FROM balance_rows "
+        "WHERE pair_id = (SELECT pair_id FROM pairs WHERE wallet = $1 AND token = $2) "
         "AND received_at <= $3 ORDER BY received_at DESC, id DESC LIMIT 1",
         WALLET,
         TOKEN,
         T0,
     )
-    assert "balance_history_pair_received_at_idx" in "\n".join(row[0] for row in rows)
+    plan = "\n".join(row[0] for row in rows)
+    assert "pair_id_received_at_id_idx" in plan
+    assert "->  Sort" not in plan
 
 
 # --- the gaps of `balancewatch history` -----------------------------------------------------

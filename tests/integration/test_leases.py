@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balancewatch.pipeline.pair_ids import PairIds
 from balancewatch.pipeline.records import balance_line, stamp_from_micros
 from balancewatch.pipeline.replay import store_lines
 from balancewatch.store import leases
@@ -48,6 +49,13 @@ async def claim(raw: Any, member: Member, shards: list[int], ttl: float = TTL) -
 def line(epoch: int, at: datetime, amount: str = "1") -> bytes:
     micros = (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     return balance_line(WALLET, TOKEN, amount, stamp_from_micros(micros), epoch)
+
+
+async def known_pair(raw: Any) -> PairIds:
+    """The ids of the lines' one pair, learned as the writer does before a batch."""
+    pairs = PairIds()
+    await pairs.learn(raw, [f"{WALLET}\t{TOKEN}".encode()], 5)
+    return pairs
 
 
 async def test_a_claim_draws_a_new_epoch_and_opens_a_tenure(raw: Any) -> None:
@@ -148,13 +156,14 @@ async def test_rows_received_after_their_tenure_ended_are_never_stored(raw: Any)
     before = line(epoch, ended - timedelta(milliseconds=5), "1")
     after = line(epoch, ended + timedelta(milliseconds=5), "2")
     unknown = line(epoch + 1000, ended, "3")
+    pairs = await known_pair(raw)
     # The trigger refuses the plain COPY whole...
     with pytest.raises(BatchFenced):
-        await store_lines(raw, [before, after, unknown], 5)
+        await store_lines(raw, [before, after, unknown], pairs, 5)
     assert await raw.fetchval("SELECT count(*) FROM balance_history") == 0
     # ...and the split stores the row that passes.
     async with raw.transaction():
-        fenced = await store_lines(raw, [before, after, unknown], 5, split=True)
+        fenced = await store_lines(raw, [before, after, unknown], pairs, 5, split=True)
     assert fenced.refused == 2
     stored = await raw.fetch("SELECT amount::text AS amount, epoch FROM balance_history")
     assert [(r["amount"], r["epoch"]) for r in stored] == [("1", epoch)]
@@ -165,9 +174,10 @@ async def test_a_batch_being_stored_holds_off_a_takeover_until_it_commits(
 ) -> None:
     epoch = (await claim(raw, A, [0], ttl=0.5))[0]
     writer = await other(database_url)
+    pairs = await known_pair(writer)
     transaction = writer.transaction()
     await transaction.start()
-    fenced = await store_lines(writer, [line(epoch, datetime.now(UTC))], 5)
+    fenced = await store_lines(writer, [line(epoch, datetime.now(UTC))], pairs, 5)
     assert fenced.refused == 0
     await asyncio.sleep(0.6)  # the lease expires in the database's clock meanwhile
     takeover = asyncio.create_task(claim(raw, B, [0]))
@@ -193,3 +203,25 @@ async def test_the_writer_stores_the_rows_that_pass_and_counts_those_fenced(
     assert await writer.flush()
     assert (writer.rows_written, writer.rows_fenced) == (1, 1)
     assert await raw.fetchval("SELECT amount::text FROM balance_history") == "1"
+
+
+@pytest.mark.parametrize(
+    "insert",
+    [
+        "INSERT INTO balance_rows (pair_id, amount, received_at, epoch) VALUES (1, 1, $1, $2)",
+        "INSERT INTO balance_history (wallet, token, amount, received_at, epoch) "
+        f"VALUES ('{WALLET}', '{TOKEN}', 1, $1, $2)",
+    ],
+    ids=["balance_rows", "through_the_view"],
+)
+async def test_a_late_row_is_refused_written_directly_or_through_the_view(
+    raw: Any, insert: str
+) -> None:
+    epoch = (await claim(raw, A, [0]))[0]
+    await leases.release(raw, A.instance, [0], 5)
+    ended = await raw.fetchval("SELECT ended_at FROM shard_tenures WHERE epoch = $1", epoch)
+    with pytest.raises(asyncpg.PostgresError) as refused:
+        await raw.execute(insert, ended + timedelta(milliseconds=5), epoch)
+    assert refused.value.sqlstate == "BWF01"
+    await raw.execute(insert, ended - timedelta(milliseconds=5), epoch)  # in time: stored
+    assert await raw.fetchval("SELECT count(*) FROM balance_rows") == 1

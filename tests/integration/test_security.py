@@ -230,11 +230,16 @@ async def test_snapshots_checks_and_refused_answers_work_with_only_the_readme_gr
     assert await db.fetchval("SELECT sum(reads) FROM chain_reads WHERE result = 'drift'") == 1
 
 
+# balance_history is a view over a join: nobody can UPDATE, DELETE or TRUNCATE it; its table is
+# balance_rows.
 DENIED = [
-    "UPDATE balance_history SET amount = 0",
-    "DELETE FROM balance_history",
-    "TRUNCATE balance_history",
     "SELECT * FROM balance_history",
+    "UPDATE balance_rows SET amount = 0",
+    "DELETE FROM balance_rows",
+    "TRUNCATE balance_rows",
+    "SELECT * FROM balance_rows",
+    "SELECT * FROM pairs",
+    "DELETE FROM pairs",
     f"INSERT INTO watchlist (wallet, token) VALUES ('{WALLET}', '{TOKEN}')",
     "UPDATE watchlist SET enabled = false",
     "DELETE FROM watchlist",
@@ -248,7 +253,8 @@ DENIED = [
     "DELETE FROM coverage",
     "DELETE FROM coverage_holders",
     "UPDATE alembic_version SET version_num = 'x'",
-    "DROP TABLE balance_history",
+    "DROP VIEW balance_history",
+    "DROP TABLE balance_rows",
     "ALTER TABLE watchlist DISABLE TRIGGER ALL",
 ]
 

@@ -68,11 +68,11 @@ async def running(writer: Writer) -> AsyncIterator[Running]:
 
 
 async def table_away(db: Any) -> None:
-    await db.execute("ALTER TABLE balance_history RENAME TO bh_away")
+    await db.execute("ALTER TABLE balance_rows RENAME TO rows_away")
 
 
 async def table_back(db: Any) -> None:
-    await db.execute("ALTER TABLE bh_away RENAME TO balance_history")
+    await db.execute("ALTER TABLE rows_away RENAME TO balance_rows")
 
 
 # --- batching -------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ async def test_cancelling_run_during_a_write_keeps_the_batch_in_flight(
     blocker = db.transaction()
     await blocker.start()
     # SHARE lets the writer's introspection SELECT through and blocks the COPY itself.
-    await db.execute("LOCK TABLE balance_history IN SHARE MODE")
+    await db.execute("LOCK TABLE balance_rows IN SHARE MODE")
     task = asyncio.create_task(writer.run(drain))
     try:
         add_all(writer, rows)  # a full batch: the COPY starts and waits on the lock
