@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -55,8 +56,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy.engine import URL
@@ -1022,3 +1024,31 @@ def _pct(ordered: Sequence[float], percent: float) -> float:
     if len(ordered) == 1:
         return ordered[0]
     return statistics.quantiles(ordered, n=100, method="inclusive")[int(percent) - 1]
+
+
+# -- the README's SQL: what the history section times, and the test suite runs ---------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_text() -> str:
+    """The checkout's README.md; in an installed wheel, which has none, the README the package
+    was built with (its metadata's description)."""
+    if README.is_file():
+        return README.read_text()
+    # One field, so a str; the type says `str | list[str]` for the fields that repeat.
+    return cast(str, metadata.metadata("balancewatch").json["description"])
+
+
+def sql_blocks(text: str) -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
+
+
+def numbered_queries(text: str) -> dict[int, str]:
+    """The `-- N. ` blocks of the "Querying" section, by number."""
+    found: dict[int, str] = {}
+    for block in sql_blocks(text):
+        match = re.match(r"-- (\d+)\. ", block)
+        if match:
+            found[int(match.group(1))] = block
+    return found

@@ -1,11 +1,14 @@
 """The simulator's prebuilt frames, which the benchmark sends; the replicas section's sums and
-its quick plan."""
+its quick plan; where the README's queries are read from."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from balancewatch.devtools.bench import Plan, Takeover
+from balancewatch.devtools import bench
+from balancewatch.devtools.bench import Plan, Takeover, numbered_queries, readme_text
 from balancewatch.devtools.simulator import text_frame
 from balancewatch.settings import Settings
 
@@ -37,3 +40,12 @@ def test_the_quick_plan_runs_replicas_small_on_the_shortest_lease_the_daemon_tak
     assert quick.replica_pairs <= 100 < full.replica_pairs
     assert quick.failovers == quick.handovers == 1
     assert quick.takeover_pairs == 0
+
+
+def test_the_readme_is_read_from_the_installed_package_where_there_is_no_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    in_checkout = numbered_queries(readme_text())
+    monkeypatch.setattr(bench, "README", tmp_path / "README.md")
+    assert "## Querying" in readme_text()
+    assert sorted(numbered_queries(readme_text())) == sorted(in_checkout)
