@@ -62,6 +62,7 @@ from typing import Any, cast
 
 import asyncpg
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
 from balancewatch.daemon.service import Daemon
@@ -180,17 +181,22 @@ def command(args: argparse.Namespace) -> int:
 
 
 def run_bench(plan: Plan, database_url: str | None) -> int:
+    return _on_a_server(database_url, lambda url: _run_loop(plan, url))
+
+
+def _on_a_server(database_url: str | None, run: Callable[[URL], None]) -> int:
+    """`run` on the server of `database_url`, or else of a throwaway cluster."""
     logs.configure(level="error")
     print(f"balancewatch bench, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores")
     if database_url is not None:
         print("  database: --database-url, as configured there")
-        _run_loop(plan, parse_database_url(database_url))
+        run(parse_database_url(database_url))
     else:
         print("  database: a throwaway cluster, fsync on")
         # Durable, like any database worth deploying next to: without fsync a commit costs
         # next to nothing, and the bench would flatter whatever commits often.
         with LocalPostgres(durable=True) as cluster:
-            _run_loop(plan, parse_database_url(cluster.url()))
+            run(parse_database_url(cluster.url()))
     return 0
 
 
@@ -205,22 +211,29 @@ def _run_loop(plan: Plan, server_url: URL) -> None:
 
 async def _bench(plan: Plan, server_url: URL) -> None:
     results = Results()
+    async with _migrated(server_url) as (url, _, db):
+        print(f"  Postgres {db.get_server_version().major}; plan: {plan}", flush=True)
+        await _simulator_ceiling(plan, results)
+        await _in_process(plan, url, db, results)
+        await _scale(plan, url, db, results)
+        await _replicas(plan, url, db, results)
+    print("done", flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _migrated(server_url: URL) -> AsyncIterator[tuple[URL, AsyncEngine, Any]]:
+    """A scratch database on the server, migrated: its URL, an engine and a connection."""
     async with _scratch_database(server_url) as url:
         engine = create_engine(url)
         try:
             await migrate.upgrade(engine)
             db = await asyncpg.connect(asyncpg_dsn(url))
             try:
-                print(f"  Postgres {db.get_server_version().major}; plan: {plan}", flush=True)
-                await _simulator_ceiling(plan, results)
-                await _in_process(plan, url, db, results)
-                await _scale(plan, url, db, results)
-                await _replicas(plan, url, db, results)
+                yield url, engine, db
             finally:
                 await db.close()
         finally:
             await engine.dispose()
-    print("done", flush=True)
 
 
 @contextlib.asynccontextmanager
