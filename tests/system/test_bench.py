@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.files import numbered_queries
-from tests.processes import balancewatch
+from tests.processes import Finished, balancewatch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,18 +27,22 @@ _ROW = re.compile(
 )
 
 
-async def test_quick_bench_prints_every_section(server_url: URL) -> None:
+async def bench(server_url: URL, *args: str, timeout: float) -> Finished:
+    """`balancewatch bench ARGS` on the test server, its output unbuffered, exited with 0."""
     result = await balancewatch(
         "bench",
-        "--quick",
-        "--messages",
-        "2000",
+        *args,
         "--database-url",
         server_url.render_as_string(hide_password=False),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        timeout=110,
+        timeout=timeout,
     )
     assert result.code == 0, result.stdout + result.stderr
+    return result
+
+
+async def test_quick_bench_prints_every_section(server_url: URL) -> None:
+    result = await bench(server_url, "--quick", "--messages", "2000", timeout=110)
     rows = _ROW.findall(result.stdout)
     sections = {section for section, *_ in rows}
     assert sections == {"sim", "ingest", "latency", "sync", "chain", "scale", "replicas"}, (
@@ -87,16 +91,7 @@ _TIMED = re.compile(
 async def test_history_bench_times_every_readme_query_on_the_rows_it_loaded(
     server_url: URL,
 ) -> None:
-    result = await balancewatch(
-        "bench",
-        "--history",
-        "20k",
-        "--database-url",
-        server_url.render_as_string(hide_password=False),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        timeout=50,
-    )
-    assert result.code == 0, result.stdout + result.stderr
+    result = await bench(server_url, "--history", "20k", timeout=50)
     timed = {name: rows for name, _, rows, *_ in _TIMED.findall(result.stdout)}
     readme = {int(m.group(1)) for name in timed if (m := re.match(r"README (\d+)\. ", name))}
     assert readme == set(numbered_queries()), result.stdout
