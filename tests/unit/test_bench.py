@@ -14,6 +14,7 @@ from balancewatch import cli
 from balancewatch.cli import row_count
 from balancewatch.devtools import bench
 from balancewatch.devtools.bench import (
+    BUSY_HOUR,
     HISTORY_SPAN,
     OUTAGES,
     Plan,
@@ -26,7 +27,7 @@ from balancewatch.devtools.bench import (
     on_pair,
     readme_text,
     report,
-    stream_shares,
+    stretches,
     title,
 )
 from balancewatch.devtools.simulator import text_frame
@@ -159,19 +160,21 @@ def test_every_pair_is_listened_to_for_the_whole_span_but_the_outages() -> None:
     assert any(p.end is not None and newest - p.end < timedelta(hours=24) for p in periods)
 
 
-def test_the_stream_rows_are_shared_by_the_periods_in_proportion_to_their_length() -> None:
+def test_the_newest_hour_is_busy_and_the_rest_shared_in_proportion_to_the_time_listened() -> None:
     newest = datetime(2026, 11, 30, tzinfo=UTC)
     periods = listening(newest)
-    shares = stream_shares(periods, 10_000_000, newest)
-    assert sum(shares) == 10_000_000
-    for period, share in zip(periods, shares, strict=True):
-        length = (period.end or newest) - period.start
-        assert share == pytest.approx(10_000_000 * (length / (HISTORY_SPAN - _outages())), abs=1)
-    assert sum(stream_shares(periods, 7, newest)) == 7
-
-
-def _outages() -> timedelta:
-    return sum((lasted for _, _, lasted in OUTAGES), timedelta())
+    cut = newest - BUSY_HOUR
+    found = stretches(periods, 10_000_000, 600_000, newest)
+    assert sum(stretch.rows for stretch in found) == 10_000_000
+    assert [stretch.opens for stretch in found] == [*periods, None]  # the busy hour opens none
+    assert (found[-1].start, found[-1].end, found[-1].rows) == (cut, newest, 600_000)
+    assert found[-2].end == cut  # the last period, up to the busy hour
+    quiet = HISTORY_SPAN - BUSY_HOUR - sum((lasted for _, _, lasted in OUTAGES), timedelta())
+    for stretch, period in zip(found, periods, strict=False):  # one a period, then the busy hour
+        assert stretch.start == period.start
+        share = 9_400_000 * ((stretch.end - stretch.start) / quiet)
+        assert stretch.rows == pytest.approx(share, abs=1)
+    assert sum(stretch.rows for stretch in stretches(periods, 7, 1, newest)) == 7
 
 
 def test_the_table_gives_each_query_its_median_rows_and_runs_or_why_it_was_not_timed() -> None:
