@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from balancewatch.devtools import bench
+
 REPO = Path(__file__).parent.parent
 README = REPO / "README.md"
 
@@ -17,17 +19,12 @@ README = REPO / "README.md"
 
 
 def sql_blocks() -> list[str]:
-    return re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    return bench.sql_blocks(README.read_text())
 
 
 def numbered_queries() -> dict[int, str]:
     """The README's "Querying" section: its `-- N. ` blocks, by number."""
-    found: dict[int, str] = {}
-    for block in sql_blocks():
-        match = re.match(r"-- (\d+)\. ", block)
-        if match:
-            found[int(match.group(1))] = block
-    return found
+    return bench.numbered_queries(README.read_text())
 
 
 # -- the container -----------------------------------------------------------------------------

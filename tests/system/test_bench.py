@@ -1,4 +1,5 @@
-"""A smoke run of `balancewatch bench --quick`, so the benchmark cannot rot.
+"""A smoke run of `balancewatch bench --quick`, and one of `--history` on a small history, so the
+benchmark cannot rot.
 
 It checks that every section runs and prints a number, never how fast anything was: the
 figures live in BENCHMARKS.md, measured on purpose, not in a timed test.
@@ -12,7 +13,8 @@ import re
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.processes import balancewatch
+from tests.files import numbered_queries
+from tests.processes import Finished, balancewatch
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,18 +27,22 @@ _ROW = re.compile(
 )
 
 
-async def test_quick_bench_prints_every_section(server_url: URL) -> None:
+async def bench(server_url: URL, *args: str, timeout: float) -> Finished:
+    """`balancewatch bench ARGS` on the test server, its output unbuffered, exited with 0."""
     result = await balancewatch(
         "bench",
-        "--quick",
-        "--messages",
-        "2000",
+        *args,
         "--database-url",
         server_url.render_as_string(hide_password=False),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        timeout=110,
+        timeout=timeout,
     )
     assert result.code == 0, result.stdout + result.stderr
+    return result
+
+
+async def test_quick_bench_prints_every_section(server_url: URL) -> None:
+    result = await bench(server_url, "--quick", "--messages", "2000", timeout=110)
     rows = _ROW.findall(result.stdout)
     sections = {section for section, *_ in rows}
     assert sections == {"sim", "ingest", "latency", "sync", "chain", "scale", "replicas"}, (
@@ -73,4 +79,30 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
     for _, metric, value, unit in rows:
         assert float(value.replace(",", "")) > 0, (metric, value, unit)
     assert re.search(r"drift injected -> found \(false\)\s+\d+ -> \d+ \(\d+\)", result.stdout)
+    assert result.stdout.rstrip().endswith("done")
+
+
+# A timed line: name, median ms, rows (or -), the three runs in ms.
+_TIMED = re.compile(
+    r"^  (.+?)\s+([\d,]+\.\d)\s+([\d,]+|-)\s+([\d,]+\.\d) / ([\d,]+\.\d) / ([\d,]+\.\d)$", re.M
+)
+
+
+async def test_history_bench_times_every_readme_query_on_the_rows_it_loaded(
+    server_url: URL,
+) -> None:
+    result = await bench(server_url, "--history", "20k", timeout=50)
+    timed = {name: rows for name, _, rows, *_ in _TIMED.findall(result.stdout)}
+    readme = {int(m.group(1)) for name in timed if (m := re.match(r"README (\d+)\. ", name))}
+    assert readme == set(numbered_queries()), result.stdout
+    assert timed["README 1. The latest balance of every pair"] not in ("0", "-")
+    for name in ("latest_balance, every pair", "status (store.reports.gather)"):
+        assert name in timed, result.stdout
+    assert any(name.startswith("history of one pair") and timed[name] != "0" for name in timed)
+    assert re.search(r"balance_daily, the last 30 days\s+not in this schema", result.stdout)
+    assert re.search(r"history: 20,000 rows over 10,000 pairs", result.stdout)
+    bytes_per_row = re.search(r"balance_history on disk: .*: ([\d,]+) bytes per row", result.stdout)
+    assert bytes_per_row, result.stdout
+    assert int(bytes_per_row.group(1).replace(",", "")) > 100
+    assert "simulator ceiling" not in result.stdout  # the other sections did not run
     assert result.stdout.rstrip().endswith("done")
