@@ -53,9 +53,9 @@ async def fetch(
         if token is None
         else rows.pair_id == of_wallet.where(pair.token == token).scalar_subquery()
     )
-    source = case(
-        *((rows.source == code, name) for name, code in ROW_SOURCE_CODES.items()), else_=None
-    )
+    # As text: asyncpg would take a "char" parameter as bytes.
+    codes = {code: name for name, code in ROW_SOURCE_CODES.items()}
+    source = case(codes, value=cast(rows.source, Text))
     query = (
         select(
             pair.token,
