@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from balancewatch.devtools import bench
+from balancewatch.devtools import bench_history
 
 REPO = Path(__file__).parent.parent
 README = REPO / "README.md"
@@ -19,12 +19,12 @@ README = REPO / "README.md"
 
 
 def sql_blocks() -> list[str]:
-    return bench.sql_blocks(README.read_text())
+    return bench_history.sql_blocks(README.read_text())
 
 
 def numbered_queries() -> dict[int, str]:
     """The README's "Querying" section: its `-- N. ` blocks, by number."""
-    return bench.numbered_queries(README.read_text())
+    return bench_history.numbered_queries(README.read_text())
 
 
 # -- the container -----------------------------------------------------------------------------

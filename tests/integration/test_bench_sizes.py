@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from balancewatch.devtools.bench import relation_bytes
+from balancewatch.devtools.bench_history import relation_bytes
 
 _SIZES = "SELECT pg_table_size($1::regclass) AS t, pg_indexes_size($1::regclass) AS i"
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from balancewatch.devtools.bench import bench_pairs
+from balancewatch.devtools.benchkit import bench_pairs
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import room_for
 from balancewatch.ops.status import render

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL
 
-from balancewatch.devtools.bench import bench_pairs
+from balancewatch.devtools.benchkit import bench_pairs
 from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import room_for

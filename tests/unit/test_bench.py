@@ -12,16 +12,13 @@ import pytest
 
 from balancewatch import cli
 from balancewatch.cli import row_count
-from balancewatch.devtools import bench
-from balancewatch.devtools.bench import (
+from balancewatch.devtools import bench_history
+from balancewatch.devtools.bench import Plan, Takeover, command
+from balancewatch.devtools.bench_history import (
     BUSY_HOUR,
     HISTORY_SPAN,
     OUTAGES,
-    Plan,
-    Takeover,
     Timing,
-    bench_pairs,
-    command,
     listening,
     numbered_queries,
     on_pair,
@@ -30,6 +27,7 @@ from balancewatch.devtools.bench import (
     stretches,
     title,
 )
+from balancewatch.devtools.benchkit import bench_pairs
 from balancewatch.devtools.simulator import text_frame
 from balancewatch.settings import Settings
 
@@ -133,7 +131,7 @@ def test_the_readme_is_read_from_the_installed_package_where_there_is_no_checkou
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     in_checkout = numbered_queries(readme_text())
-    monkeypatch.setattr(bench, "README", tmp_path / "README.md")
+    monkeypatch.setattr(bench_history, "README", tmp_path / "README.md")
     assert "## Querying" in readme_text()
     assert sorted(numbered_queries(readme_text())) == sorted(in_checkout)
 

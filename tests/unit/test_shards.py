@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from balancewatch.daemon.shards import Lease, assignment, owner_of, plan
-from balancewatch.devtools.bench import bench_pairs
+from balancewatch.devtools.benchkit import bench_pairs
 from balancewatch.domain import DEFAULT_SHARDS, shard_of
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 
