@@ -119,6 +119,21 @@ Index(
     balance_rows.c.id.desc(),
 )
 
+# Each pair's newest row of balance_rows (the highest received_at, then id), kept by its
+# statement triggers on every write (migration 0010); latest_balance reads it.
+latest_rows = Table(
+    "latest_rows",
+    metadata,
+    Column("pair_id", Integer, primary_key=True, autoincrement=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("id", BigInteger, nullable=False),
+    Column("amount", Numeric, nullable=False),
+    Column("source", PgChar(), nullable=False),
+    Column("slot", BigInteger, nullable=True),
+    Column("epoch", BigInteger, nullable=True),
+    postgresql_with={"fillfactor": 50},
+)
+
 subscription_status = Table(
     "subscription_status",
     metadata,
