@@ -28,9 +28,9 @@ _LOCK_KEY = 0x62777074
 _UTC_DAY = "(({at}) AT TIME ZONE 'UTC')::date"
 _DAY_START = "(({day})::timestamp AT TIME ZONE 'UTC')"
 
-# One day's figures per pair (_LIVE), the same in the rollup and in the view's live parts. first and
-# last in (received_at, id) order, as README query 8 had them; messages counts the rows of
-# every source (a snapshot or check row is a balance too), as that query did.
+# One day's figures per pair (_LIVE), the same in the rollup and in the view's live parts.
+# first and last in (received_at, id) order, as README query 8 had them; messages counts the
+# rows of every source (a snapshot or check row is a balance too), as that query did.
 _AGGREGATES = """
     (array_agg(r.amount ORDER BY r.received_at, r.id))[1] AS first,
     (array_agg(r.amount ORDER BY r.received_at DESC, r.id DESC))[1] AS last,
