@@ -103,6 +103,9 @@ BEGIN
       AND r.received_at < {_DAY_START.format(day="roll_up_day.day + 1")}
     GROUP BY 1, 2;
     UPDATE rollup_state SET live_from = live_from + 1 WHERE live_from = roll_up_day.day;
+    -- Both stay tiny; unanalyzed, the planner prices balance_daily's plan at millions of rows
+    -- and Postgres compiles it with JIT: 1.3-2 s instead of 30 ms.
+    ANALYZE rollup_invalid, rollup_state;
     RETURN 'rolled_up';
 END
 $$
@@ -198,6 +201,7 @@ def upgrade() -> None:
     for function in ("roll_up_day(date)", "drop_balance_partition(date)"):
         op.execute(f"REVOKE EXECUTE ON FUNCTION {function} FROM PUBLIC")
     op.execute(_VIEW)
+    op.execute("ANALYZE rollup_state, rollup_invalid, daily_rows")  # see roll_up_day
 
 
 def downgrade() -> None:
