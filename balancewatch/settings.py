@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
@@ -38,6 +40,10 @@ _DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"
 # characters at the usual providers; "rpc", "v1", "mainnet" are not keys).
 _KEY_SEGMENT_CHARS = 16
 _KEY_VALUE_CHARS = 8
+# A retention: whole days or weeks, since the history is dropped a day partition at a time.
+_RETENTION = re.compile(r"\s*([1-9][0-9]{0,5})\s*([dw])\s*", re.IGNORECASE)
+_RETENTION_UNITS = {"d": 1, "w": 7}
+_RETENTION_FORMAT = "must be a whole number of days or weeks, like 400d or 12w"
 
 
 def parse_database_url(raw: str) -> URL:
@@ -120,6 +126,10 @@ class Settings(BaseSettings):
     )
     lease_ttl: float = Field(default=15.0, ge=3, le=600)
 
+    # How long the raw history is kept, in whole days or weeks (`400d`, `12w`); older day
+    # partitions are dropped once rolled up (the daily rollups are kept). None: keep everything.
+    retention: timedelta | None = None
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -157,6 +167,15 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value().strip():
             return None  # an empty variable is the same as none
         return SecretStr(check_rpc_url(value.get_secret_value()))
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention_in_days(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_retention(value)
+        if value is None or isinstance(value, timedelta):
+            return value
+        raise ValueError(_RETENTION_FORMAT)  # a bare number: of seconds? days? say which
 
     @field_validator("backoff_max")
     @classmethod
@@ -217,6 +236,17 @@ class Settings(BaseSettings):
             return check_rpc_url(url) if url else None
         except ValueError as exc:
             raise ConfigError(f"{name}: the URL in {self.rpc_url_file} {exc}") from None
+
+
+def parse_retention(raw: str) -> timedelta | None:
+    """`400d` or `12w` as a timedelta; an empty value is no retention."""
+    if not raw.strip():
+        return None
+    match = _RETENTION.fullmatch(raw)
+    if match is None:
+        raise ValueError(_RETENTION_FORMAT)
+    count, unit = match.groups()
+    return timedelta(days=int(count) * _RETENTION_UNITS[unit.lower()])
 
 
 def check_rpc_url(url: str) -> str:

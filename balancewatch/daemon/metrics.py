@@ -147,6 +147,7 @@ class Snapshot:
     database_up: bool | None
     shards: ShardCounts | None = None
     chain: ChainCounts | None = None  # None: no RPC URL, nothing read from the chain
+    partitions_dropped: int = 0  # day partitions dropped by the retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +247,11 @@ class DaemonCollector(Collector):
             yield _gauge(
                 "database_up", "1 if the database answered the last check.", int(c.database_up)
             )
+        yield _counter(
+            "partitions_dropped",
+            "Day partitions of the history dropped by the retention (rollups kept).",
+            c.partitions_dropped,
+        )
         yield _gauge(
             "rpc_configured",
             "1 if an RPC URL is set (snapshots, checks).",

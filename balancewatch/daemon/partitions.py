@@ -1,14 +1,20 @@
-"""Partitions ahead: balance_rows has a partition for today and each of the next days before
-any row of theirs arrives, so no row lands in the default partition in normal operation (and
-a partition is never created while rows pour into its range). Checked at start and hourly;
-every replica does it, the database's advisory lock taking them one at a time.
+"""The day partitions' upkeep, at start and hourly; every replica does it, the database's
+advisory lock taking them one at a time:
+
+- Partitions ahead: balance_rows has a partition for today and each of the next days before
+  any row of theirs arrives, so no row lands in the default partition in normal operation
+  (and a partition is never created while rows pour into its range).
+- Rollups: each closed day, and each day that received rows after its rollup, rolled up into
+  daily_rows, oldest first, a day per transaction.
+- Retention: with BALANCEWATCH_RETENTION, the partitions of the days older than that, once
+  rolled up, detached and dropped (never a DELETE; never the default partition).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Collection, Iterable
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,6 +28,9 @@ log = get_logger(__name__)
 
 PREMAKE_DAYS: Final = 7
 CHECK_INTERVAL: Final = 3600.0
+# A day is rolled up this long after its end: a write begun before midnight, with rows of the
+# day, has long committed by then (the trigger marks rows of a closed day only from midnight).
+ROLLUP_GRACE: Final = timedelta(hours=1)
 
 
 def missing_days(today: date, existing: Collection[date], ahead: int = PREMAKE_DAYS) -> list[date]:
@@ -30,8 +39,29 @@ def missing_days(today: date, existing: Collection[date], ahead: int = PREMAKE_D
     return [day for day in wanted if day not in existing]
 
 
-def utc_today() -> date:
-    return datetime.now(UTC).date()
+def days_to_roll_up(now: datetime, live_from: date, invalid: Collection[date]) -> list[date]:
+    """The days marked invalid and each closed day from live_from on, oldest first."""
+    last = (now - ROLLUP_GRACE).date() - timedelta(days=1)
+    closed = (live_from + timedelta(days=n) for n in range((last - live_from).days + 1))
+    return sorted({*invalid, *closed})
+
+
+def days_to_drop(
+    now: datetime, existing: Iterable[date], retention: timedelta | None
+) -> list[date]:
+    """The days whose partition ended more than `retention` ago, oldest first; none without a
+    retention. (The database drops one only once its day is rolled up.)"""
+    if retention is None:
+        return []
+    return sorted(day for day in existing if _end_of(day) <= now - retention)
+
+
+def _end_of(day: date) -> datetime:
+    return datetime.combine(day + timedelta(days=1), time(), UTC)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class PartitionKeeper:
@@ -40,24 +70,33 @@ class PartitionKeeper:
         engine: AsyncEngine,
         *,
         interval: float = CHECK_INTERVAL,
-        today: Callable[[], date] = utc_today,
+        retention: timedelta | None = None,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self._engine = engine
         self._interval = interval
-        self._today = today
+        self._retention = retention
+        self._now = now
         self.left_to_default = 0  # days not created because the default partition has rows
+        self.dropped = 0  # partitions dropped by the retention
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self.make_ahead()
+                await self.maintain()
             except DB_ERRORS as exc:  # tried again at the next turn; a week is in hand
                 log.warning("partitions.failed", error=describe_error(exc))
             await wait_first(stop, timeout=self._interval)
 
+    async def maintain(self) -> None:
+        await self.make_ahead()
+        await self.roll_up()
+        await self.drop_old()
+
     async def make_ahead(self) -> dict[date, str]:
         """Create the partitions missing from today to PREMAKE_DAYS ahead; what became of each."""
-        missing = missing_days(self._today(), await partitions.existing_days(self._engine))
+        today = self._now().date()
+        missing = missing_days(today, await partitions.existing_days(self._engine))
         if not missing:
             return {}
         outcomes = await partitions.create(self._engine, missing)
@@ -74,3 +113,28 @@ class PartitionKeeper:
                     "for it; they stay queryable there",
                 )
         return outcomes
+
+    async def roll_up(self) -> list[date]:
+        """Roll up the closed days not rolled up yet and those marked invalid; the days done."""
+        state = await partitions.rollup_state(self._engine)
+        done = []
+        for day in days_to_roll_up(self._now(), state.live_from, state.invalid):
+            if await partitions.roll_up(self._engine, day) == "rolled_up":
+                done.append(day)
+        if done:
+            log.info("partitions.rolled_up", days=len(done), first=str(done[0]), last=str(done[-1]))
+        return done
+
+    async def drop_old(self) -> list[date]:
+        """Drop the partitions older than the retention, oldest first, up to the first that is
+        not rolled up (the days before the oldest kept are final); the days dropped."""
+        existing = await partitions.existing_days(self._engine)
+        dropped = []
+        for day in days_to_drop(self._now(), existing, self._retention):
+            if await partitions.drop(self._engine, day) != "dropped":
+                break
+            dropped.append(day)
+        if dropped:
+            self.dropped += len(dropped)
+            log.info("partitions.dropped", days=[str(day) for day in dropped])
+        return dropped

@@ -115,7 +115,7 @@ class Daemon:
         # Of the rooms the watchlist wants, the subscriptions get those of the shards held.
         self.rooms = ShardedRooms(self.subscriptions, shards)
         self.sync = WatchlistSync(engine, url, self.rooms, config_from(settings, SyncConfig))
-        self.partitions = PartitionKeeper(engine)
+        self.partitions = PartitionKeeper(engine, retention=settings.retention)
         self.leases = LeaseKeeper(
             url,
             self.rooms,
@@ -235,6 +235,7 @@ class Daemon:
                 fenced={"ingest": self.ingest.fenced, "database": self.writer.rows_fenced},
             ),
             chain=self._chain_counts(),
+            partitions_dropped=self.partitions.dropped,
         )
 
     def _chain_counts(self) -> ChainCounts | None:

@@ -123,11 +123,10 @@ def say(text: str) -> None:
 
 @contextlib.asynccontextmanager
 async def _database(url: URL) -> AsyncIterator[Any]:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        yield connection
-    finally:
-        await connection.close()
+    """A small pool: the demo's tasks query at the same time, and one connection takes one
+    query at a time ("another operation is in progress")."""
+    async with asyncpg.create_pool(asyncpg_dsn(url), min_size=1, max_size=4) as pool:
+        yield pool
 
 
 async def _seed(db: Any, sim: Simulator) -> None:

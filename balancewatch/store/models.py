@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Identity,
@@ -117,6 +118,55 @@ Index(
     balance_rows.c.pair_id,
     balance_rows.c.received_at.desc(),
     balance_rows.c.id.desc(),
+)
+
+# Each pair's newest row of balance_rows (the highest received_at, then id), kept by its
+# statement triggers on every write (migration 0010); latest_balance reads it.
+latest_rows = Table(
+    "latest_rows",
+    metadata,
+    Column("pair_id", Integer, primary_key=True, autoincrement=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("id", BigInteger, nullable=False),
+    Column("amount", Numeric, nullable=False),
+    Column("source", PgChar(), nullable=False),
+    Column("slot", BigInteger, nullable=True),
+    Column("epoch", BigInteger, nullable=True),
+    postgresql_with={"fillfactor": 50},
+)
+
+# Each pair's day (UTC) in figures, for the closed days (migration 0011); users read them
+# through the balance_daily view, which adds the days not rolled up yet from the raw rows.
+daily_rows = Table(
+    "daily_rows",
+    metadata,
+    Column("pair_id", Integer, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("first", Numeric, nullable=False),
+    Column("last", Numeric, nullable=False),
+    Column("low", Numeric, nullable=False),
+    Column("high", Numeric, nullable=False),
+    Column("messages", Integer, nullable=False),
+)
+Index("daily_rows_day_idx", daily_rows.c.day)
+# One row: daily_rows holds the days before live_from; the raw rows of the days before
+# kept_from were dropped by the retention.
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("one_row", Boolean, primary_key=True, server_default=true()),
+    Column("live_from", Date, nullable=False),
+    Column("kept_from", Date, nullable=False, server_default=text("'-infinity'::date")),
+    CheckConstraint("one_row", name="rollup_state_one_row"),
+)
+# Closed days that received rows after they were rolled up (or before), to roll up again.
+rollup_invalid = Table(
+    "rollup_invalid",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column(
+        "marked_at", DateTime(timezone=True), nullable=False, server_default=func.clock_timestamp()
+    ),
 )
 
 subscription_status = Table(

@@ -1,8 +1,7 @@
 """What `balancewatch status` reads from the database, each query cheap on a large history.
 
-The history's only time index leads with the pair, so "rows in the last hour" is found by a
-binary search over ids (ids follow arrival order), a few dozen primary-key probes, then a
-count over that id range.
+The newest row is found in `latest_rows` (a row per pair); "rows in the last hour" is a count
+in the partitions of the hour's days only.
 """
 
 from __future__ import annotations
@@ -227,14 +226,12 @@ async def rows_since(connection: AsyncConnection, cutoff: datetime) -> int:
 
 
 async def newest_row(connection: AsyncConnection, now: datetime) -> datetime | None:
-    """When the newest row up to `now` was received: today's partitions first, the whole
-    history only if they have none."""
-    newest = "SELECT max(received_at) FROM balance_rows WHERE received_at <= :now"
-    for since in (now - timedelta(days=1), None):
-        query = newest if since is None else f"{newest} AND received_at > :since"
-        found: datetime | None = (
-            await connection.execute(text(query), {"now": now, "since": since})
-        ).scalar_one()
-        if found is not None:
-            return found
-    return None
+    """When the newest row up to `now` was received, from each pair's newest row: a pair whose
+    newest row is after `now` (a clock ahead) is left out, not looked up further back."""
+    newest: datetime | None = (
+        await connection.execute(
+            text("SELECT max(received_at) FROM latest_rows WHERE received_at <= :now"),
+            {"now": now},
+        )
+    ).scalar_one()
+    return newest

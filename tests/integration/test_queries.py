@@ -3,7 +3,7 @@ on known data: each answer is checked, not just that it runs."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -121,12 +121,13 @@ async def test_7_the_biggest_single_changes_of_the_week(db: Any, known: dict[str
 
 async def test_8_daily_first_last_lowest_highest(db: Any, known: dict[str, Any]) -> None:
     rows = await run(db, 8)
-    month_ago = known["now"] - timedelta(days=30)
-    days: dict[tuple[str, str, datetime], list[Decimal]] = {}
+    # Whole UTC days (balance_daily's day is a date), today and the 30 before it.
+    month_ago = known["now"].astimezone(UTC).date() - timedelta(days=30)
+    days: dict[tuple[str, str, date], list[Decimal]] = {}
     for wallet, token, amount, at in sorted(known["rows"], key=lambda r: r[3]):
-        if at >= month_ago:
-            day = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            days.setdefault((wallet, token, day.replace(tzinfo=None)), []).append(amount)
+        day = at.astimezone(UTC).date()
+        if day >= month_ago:
+            days.setdefault((wallet, token, day), []).append(amount)
     assert {
         (r["wallet"], r["token"], r["day"]): (
             r["first"],

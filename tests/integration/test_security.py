@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from balancewatch.daemon import datastream
+from balancewatch.daemon.partitions import PartitionKeeper
 from balancewatch.daemon.service import check_schema
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.store.db import asyncpg_dsn, create_engine
@@ -256,6 +258,11 @@ DENIED = [
     "DROP VIEW balance_history",
     "DROP TABLE balance_rows",
     "ALTER TABLE watchlist DISABLE TRIGGER ALL",
+    "SELECT * FROM daily_rows",
+    "DELETE FROM daily_rows",
+    "UPDATE rollup_state SET live_from = '-infinity'",
+    "DELETE FROM rollup_invalid",
+    "DROP TABLE balance_rows_default",
 ]
 
 
@@ -274,6 +281,25 @@ async def test_the_readme_role_cannot_rewrite_the_history_or_the_watchlist(
     finally:
         await connection.close()
     assert allowed == []
+
+
+async def test_the_readme_role_rolls_up_and_drops_old_partitions(daemon_url: URL, db: Any) -> None:
+    """The maintenance with only the README's grants: a day rolled up, then its partition
+    dropped by the retention; the rollup kept."""
+    old = datetime.now(UTC) - timedelta(days=30)
+    await db.execute("SELECT create_balance_partition($1)", old.date())
+    await insert(db, [(WALLET, TOKEN, "5", old)])
+    engine = create_engine(daemon_url)
+    try:
+        keeper = PartitionKeeper(engine, retention=timedelta(days=7))
+        with capture_logs() as logs:
+            await keeper.maintain()
+    finally:
+        await engine.dispose()
+    assert [e for e in logs if e["event"] == "partitions.failed"] == []
+    assert keeper.dropped == 1
+    assert await db.fetchval("SELECT count(*) FROM balance_history") == 0
+    assert await db.fetchval("SELECT messages FROM balance_daily WHERE day = $1", old.date()) == 1
 
 
 async def _is(value: Awaitable[object], expected: object) -> bool:

@@ -29,6 +29,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "RPC_URL_FILE",
         "RPC_MAX_RPS",
         "BALANCE_CHECK_INTERVAL",
+        "RETENTION",
     ):
         monkeypatch.delenv(f"BALANCEWATCH_{name}", raising=False)
 
@@ -216,6 +217,41 @@ def test_limits_out_of_range_are_refused_by_name(
     monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
     monkeypatch.setenv(f"BALANCEWATCH_{name}", value)
     with pytest.raises(ConfigError, match=f"BALANCEWATCH_{name}: "):
+        load_settings(need_key=False)
+
+
+@pytest.mark.parametrize(("value", "days"), [("400d", 400), ("12w", 84), (" 30D ", 30), ("", None)])
+def test_a_retention_is_days_or_weeks_and_none_keeps_everything(
+    monkeypatch: pytest.MonkeyPatch, value: str, days: int | None
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("BALANCEWATCH_RETENTION", value)
+    retention = load_settings(need_key=False).retention
+    assert (retention.days if retention else None) == days
+    monkeypatch.delenv("BALANCEWATCH_RETENTION")
+    assert load_settings(need_key=False).retention is None
+
+
+@pytest.mark.parametrize("value", ["400", "1y", "0d", "-5d", "1.5d", "400 days", "d"])
+def test_a_bad_retention_is_refused_with_the_form_it_takes(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("BALANCEWATCH_RETENTION", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(need_key=False)
+    assert str(refused.value) == (
+        "BALANCEWATCH_RETENTION: must be a whole number of days or weeks, like 400d or 12w"
+    )
+
+
+def test_a_bare_number_of_retention_in_the_config_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "balancewatch.toml"
+    config.write_text('database_url = "postgresql://u@h/db"\nretention = 400\n')
+    monkeypatch.setenv("BALANCEWATCH_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="BALANCEWATCH_RETENTION: must be a whole number"):
         load_settings(need_key=False)
 
 
