@@ -119,6 +119,8 @@ Index(
     balance_rows.c.received_at.desc(),
     balance_rows.c.id.desc(),
 )
+# "The rows of the last hour": rows arrive in time order, so a block range is a narrow stretch.
+Index("balance_rows_received_at_brin", balance_rows.c.received_at, postgresql_using="brin")
 
 # Each pair's newest row of balance_rows (the highest received_at, then id), kept by its
 # statement triggers on every write (migration 0010); latest_balance reads it.

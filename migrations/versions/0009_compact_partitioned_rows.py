@@ -9,7 +9,7 @@ A chunked copy that leaves the daemon writing is a later step (docs/design/histo
 
 Revision ID: 0009
 Revises: 0008
-Create Date: 2026-12-01
+Create Date: 2026-11-30
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ holds writes to balance_rows until this migration commits), so no row is missed.
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-12-08
+Create Date: 2026-11-30
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Independent of 0010 (latest rows): it adds its own statement trigger on balance_
 
 Revision ID: 0011
 Revises: 0010
-Create Date: 2026-12-02
+Create Date: 2026-11-30
 """
 
 from __future__ import annotations
