@@ -169,11 +169,12 @@ def on_each_chunk(engine: AsyncEngine, call: Any) -> Iterator[None]:
         event.remove(engine.sync_engine, "before_cursor_execute", before)
 
 
-async def write_every_2ms(url: URL, written: list[int]) -> None:
-    """An old daemon's writes into balance_history, table then view, the ids kept."""
+async def write_every_2ms(url: URL, written: list[int], stop: asyncio.Event) -> None:
+    """An old daemon's writes into balance_history, table then view, the ids kept (until
+    `stop`, not cancelled: a cancelled insert may have committed)."""
     writer = await connect(url)
     try:
-        while True:
+        while not stop.is_set():
             written.append(
                 await writer.fetchval(
                     INSERT + " RETURNING id",
@@ -197,14 +198,14 @@ async def test_rows_written_during_the_upgrade_are_kept_once_with_their_ids(
     await a_0008_history(engine, db, 160_000)
     written: list[int] = []
     seen_at_chunks: list[int] = []
-    writer = asyncio.create_task(write_every_2ms(database_url, written))
+    stop = asyncio.Event()
+    writer = asyncio.create_task(write_every_2ms(database_url, written, stop))
     await asyncio.sleep(0.05)
     with capture_logs() as logs, on_each_chunk(engine, lambda: seen_at_chunks.append(len(written))):
         await migrate.upgrade(engine)
     await asyncio.sleep(0.05)  # and a few more through the view
-    writer.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await writer
+    stop.set()
+    await writer
     assert seen_at_chunks[0] < seen_at_chunks[-1]  # the writer went on during the copy
     ids = [row["id"] for row in await db.fetch("SELECT id FROM balance_history ORDER BY id")]
     assert ids == sorted([*range(1, 160_001), *written])
