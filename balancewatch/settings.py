@@ -44,6 +44,9 @@ _KEY_VALUE_CHARS = 8
 _RETENTION = re.compile(r"\s*([1-9][0-9]{0,5})\s*([dw])\s*", re.IGNORECASE)
 _RETENTION_UNITS = {"d": 1, "w": 7}
 _RETENTION_FORMAT = "must be a whole number of days or weeks, like 400d or 12w"
+# A partition's width, in days: a day, or a week from Monday.
+_PARTITION_DAYS = {"1d": 1, "7d": 7}
+_PARTITION_FORMAT = "must be 1d (a partition a day) or 7d (a week from Monday, UTC)"
 
 
 def parse_database_url(raw: str) -> URL:
@@ -129,6 +132,9 @@ class Settings(BaseSettings):
     # How long the raw history is kept, in whole days or weeks (`400d`, `12w`); older day
     # partitions are dropped once rolled up (the daily rollups are kept). None: keep everything.
     retention: timedelta | None = None
+    # How much of the history each partition made from now on holds: a day or a week from
+    # Monday (`1d`, `7d`). The partitions that exist keep theirs; new ones fill the days around.
+    partition: Literal["1d", "7d"] = "1d"
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -177,6 +183,14 @@ class Settings(BaseSettings):
             return value
         raise ValueError(_RETENTION_FORMAT)  # a bare number: of seconds? days? say which
 
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _partition_width(cls, value: object) -> object:
+        width = value.strip().lower() if isinstance(value, str) else None
+        if width not in _PARTITION_DAYS:
+            raise ValueError(_PARTITION_FORMAT)  # a bare 7 too: days? weeks? say which
+        return width
+
     @field_validator("backoff_max")
     @classmethod
     def _backoff_in_order(cls, value: float, info: ValidationInfo) -> float:
@@ -194,6 +208,10 @@ class Settings(BaseSettings):
         """Seconds the writers get to store what they hold on the way out: the websocket's
         closing handshake takes up to 2 s of the same shutdown budget."""
         return max(1.0, self.shutdown_timeout - 2.0)
+
+    @property
+    def partition_days(self) -> int:
+        return _PARTITION_DAYS[self.partition]
 
     @property
     def sqlalchemy_url(self) -> URL:

@@ -15,11 +15,14 @@ from balancewatch.store.models import include_object, metadata
 
 
 def run_with(connection: Connection) -> None:
+    """One transaction per migration: a migration that commits part way (0009's chunked copy)
+    would commit the ones before it anyway, and each then records its revision as it commits."""
     context.configure(
         connection=connection,
         target_metadata=metadata,
         compare_type=True,
         include_object=include_object,
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -28,7 +31,7 @@ def run_with(connection: Connection) -> None:
 async def run_from_environment() -> None:
     url = parse_database_url(os.environ["BALANCEWATCH_DATABASE_URL"])
     engine = create_async_engine(url)
-    async with engine.begin() as connection:
+    async with engine.connect() as connection:
         await connection.run_sync(run_with)
     await engine.dispose()
 

@@ -147,7 +147,8 @@ class Snapshot:
     database_up: bool | None
     shards: ShardCounts | None = None
     chain: ChainCounts | None = None  # None: no RPC URL, nothing read from the chain
-    partitions_dropped: int = 0  # day partitions dropped by the retention
+    partitions_dropped: int = 0  # partitions dropped by the retention
+    default_partition_rows: int | None = None  # None: not counted yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,9 +250,16 @@ class DaemonCollector(Collector):
             )
         yield _counter(
             "partitions_dropped",
-            "Day partitions of the history dropped by the retention (rollups kept).",
+            "Partitions of the history dropped by the retention (rollups kept).",
             c.partitions_dropped,
         )
+        if c.default_partition_rows is not None:
+            yield _gauge(
+                "default_partition_rows",
+                "Rows in the history's default partition: of a time no partition covers (a "
+                "clock far off, or partitions not made ahead). Normally 0.",
+                c.default_partition_rows,
+            )
         yield _gauge(
             "rpc_configured",
             "1 if an RPC URL is set (snapshots, checks).",

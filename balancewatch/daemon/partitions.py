@@ -1,13 +1,17 @@
-"""The day partitions' upkeep, at start and hourly; every replica does it, the database's
-advisory lock taking them one at a time:
+"""The partitions' upkeep, at start and hourly; every replica does it, the database's advisory
+lock taking them one at a time:
 
-- Partitions ahead: balance_rows has a partition for today and each of the next days before
-  any row of theirs arrives, so no row lands in the default partition in normal operation
-  (and a partition is never created while rows pour into its range).
+- Partitions ahead: balance_rows has a partition covering today and each of the next days
+  before any row of theirs arrives, so no row lands in the default partition in normal
+  operation (and a partition is never created while rows pour into its range). A partition
+  is a day, or a week from Monday (BALANCEWATCH_PARTITION): the setting decides the width of
+  the partitions made from now on; those that exist keep theirs, and the new ones fill the
+  days around them, so widths may mix and never overlap.
 - Rollups: each closed day, and each day that received rows after its rollup, rolled up into
   daily_rows, oldest first, a day per transaction.
-- Retention: with BALANCEWATCH_RETENTION, the partitions of the days older than that, once
-  rolled up, detached and dropped (never a DELETE; never the default partition).
+- Retention: with BALANCEWATCH_RETENTION, the partitions whose days are all older than that,
+  once rolled up, detached and dropped (never a DELETE; never the default partition).
+- The rows in the default partition counted, for a metric: normally none.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from balancewatch.aio import wait_first
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.store import partitions
 from balancewatch.store.db import DB_ERRORS
+from balancewatch.store.partitions import Span
 
 log = get_logger(__name__)
 
@@ -33,10 +38,21 @@ CHECK_INTERVAL: Final = 3600.0
 ROLLUP_GRACE: Final = timedelta(hours=1)
 
 
-def missing_days(today: date, existing: Collection[date], ahead: int = PREMAKE_DAYS) -> list[date]:
-    """The days from today to `ahead` days on that have no partition yet, in order."""
-    wanted = (today + timedelta(days=n) for n in range(ahead + 1))
-    return [day for day in wanted if day not in existing]
+def missing_spans(
+    today: date, existing: Collection[Span], width: int, ahead: int = PREMAKE_DAYS
+) -> list[Span]:
+    """The partitions to make, in order, so that every day from today to `ahead` days on has
+    one. Each is the `width` days' period of its day (a week starts on Monday), cut to start
+    no earlier than today and to stay clear of the partitions that exist."""
+    made: list[Span] = []
+    for day in (today + timedelta(days=n) for n in range(ahead + 1)):
+        if any(span.first <= day < span.end for span in (*existing, *made)):
+            continue
+        period = day - timedelta(days=day.weekday() % width)  # width 1: the day itself
+        first = max([period, today, *(span.end for span in existing if span.end <= day)])
+        end = min([period + timedelta(days=width), *(s.first for s in existing if s.first > day)])
+        made.append(Span(first, end))
+    return made
 
 
 def days_to_roll_up(now: datetime, live_from: date, invalid: Collection[date]) -> list[date]:
@@ -46,18 +62,18 @@ def days_to_roll_up(now: datetime, live_from: date, invalid: Collection[date]) -
     return sorted({*invalid, *closed})
 
 
-def days_to_drop(
-    now: datetime, existing: Iterable[date], retention: timedelta | None
-) -> list[date]:
-    """The days whose partition ended more than `retention` ago, oldest first; none without a
-    retention. (The database drops one only once its day is rolled up.)"""
+def spans_to_drop(
+    now: datetime, existing: Iterable[Span], retention: timedelta | None
+) -> list[Span]:
+    """The partitions that ended more than `retention` ago, oldest first; none without a
+    retention. (The database drops one only once all its days are rolled up.)"""
     if retention is None:
         return []
-    return sorted(day for day in existing if _end_of(day) <= now - retention)
+    return sorted(span for span in existing if _start_of(span.end) <= now - retention)
 
 
-def _end_of(day: date) -> datetime:
-    return datetime.combine(day + timedelta(days=1), time(), UTC)
+def _start_of(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
 
 
 def utc_now() -> datetime:
@@ -70,15 +86,18 @@ class PartitionKeeper:
         engine: AsyncEngine,
         *,
         interval: float = CHECK_INTERVAL,
+        width: int = 1,
         retention: timedelta | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self._engine = engine
         self._interval = interval
+        self._width = width  # days a partition made from now on spans
         self._retention = retention
         self._now = now
-        self.left_to_default = 0  # days not created because the default partition has rows
+        self.left_to_default = 0  # partitions not created because the default one has rows
         self.dropped = 0  # partitions dropped by the retention
+        self.default_rows: int | None = None  # rows in the default partition, once counted
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -92,14 +111,15 @@ class PartitionKeeper:
         await self.make_ahead()
         await self.roll_up()
         await self.drop_old()
+        self.default_rows = await partitions.default_rows(self._engine)
 
     async def make_ahead(self) -> dict[date, str]:
-        """Create the partitions missing from today to PREMAKE_DAYS ahead; what became of each."""
+        """Create the partitions missing from today to PREMAKE_DAYS ahead; what became of each,
+        by its first day."""
         today = self._now().date()
-        missing = missing_days(today, await partitions.existing_days(self._engine))
-        if not missing:
-            return {}
-        outcomes = await partitions.create(self._engine, missing)
+        outcomes = await partitions.create(
+            self._engine, lambda existing: missing_spans(today, existing, self._width)
+        )
         created = [str(day) for day, outcome in outcomes.items() if outcome == "created"]
         if created:
             log.info("partitions.created", days=created)
@@ -109,8 +129,8 @@ class PartitionKeeper:
                 log.warning(
                     "partitions.default_has_rows",
                     day=str(day),
-                    message="rows of that day are in balance_rows_default: no partition made "
-                    "for it; they stay queryable there",
+                    message="rows of its days are in balance_rows_default: no partition made "
+                    "for them; they stay queryable there",
                 )
         return outcomes
 
@@ -127,13 +147,13 @@ class PartitionKeeper:
 
     async def drop_old(self) -> list[date]:
         """Drop the partitions older than the retention, oldest first, up to the first that is
-        not rolled up (the days before the oldest kept are final); the days dropped."""
-        existing = await partitions.existing_days(self._engine)
+        not rolled up (the days before the oldest kept are final); their first days."""
+        existing = await partitions.existing(self._engine)
         dropped = []
-        for day in days_to_drop(self._now(), existing, self._retention):
-            if await partitions.drop(self._engine, day) != "dropped":
+        for span in spans_to_drop(self._now(), existing, self._retention):
+            if await partitions.drop(self._engine, span.first) != "dropped":
                 break
-            dropped.append(day)
+            dropped.append(span.first)
         if dropped:
             self.dropped += len(dropped)
             log.info("partitions.dropped", days=[str(day) for day in dropped])

@@ -115,7 +115,9 @@ class Daemon:
         # Of the rooms the watchlist wants, the subscriptions get those of the shards held.
         self.rooms = ShardedRooms(self.subscriptions, shards)
         self.sync = WatchlistSync(engine, url, self.rooms, config_from(settings, SyncConfig))
-        self.partitions = PartitionKeeper(engine, retention=settings.retention)
+        self.partitions = PartitionKeeper(
+            engine, width=settings.partition_days, retention=settings.retention
+        )
         self.leases = LeaseKeeper(
             url,
             self.rooms,
@@ -236,6 +238,7 @@ class Daemon:
             ),
             chain=self._chain_counts(),
             partitions_dropped=self.partitions.dropped,
+            default_partition_rows=self.partitions.default_rows,
         )
 
     def _chain_counts(self) -> ChainCounts | None:

@@ -13,7 +13,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Several replicas may start at once: the first to take this lock migrates, the others wait and
-# then find nothing left to do.
+# then find nothing left to do. A session lock, not a transaction's: some migrations commit
+# part way (0009 copies the history in chunks, each its own transaction).
 _MIGRATION_LOCK_KEY = 0x62616C77  # "balw"
 
 
@@ -35,11 +36,19 @@ def head_revision() -> str | None:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    async with engine.begin() as connection:
+    """Alembic gets the connection outside a transaction, so that it can begin and commit its
+    own (one per migration, see env.py)."""
+    async with engine.connect() as connection:
         await connection.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
         )
-        await connection.run_sync(_upgrade, revision)
+        await connection.commit()
+        try:
+            await connection.run_sync(_upgrade, revision)
+        finally:
+            # Closing the session releases its lock, also after a failure that left the
+            # connection unusable for an unlock.
+            await connection.invalidate()
 
 
 def _upgrade(connection: Connection, revision: str) -> None:

@@ -1,50 +1,64 @@
-"""The day partitions of balance_rows: which exist, creating those that do not, rolling the
-closed days up into daily_rows, and dropping the old ones.
+"""The partitions of balance_rows (a day or a week each): which exist, creating those that do
+not, rolling the closed days up into daily_rows, dropping the old partitions, and counting the
+rows in the default partition.
 
 Each goes through a function of the owner of balance_rows (`create_balance_partition`,
-migration 0009; `roll_up_day` and `drop_balance_partition`, 0011), so the daemon's role needs
-no right to create, read or drop tables. Each runs under a transaction-scoped advisory lock
-(the last two take it themselves): several replicas may do it at once, one after the other,
-and each does only what is still to do. A day rolled up or dropped is a transaction of its own.
+`drop_balance_partition` and `default_partition_rows`, migration 0013; `roll_up_day`, 0011),
+so the daemon's role needs no right to create, read or drop tables. The creation, the rollup
+and the drop run under a transaction-scoped advisory lock (the last two take it themselves):
+several replicas may do them at once, one after the other, and each does only what is still
+to do. A day rolled up or a partition dropped is a transaction of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from typing import Final
+from datetime import date
+from typing import Final, NamedTuple
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from balancewatch.store.models import PARTITION_PREFIX
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _LOCK_KEY: Final = 0x62777074  # "bwpt"
-_DAY_FORMAT: Final = "%Y%m%d"
 _LIVE_FROM: Final = "SELECT live_from FROM rollup_state"
-_PARTITIONS: Final = """
-SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = 'balance_rows'::regclass
-"""
+_BOUNDS: Final = "SELECT first_day, end_day FROM balance_partition_bounds()"
+_CREATE: Final = "SELECT create_balance_partition(:first, :days)"
 
 
-async def existing_days(engine: AsyncEngine) -> set[date]:
-    """The days that have a partition (the default partition is no day)."""
+class Span(NamedTuple):
+    """The days of a partition: from `first` to the day before `end`."""
+
+    first: date
+    end: date
+
+
+async def existing(engine: AsyncEngine) -> list[Span]:
+    """The partitions' days (the default partition has none), in order."""
     async with engine.connect() as connection:
-        names = (await connection.execute(text(_PARTITIONS))).scalars()
-        return {day for name in names if (day := _day_of(name)) is not None}
+        return await _existing(connection)
 
 
-async def create(engine: AsyncEngine, days: Sequence[date]) -> dict[date, str]:
-    """Each day's partition created if missing: what became of each day, 'created', 'exists',
-    or 'default_has_rows' (left alone: the default partition holds rows of that day)."""
+async def _existing(connection: AsyncConnection) -> list[Span]:
+    rows = await connection.execute(text(_BOUNDS))
+    return sorted(Span(first, end) for first, end in rows)
+
+
+async def create(
+    engine: AsyncEngine, missing: Callable[[Collection[Span]], Sequence[Span]]
+) -> dict[date, str]:
+    """The partitions `missing` finds missing from those that exist, created: what became of
+    each (by its first day), 'created', 'exists', or 'default_has_rows' (left alone: the
+    default partition holds rows of its days). The partitions are read under the lock, so
+    that replicas making partitions of different widths never make two that overlap."""
     async with engine.begin() as connection:
         await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-        create_one = text("SELECT create_balance_partition(:day)")
-        return {
-            day: (await connection.execute(create_one, {"day": day})).scalar_one() for day in days
-        }
+        outcomes = {}
+        for span in missing(await _existing(connection)):
+            days = (span.end - span.first).days
+            outcome = await connection.execute(text(_CREATE), {"first": span.first, "days": days})
+            outcomes[span.first] = outcome.scalar_one()
+        return outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +80,20 @@ async def roll_up(engine: AsyncEngine, day: date) -> str:
     return await _call(engine, "SELECT roll_up_day(:day)", day)
 
 
-async def drop(engine: AsyncEngine, day: date) -> str:
-    """The day's partition detached and dropped: 'dropped', or why not ('missing',
-    'not_rolled_up')."""
-    return await _call(engine, "SELECT drop_balance_partition(:day)", day)
+async def drop(engine: AsyncEngine, first: date) -> str:
+    """The partition starting on `first` detached and dropped: 'dropped', or why not
+    ('missing', 'not_rolled_up': some day of it is not rolled up)."""
+    return await _call(engine, "SELECT drop_balance_partition(:day)", first)
+
+
+async def default_rows(engine: AsyncEngine) -> int:
+    """Rows in the default partition: of a time no partition covers."""
+    async with engine.connect() as connection:
+        rows: int = (await connection.execute(text("SELECT default_partition_rows()"))).scalar_one()
+        return rows
 
 
 async def _call(engine: AsyncEngine, statement: str, day: date) -> str:
     async with engine.begin() as connection:
         outcome: str = (await connection.execute(text(statement), {"day": day})).scalar_one()
         return outcome
-
-
-def _day_of(name: str) -> date | None:
-    suffix = name.removeprefix(PARTITION_PREFIX)
-    try:
-        return datetime.strptime(suffix, _DAY_FORMAT).date()
-    except ValueError:
-        return None

@@ -162,6 +162,9 @@ async def test_metrics_count_what_the_daemon_did(
         await wait_until(
             lambda: _count(db, "SELECT count(*) FROM rejected_messages", 3), what="3 rejects"
         )
+        await wait_until(
+            lambda: daemon.partitions.default_rows is not None, what="the partitions' upkeep"
+        )
         status, text = await get(daemon, "/metrics")
     assert status == 200
     samples = scrape(text)
@@ -185,6 +188,7 @@ async def test_metrics_count_what_the_daemon_did(
     assert value(samples, "balancewatch_spool_bytes") == 0
     assert value(samples, "balancewatch_reading_paused") == 0
     assert value(samples, "balancewatch_database_up") == 1
+    assert value(samples, "balancewatch_default_partition_rows") == 0
     # Every stored row went through a batch that was observed once.
     assert value(samples, "balancewatch_write_batch_rows_sum") == 10
     batches = value(samples, "balancewatch_write_batch_rows_count")

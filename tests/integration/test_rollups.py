@@ -45,9 +45,9 @@ def keeper(engine: AsyncEngine, retention: timedelta | None = None) -> Partition
     return PartitionKeeper(engine, retention=retention, now=lambda: NOON)
 
 
-async def make_partitions(db: Any, *days_ago: int) -> None:
+async def make_partitions(db: Any, *days_ago: int, create: str = "($1, 1)") -> None:
     for n in days_ago:
-        await db.execute("SELECT create_balance_partition($1)", TODAY - timedelta(days=n))
+        await db.execute(f"SELECT create_balance_partition{create}", TODAY - timedelta(days=n))
 
 
 async def storedays(db: Any, *days_ago: int) -> None:
@@ -92,7 +92,7 @@ async def test_the_view_reads_from_the_oldest_row_after_the_upgrade_and_then_rol
     engine: AsyncEngine, db: Any
 ) -> None:
     await downgrade(engine, "0009")
-    await make_partitions(db, 5, 4)
+    await make_partitions(db, 5, 4, create="($1)")  # a day, the only width before 0013
     await storedays(db, 5, 4, 0)
     await migrate.upgrade(engine)
     assert await live_from(db) == TODAY - timedelta(days=5)

@@ -287,7 +287,7 @@ async def test_the_readme_role_rolls_up_and_drops_old_partitions(daemon_url: URL
     """The maintenance with only the README's grants: a day rolled up, then its partition
     dropped by the retention; the rollup kept."""
     old = datetime.now(UTC) - timedelta(days=30)
-    await db.execute("SELECT create_balance_partition($1)", old.date())
+    await db.execute("SELECT create_balance_partition($1, 1)", old.date())
     await insert(db, [(WALLET, TOKEN, "5", old)])
     engine = create_engine(daemon_url)
     try:

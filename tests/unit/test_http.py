@@ -78,6 +78,18 @@ def test_metrics_count_whole_wallets_apart_from_pairs() -> None:
     assert value(samples, "balancewatch_wallets", state="error") == 0  # every state, 0 too
 
 
+def test_the_default_partitions_rows_are_told_once_counted() -> None:
+    def told(rows: int | None) -> float | None:
+        registry = CollectorRegistry()
+        snapshot = replace(idle_snapshot({}), default_partition_rows=rows)
+        registry.register(DaemonCollector(lambda: snapshot))
+        return scrape(generate_latest(registry).decode()).get(
+            ("balancewatch_default_partition_rows", ())
+        )
+
+    assert [told(rows) for rows in (None, 0, 3)] == [None, 0, 3]
+
+
 def idle_snapshot(watch_counts: Any) -> Snapshot:
     """A daemon that did nothing yet but record these states."""
     return Snapshot(

@@ -232,27 +232,50 @@ def test_a_retention_is_days_or_weeks_and_none_keeps_everything(
     assert load_settings(need_key=False).retention is None
 
 
-@pytest.mark.parametrize("value", ["400", "1y", "0d", "-5d", "1.5d", "400 days", "d"])
-def test_a_bad_retention_is_refused_with_the_form_it_takes(
-    monkeypatch: pytest.MonkeyPatch, value: str
+@pytest.mark.parametrize(("value", "days"), [("1d", 1), ("7d", 7), (" 7D ", 7), (None, 1)])
+def test_a_partition_is_a_day_or_a_week_and_a_day_by_default(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, days: int
 ) -> None:
     monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
-    monkeypatch.setenv("BALANCEWATCH_RETENTION", value)
+    if value is not None:
+        monkeypatch.setenv("BALANCEWATCH_PARTITION", value)
+    assert load_settings(need_key=False).partition_days == days
+
+
+RETENTION_FORM = "must be a whole number of days or weeks, like 400d or 12w"
+PARTITION_FORM = "must be 1d (a partition a day) or 7d (a week from Monday, UTC)"
+BAD_RETENTIONS = ("400", "1y", "0d", "-5d", "1.5d", "400 days", "d")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "form"),
+    [
+        *(("RETENTION", value, RETENTION_FORM) for value in BAD_RETENTIONS),
+        *(("PARTITION", value, PARTITION_FORM) for value in ("1w", "2d", "7", "", "day", "week")),
+    ],
+)
+def test_a_bad_retention_or_partition_is_refused_with_the_form_it_takes(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, form: str
+) -> None:
+    monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv(f"BALANCEWATCH_{name}", value)
     with pytest.raises(ConfigError) as refused:
         load_settings(need_key=False)
-    assert str(refused.value) == (
-        "BALANCEWATCH_RETENTION: must be a whole number of days or weeks, like 400d or 12w"
-    )
+    assert str(refused.value) == f"BALANCEWATCH_{name}: {form}"
 
 
-def test_a_bare_number_of_retention_in_the_config_file_is_refused(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize(
+    ("name", "form"), [("retention", RETENTION_FORM), ("partition", PARTITION_FORM)]
+)
+def test_a_bare_number_of_days_in_the_config_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, form: str
 ) -> None:
     config = tmp_path / "balancewatch.toml"
-    config.write_text('database_url = "postgresql://u@h/db"\nretention = 400\n')
+    config.write_text(f'database_url = "postgresql://u@h/db"\n{name} = 7\n')
     monkeypatch.setenv("BALANCEWATCH_CONFIG", str(config))
-    with pytest.raises(ConfigError, match="BALANCEWATCH_RETENTION: must be a whole number"):
+    with pytest.raises(ConfigError) as refused:
         load_settings(need_key=False)
+    assert str(refused.value) == f"BALANCEWATCH_{name.upper()}: {form}"
 
 
 def test_every_part_of_the_rpc_url_that_may_be_a_key_is_a_secret(
