@@ -112,12 +112,15 @@ balance_rows = Table(
     ),
     postgresql_partition_by="RANGE (received_at)",
 )
-# "The history of one pair, newest first" is an index scan on this, in each partition.
+# "The history of one pair, newest first" is a backward scan of this, in each partition.
+# Ascending, so that a pair's newest row goes at the end of its run of keys: Postgres then
+# splits a full page leaving the left one full (a pair's run grows one way), where descending
+# keys split pages in half and left the index a third empty (136 bytes a row at 10 million).
 Index(
     "balance_rows_pair_received_at_idx",
     balance_rows.c.pair_id,
-    balance_rows.c.received_at.desc(),
-    balance_rows.c.id.desc(),
+    balance_rows.c.received_at,
+    balance_rows.c.id,
 )
 # "The rows of the last hour": rows arrive in time order, so a block range is a narrow stretch.
 Index("balance_rows_received_at_brin", balance_rows.c.received_at, postgresql_using="brin")

@@ -288,7 +288,7 @@ def upgrade() -> None:
         # Built once over the copied rows, not kept up row by row while they were copied.
         op.execute(
             "CREATE INDEX IF NOT EXISTS balance_rows_pair_received_at_idx "
-            "ON balance_rows (pair_id, received_at DESC, id DESC)"
+            "ON balance_rows (pair_id, received_at, id)"
         )
     blocked_from = time.monotonic()
     copied += _switch_over(high)
