@@ -20,9 +20,8 @@ import asyncpg
 from balancewatch.domain import EndReason, PairState, Watch
 from balancewatch.store.db import RawConnection
 
-# A balance line's columns (pipeline/records.py); stored as balance_rows' ROW_COLUMNS, the
-# pair's id in place of its wallet and token (pipeline/pair_ids.py).
-BALANCE_COLUMNS: Final = ("wallet", "token", "amount", "received_at", "epoch")
+# A balance line (pipeline/records.py) is stored as these columns of balance_rows, the pair's
+# id in place of its wallet and token (pipeline/pair_ids.py).
 ROW_COLUMNS: Final = ("pair_id", "amount", "received_at", "epoch")
 
 # A frame that was not stored as a balance: received_at, reason, detail, room, frame, size.
