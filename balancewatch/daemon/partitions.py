@@ -9,6 +9,8 @@ lock taking them one at a time:
   days around them, so widths may mix and never overlap.
 - Rollups: each closed day, and each day that received rows after its rollup, rolled up into
   daily_rows, oldest first, a day per transaction.
+- Packing: each partition whose days have all closed gets its index built again, packed
+  (an index that grew with the day is about half empty), once.
 - Retention: with BALANCEWATCH_RETENTION, the partitions whose days are all older than that,
   once rolled up, detached and dropped (never a DELETE; never the default partition).
 - The rows in the default partition counted, for a metric: normally none.
@@ -36,6 +38,9 @@ CHECK_INTERVAL: Final = 3600.0
 # A day is rolled up this long after its end: a write begun before midnight, with rows of the
 # day, has long committed by then (the trigger marks rows of a closed day only from midnight).
 ROLLUP_GRACE: Final = timedelta(hours=1)
+# What pack_balance_partition answers when there is nothing left to do for a partition
+# ('busy' and 'not_closed', a clock ahead of the database's, are tried again).
+_PACK_SETTLED: Final = frozenset({"packed", "packed_already", "missing"})
 
 
 def missing_spans(
@@ -60,6 +65,15 @@ def days_to_roll_up(now: datetime, live_from: date, invalid: Collection[date]) -
     last = (now - ROLLUP_GRACE).date() - timedelta(days=1)
     closed = (live_from + timedelta(days=n) for n in range((last - live_from).days + 1))
     return sorted({*invalid, *closed})
+
+
+def spans_to_pack(now: datetime, existing: Iterable[Span], packed: Collection[date]) -> list[Span]:
+    """The partitions whose last day ended more than the grace ago, not known to be packed."""
+    return [
+        span
+        for span in existing
+        if _start_of(span.end) + ROLLUP_GRACE <= now and span.first not in packed
+    ]
 
 
 def spans_to_drop(
@@ -97,6 +111,7 @@ class PartitionKeeper:
         self._now = now
         self.left_to_default = 0  # partitions not created because the default one has rows
         self.dropped = 0  # partitions dropped by the retention
+        self._packed: set[date] = set()  # first days of the partitions known to be packed
         self.default_rows: int | None = None  # rows in the default partition, once counted
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -110,6 +125,7 @@ class PartitionKeeper:
     async def maintain(self) -> None:
         await self.make_ahead()
         await self.roll_up()
+        await self.pack()
         await self.drop_old()
         self.default_rows = await partitions.default_rows(self._engine)
 
@@ -143,6 +159,23 @@ class PartitionKeeper:
                 done.append(day)
         if done:
             log.info("partitions.rolled_up", days=len(done), first=str(done[0]), last=str(done[-1]))
+        return done
+
+    async def pack(self) -> list[date]:
+        """Pack the indexes of the closed partitions not packed yet; their first days. Each is
+        asked once per process: the first turn learns which are packed already."""
+        existing = await partitions.existing(self._engine)
+        done = []
+        for span in spans_to_pack(self._now(), existing, self._packed):
+            outcome = await partitions.pack(self._engine, span.first)
+            if outcome in _PACK_SETTLED:
+                self._packed.add(span.first)
+            if outcome == "packed":
+                done.append(span.first)
+            elif outcome == "busy":  # readers held the partition: the next turn finishes it
+                log.info("partitions.pack_busy", day=str(span.first))
+        if done:
+            log.info("partitions.packed", days=[str(day) for day in done])
         return done
 
     async def drop_old(self) -> list[date]:

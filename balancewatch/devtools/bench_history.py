@@ -44,14 +44,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
-from balancewatch.daemon.partitions import PartitionKeeper
+from balancewatch.daemon.partitions import PartitionKeeper, missing_spans
 from balancewatch.devtools.benchkit import bench_pairs, checkpoint, migrated, on_a_server
 from balancewatch.domain import BASE58_PATTERN, EndReason, Pair
 from balancewatch.pipeline.pair_ids import PairIds
 from balancewatch.pipeline.records import balance_line, stamp_from_micros
 from balancewatch.pipeline.replay import store_lines
 from balancewatch.progress import Progress
-from balancewatch.store import chain, leases
+from balancewatch.store import chain, leases, partitions
 from balancewatch.store.db import RawConnection
 from balancewatch.store.history import fetch, fetch_gaps
 from balancewatch.store.reports import gather
@@ -173,8 +173,9 @@ async def _history_section(
     newest = datetime.now(UTC)
     periods = listening(newest)
     await _watch(db, pairs, periods, newest)
+    await _made_ahead(engine, newest)
     sample = await _load(db, count, pairs, periods, newest)
-    await _rolled_up(engine)
+    await _kept(engine)
     await _vacuumed(db)
     await _print_size(db, count)
     at = newest - HISTORY_SPAN / 2
@@ -188,12 +189,26 @@ async def _history_section(
     print("\n".join(report(timings)), flush=True)
 
 
-async def _rolled_up(engine: AsyncEngine) -> None:
-    """The closed days rolled up, as a daemon running through those days would have done (its
-    partitions keeper, hourly): `balance_daily` then reads them, not the raw rows."""
+async def _made_ahead(engine: AsyncEngine, newest: datetime) -> None:
+    """A partition for each day of the history, as the partitions keeper of a daemon running
+    through those days would have made it ahead: without them, every row before today would
+    land in the default partition."""
+    first = (newest - HISTORY_SPAN).date()
+    ahead = (newest.date() - first).days
+    await partitions.create(engine, lambda existing: missing_spans(first, existing, 1, ahead))
+
+
+async def _kept(engine: AsyncEngine) -> None:
+    """The closed days rolled up and their partitions' indexes packed, as a daemon running
+    through those days would have done (its partitions keeper, hourly): `balance_daily` then
+    reads the rollups, not the raw rows."""
+    keeper = PartitionKeeper(engine)
     started = time.monotonic()
-    days = await PartitionKeeper(engine).roll_up()
+    days = await keeper.roll_up()
     print(f"  {len(days)} closed days rolled up in {time.monotonic() - started:.1f} s", flush=True)
+    started = time.monotonic()
+    packed = await keeper.pack()
+    print(f"  {len(packed)} partitions packed in {time.monotonic() - started:.1f} s", flush=True)
 
 
 async def _describe_server(db: RawConnection, count: int, pairs: int) -> None:

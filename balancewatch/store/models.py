@@ -112,16 +112,9 @@ balance_rows = Table(
     ),
     postgresql_partition_by="RANGE (received_at)",
 )
-# "The history of one pair, newest first" is a backward scan of this, in each partition.
-# Ascending: a pair's newest row goes at the end of its run of keys, where Postgres keeps
-# the left page full when it splits (a run that grows one way; descending keys split pages in
-# half). With ~16 rows a pair in a day (the bench's 10 million rows), it made no difference.
-Index(
-    "balance_rows_pair_received_at_idx",
-    balance_rows.c.pair_id,
-    balance_rows.c.received_at,
-    balance_rows.c.id,
-)
+# "The history of one pair, newest first" is a backward scan of each partition's own index on
+# (pair_id, received_at, id), made with the partition (migration 0014) and packed once its days
+# have closed: not inherited from balance_rows, so that it can be rebuilt and swapped alone.
 # "The rows of the last hour": rows arrive in time order, so a block range is a narrow stretch.
 Index("balance_rows_received_at_brin", balance_rows.c.received_at, postgresql_using="brin")
 

@@ -1,13 +1,14 @@
 """The partitions of balance_rows (a day or a week each): which exist, creating those that do
-not, rolling the closed days up into daily_rows, dropping the old partitions, and counting the
-rows in the default partition.
+not, rolling the closed days up into daily_rows, packing the closed partitions' indexes,
+dropping the old partitions, and counting the rows in the default partition.
 
 Each goes through a function of the owner of balance_rows (`create_balance_partition`,
-`drop_balance_partition` and `default_partition_rows`, migration 0013; `roll_up_day`, 0011),
-so the daemon's role needs no right to create, read or drop tables. The creation, the rollup
-and the drop run under a transaction-scoped advisory lock (the last two take it themselves):
-several replicas may do them at once, one after the other, and each does only what is still
-to do. A day rolled up or a partition dropped is a transaction of its own.
+`drop_balance_partition` and `default_partition_rows`, migration 0013; `roll_up_day`, 0011;
+`pack_balance_partition`, 0014), so the daemon's role needs no right to create, read or drop
+tables. The creation, the rollup, the pack and the drop run under a transaction-scoped
+advisory lock (the last three take it themselves): several replicas may do them at once, one
+after the other, and each does only what is still to do. A day rolled up, a partition packed
+or dropped is a transaction of its own.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ async def drop(engine: AsyncEngine, first: date) -> str:
     """The partition starting on `first` detached and dropped: 'dropped', or why not
     ('missing', 'not_rolled_up': some day of it is not rolled up)."""
     return await _call(engine, "SELECT drop_balance_partition(:day)", first)
+
+
+async def pack(engine: AsyncEngine, first: date) -> str:
+    """The index of the closed partition starting on `first` built again, packed, and the one
+    that grew with its days dropped: 'packed', or why not ('packed_already', 'not_closed',
+    'missing', 'busy': readers held the partition; the packed index is kept, the next call
+    drops the other)."""
+    return await _call(engine, "SELECT pack_balance_partition(:day)", first)
 
 
 async def default_rows(engine: AsyncEngine) -> int:

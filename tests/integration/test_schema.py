@@ -159,7 +159,7 @@ async def test_the_history_of_one_pair_by_its_id_newest_first_is_an_index_scan(d
         TOKEN,
     )
     plan = "\n".join(row[0] for row in rows)
-    assert "pair_id_received_at_id_idx" in plan
+    assert "_pair_idx" in plan
     assert "->  Sort" not in plan
 
 

@@ -283,16 +283,21 @@ async def test_the_readme_role_cannot_rewrite_the_history_or_the_watchlist(
     assert allowed == []
 
 
-async def test_the_readme_role_rolls_up_and_drops_old_partitions(daemon_url: URL, db: Any) -> None:
-    """The maintenance with only the README's grants: a day rolled up, then its partition
-    dropped by the retention; the rollup kept."""
+async def test_the_readme_role_rolls_up_packs_and_drops_old_partitions(
+    daemon_url: URL, db: Any
+) -> None:
+    """The maintenance with only the README's grants: a day rolled up and its partition's
+    index packed, then the partition dropped by the retention; the rollup kept."""
     old = datetime.now(UTC) - timedelta(days=30)
     await db.execute("SELECT create_balance_partition($1, 1)", old.date())
     await insert(db, [(WALLET, TOKEN, "5", old)])
+    packed = f"balance_rows_{old:%Y%m%d}_packed_idx"
     engine = create_engine(daemon_url)
     try:
-        keeper = PartitionKeeper(engine, retention=timedelta(days=7))
         with capture_logs() as logs:
+            await PartitionKeeper(engine).maintain()
+            assert await db.fetchval("SELECT to_regclass($1)::text", packed) == packed
+            keeper = PartitionKeeper(engine, retention=timedelta(days=7))
             await keeper.maintain()
     finally:
         await engine.dispose()
