@@ -1,5 +1,5 @@
-"""The partitions' upkeep, at start and hourly; every replica does it, the database's advisory
-lock taking them one at a time:
+"""The partitions' upkeep, at start and every five minutes; every replica does it, the
+database's advisory lock taking them one at a time:
 
 - Partitions ahead: balance_rows has a partition covering today and each of the next days
   before any row of theirs arrives, so no row lands in the default partition in normal
@@ -7,8 +7,9 @@ lock taking them one at a time:
   is a day, or a week from Monday (BALANCEWATCH_PARTITION): the setting decides the width of
   the partitions made from now on; those that exist keep theirs, and the new ones fill the
   days around them, so widths may mix and never overlap.
-- Rollups: each closed day, and each day that received rows after its rollup, rolled up into
-  daily_rows, oldest first, a day per transaction.
+- Rollups: the rows up to a quarter of an hour ago (today's too) added to their day's figures
+  in daily_rows, a day per transaction; a day that received old rows after its rollup
+  computed again.
 - Packing: each partition whose days have all closed gets its index built again, packed
   (an index that grew with the day is about half empty), once.
 - Retention: with BALANCEWATCH_RETENTION, the partitions whose days are all older than that,
@@ -34,10 +35,14 @@ from balancewatch.store.partitions import Span
 log = get_logger(__name__)
 
 PREMAKE_DAYS: Final = 7
-CHECK_INTERVAL: Final = 3600.0
-# A day is rolled up this long after its end: a write begun before midnight, with rows of the
-# day, has long committed by then (the trigger marks rows of a closed day only from midnight).
-ROLLUP_GRACE: Final = timedelta(hours=1)
+# Often enough that balance_daily has minutes of raw rows to aggregate live, not hours.
+CHECK_INTERVAL: Final = 300.0
+# The rollup's watermark keeps this far behind the clock: a write whose rows are older than
+# five minutes marks their day (migration 0015), so one that commits up to ten minutes after
+# its insert is counted either way. The database holds to it too.
+ROLLUP_GRACE: Final = timedelta(minutes=15)
+# A partition is packed this long after its last day ends (pack_balance_partition's own).
+PACK_GRACE: Final = timedelta(hours=1)
 # What pack_balance_partition answers when there is nothing left to do for a partition
 # ('busy' and 'not_closed', a clock ahead of the database's, are tried again).
 _PACK_SETTLED: Final = frozenset({"packed", "packed_already", "missing"})
@@ -60,11 +65,17 @@ def missing_spans(
     return made
 
 
-def days_to_roll_up(now: datetime, live_from: date, invalid: Collection[date]) -> list[date]:
-    """The days marked invalid and each closed day from live_from on, oldest first."""
-    last = (now - ROLLUP_GRACE).date() - timedelta(days=1)
-    closed = (live_from + timedelta(days=n) for n in range((last - live_from).days + 1))
-    return sorted({*invalid, *closed})
+def days_to_redo(live_from: date, invalid: Collection[date]) -> list[date]:
+    """The marked days before the watermark's, oldest first: computed again from their rows.
+    The watermark's day, or a later one, is computed from its start when the watermark next
+    moves, or gets there."""
+    return sorted(day for day in invalid if day < live_from)
+
+
+def days_completed(before: datetime, after: datetime) -> list[date]:
+    """The days whose end the watermark passed in moving from `before` to `after` (UTC)."""
+    first, last = before.astimezone(UTC).date(), after.astimezone(UTC).date()
+    return [first + timedelta(days=n) for n in range((last - first).days)]
 
 
 def spans_to_pack(now: datetime, existing: Iterable[Span], packed: Collection[date]) -> list[Span]:
@@ -72,7 +83,7 @@ def spans_to_pack(now: datetime, existing: Iterable[Span], packed: Collection[da
     return [
         span
         for span in existing
-        if _start_of(span.end) + ROLLUP_GRACE <= now and span.first not in packed
+        if _start_of(span.end) + PACK_GRACE <= now and span.first not in packed
     ]
 
 
@@ -151,12 +162,20 @@ class PartitionKeeper:
         return outcomes
 
     async def roll_up(self) -> list[date]:
-        """Roll up the closed days not rolled up yet and those marked invalid; the days done."""
+        """Compute the marked days again, then move the watermark up to the grace, a day per
+        transaction; the days done (marked, or completed)."""
         state = await partitions.rollup_state(self._engine)
         done = []
-        for day in days_to_roll_up(self._now(), state.live_from, state.invalid):
+        for day in days_to_redo(state.live_from, state.invalid):
             if await partitions.roll_up(self._engine, day) == "rolled_up":
                 done.append(day)
+        watermark, target = state.rolled_until, self._now() - ROLLUP_GRACE
+        while watermark < target:
+            moved = await partitions.roll_up_to(self._engine, target)
+            if moved <= watermark:  # the database's clock is behind ours
+                break
+            done += days_completed(watermark, moved)
+            watermark = moved
         if done:
             log.info("partitions.rolled_up", days=len(done), first=str(done[0]), last=str(done[-1]))
         return done

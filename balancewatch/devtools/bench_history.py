@@ -199,9 +199,9 @@ async def _made_ahead(engine: AsyncEngine, newest: datetime) -> None:
 
 
 async def _kept(engine: AsyncEngine) -> None:
-    """The closed days rolled up and their partitions' indexes packed, as a daemon running
-    through those days would have done (its partitions keeper, hourly): `balance_daily` then
-    reads the rollups, not the raw rows."""
+    """The history rolled up to a quarter of an hour ago and the closed partitions' indexes
+    packed, as a daemon running through those days would have done (its partitions keeper):
+    `balance_daily` then reads the rollups, and minutes of raw rows."""
     keeper = PartitionKeeper(engine)
     started = time.monotonic()
     days = await keeper.roll_up()

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Computed,
     Date,
     DateTime,
     ForeignKey,
@@ -147,17 +148,24 @@ daily_rows = Table(
     Column("messages", Integer, nullable=False),
 )
 Index("daily_rows_day_idx", daily_rows.c.day)
-# One row: daily_rows holds the days before live_from; the raw rows of the days before
-# kept_from were dropped by the retention.
+# One row: daily_rows counts every row before rolled_until (the watermark), so the days
+# before live_from (its day) completely; the raw rows of the days before kept_from were
+# dropped by the retention.
 rollup_state = Table(
     "rollup_state",
     metadata,
     Column("one_row", Boolean, primary_key=True, server_default=true()),
-    Column("live_from", Date, nullable=False),
     Column("kept_from", Date, nullable=False, server_default=text("'-infinity'::date")),
+    Column("rolled_until", DateTime(timezone=True), nullable=False),
+    Column(
+        "live_from",
+        Date,
+        Computed("((rolled_until AT TIME ZONE 'UTC'::text))::date", persisted=True),
+        nullable=False,
+    ),
     CheckConstraint("one_row", name="rollup_state_one_row"),
 )
-# Closed days that received rows after they were rolled up (or before), to roll up again.
+# Days that received old rows after they were rolled up (or before), to compute again.
 rollup_invalid = Table(
     "rollup_invalid",
     metadata,

@@ -4,25 +4,25 @@ dropping the old partitions, and counting the rows in the default partition.
 
 Each goes through a function of the owner of balance_rows (`create_balance_partition`,
 `drop_balance_partition` and `default_partition_rows`, migration 0013; `roll_up_day`, 0011;
-`pack_balance_partition`, 0014), so the daemon's role needs no right to create, read or drop
-tables. The creation, the rollup, the pack and the drop run under a transaction-scoped
-advisory lock (the last three take it themselves): several replicas may do them at once, one
-after the other, and each does only what is still to do. A day rolled up, a partition packed
-or dropped is a transaction of its own.
+`pack_balance_partition`, 0014; `roll_up_to`, 0015), so the daemon's role needs no right to
+create, read or drop tables. The creation, the rollups, the pack and the drop run under a
+transaction-scoped advisory lock (all but the creation take it themselves): several replicas
+may do them at once, one after the other, and each does only what is still to do. A day
+rolled up, a partition packed or dropped is a transaction of its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Final, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _LOCK_KEY: Final = 0x62777074  # "bwpt"
-_LIVE_FROM: Final = "SELECT live_from FROM rollup_state"
+_STATE: Final = "SELECT live_from, rolled_until FROM rollup_state"
 _BOUNDS: Final = "SELECT first_day, end_day FROM balance_partition_bounds()"
 _CREATE: Final = "SELECT create_balance_partition(:first, :days)"
 
@@ -64,21 +64,32 @@ async def create(
 
 @dataclass(frozen=True, slots=True)
 class RollupState:
-    live_from: date  # the first day not rolled up: balance_daily is live from there
-    invalid: frozenset[date]  # closed days that received rows since (or before) their rollup
+    live_from: date  # the first day not complete in daily_rows: the watermark's
+    rolled_until: datetime  # the watermark: every row before it is in daily_rows
+    invalid: frozenset[date]  # days that received old rows since (or before) their rollup
 
 
 async def rollup_state(engine: AsyncEngine) -> RollupState:
     async with engine.connect() as connection:
-        live_from = (await connection.execute(text(_LIVE_FROM))).scalar_one()
+        live_from, rolled_until = (await connection.execute(text(_STATE))).one()
         invalid = (await connection.execute(text("SELECT day FROM rollup_invalid"))).scalars()
-        return RollupState(live_from, frozenset(invalid))
+        return RollupState(live_from, rolled_until, frozenset(invalid))
 
 
 async def roll_up(engine: AsyncEngine, day: date) -> str:
-    """The day's figures computed again from its rows: 'rolled_up', or why not ('not_next',
-    'rolled_up_already', 'final': its rows were dropped, its rollup stays)."""
+    """A marked day's figures computed again from its rows: 'rolled_up', or why not
+    ('not_next': after the watermark's day, 'rolled_up_already': not marked)."""
     return await _call(engine, "SELECT roll_up_day(:day)", day)
+
+
+async def roll_up_to(engine: AsyncEngine, until: datetime) -> datetime:
+    """The watermark moved towards `until`, at most to the end of its day and never closer to
+    the database's clock than its grace: the rows passed added to their day's figures. The
+    new watermark (the old one when there was nothing to do)."""
+    async with engine.begin() as connection:
+        statement = text("SELECT roll_up_to(:until)")
+        moved: datetime = (await connection.execute(statement, {"until": until})).scalar_one()
+        return moved
 
 
 async def drop(engine: AsyncEngine, first: date) -> str:

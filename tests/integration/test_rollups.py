@@ -81,7 +81,7 @@ async def test_the_daily_view_equals_the_raw_aggregates_before_and_after_the_rol
     assert len(raw) == 8
     assert await daily(db) == raw  # nothing rolled up: the closed days are read live
     assert await keeper(engine).roll_up() == days(3, 2, 1)
-    assert await db.fetchval("SELECT count(*) FROM daily_rows") == 6
+    assert await db.fetchval("SELECT count(*) FROM daily_rows WHERE day < $1", TODAY) == 6
     assert await live_from(db) == TODAY
     assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0
     assert await daily(db) == raw
@@ -125,9 +125,38 @@ async def test_a_late_row_of_a_rolled_up_day_is_counted_now_and_after_the_next_r
     assert await daily(db) == raw
 
 
-async def test_todays_rows_mark_nothing(db: Any) -> None:
-    await storedays(db, 0)
+async def test_rows_of_the_last_minutes_mark_nothing_and_older_ones_mark_their_day(
+    db: Any,
+) -> None:
+    now = datetime.now(UTC)
+    await db.execute(INSERT, WALLET, TOKEN, "1", now - timedelta(minutes=1), "stream")
     assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0
+    older = now - timedelta(minutes=20)  # before the watermark, once it moves
+    await db.execute(INSERT, WALLET, TOKEN, "2", older, "stream")
+    assert await db.fetchval("SELECT day FROM rollup_invalid") == older.date()
+
+
+async def test_today_is_rolled_up_to_a_quarter_of_an_hour_ago_and_the_rest_read_live(
+    engine: AsyncEngine, db: Any
+) -> None:
+    now = datetime.now(UTC)
+    ago = [now - timedelta(minutes=minutes) for minutes in (190, 130, 70, 10, 2)]
+    rows = [(WALLET, TOKEN, f"{n}.5", moment, "stream") for n, moment in enumerate(ago)]
+    await db.executemany(INSERT, [*rows, (WALLET2, SOL, "7", ago[1], "snapshot")])
+    raw = await daily(db, RAW)
+    earlier = PartitionKeeper(engine, now=lambda: now - timedelta(minutes=100))
+    await earlier.roll_up()  # to 115 minutes ago: the first two rows, a day computed anew
+    assert await daily(db) == raw
+    await PartitionKeeper(engine).roll_up()  # to 15 minutes ago: the third row, merged
+    assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0
+    watermark = await db.fetchval("SELECT rolled_until FROM rollup_state")
+    assert ago[2] < watermark <= datetime.now(UTC) - timedelta(minutes=15)
+    counted = await db.fetchval(
+        "SELECT sum(messages) FROM daily_rows d JOIN pairs p USING (pair_id) WHERE p.token = $1",
+        TOKEN,
+    )
+    assert counted == 3
+    assert await daily(db) == raw  # the rollup and the last rows, live, merged
 
 
 async def test_two_replicas_rolling_up_at_once_do_each_day_once(

@@ -260,7 +260,7 @@ DENIED = [
     "ALTER TABLE watchlist DISABLE TRIGGER ALL",
     "SELECT * FROM daily_rows",
     "DELETE FROM daily_rows",
-    "UPDATE rollup_state SET live_from = '-infinity'",
+    "UPDATE rollup_state SET rolled_until = '-infinity'",
     "DELETE FROM rollup_invalid",
     "DROP TABLE balance_rows_default",
 ]

@@ -1,4 +1,5 @@
-"""Which day partitions the daemon makes ahead, which days it rolls up, which it drops."""
+"""Which day partitions the daemon makes ahead, which days it rolls up, which it packs and
+which it drops."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 
 from balancewatch.daemon.partitions import (
+    PACK_GRACE,
     PREMAKE_DAYS,
-    ROLLUP_GRACE,
-    days_to_roll_up,
+    days_completed,
+    days_to_redo,
     missing_spans,
     spans_to_drop,
+    spans_to_pack,
 )
 from balancewatch.store.partitions import Span
 
@@ -101,27 +104,23 @@ def test_made_spans_never_overlap_whatever_the_mix() -> None:
 # -- rollups -----------------------------------------------------------------------------------
 
 
-def test_every_closed_day_from_the_first_not_rolled_up_is_rolled_up_in_order() -> None:
-    live_from = TODAY - timedelta(days=3)
-    assert days_to_roll_up(NOON, live_from, set()) == days_before(TODAY, 3, 2, 1)
+def test_the_marked_days_before_the_watermarks_are_computed_again_oldest_first() -> None:
+    invalid = set(days_before(TODAY, 0, 1, 10, 40))
+    assert days_to_redo(TODAY - timedelta(days=1), invalid) == days_before(TODAY, 40, 10)
+    assert days_to_redo(TODAY, set()) == []
 
 
-def test_today_is_never_rolled_up_and_yesterday_only_after_the_grace() -> None:
-    yesterday = TODAY - timedelta(days=1)
-    assert days_to_roll_up(MIDNIGHT + ROLLUP_GRACE / 2, yesterday, set()) == []
-    assert days_to_roll_up(MIDNIGHT + ROLLUP_GRACE, yesterday, set()) == [yesterday]
-    assert days_to_roll_up(NOON, TODAY, set()) == []
+def test_a_day_is_completed_when_the_watermark_passes_its_end() -> None:
+    assert days_completed(NOON - timedelta(days=1), MIDNIGHT) == days_before(TODAY, 1)
+    assert days_completed(MIDNIGHT, NOON) == []
+    assert days_completed(MIDNIGHT - timedelta(days=3), NOON) == days_before(TODAY, 3, 2, 1)
 
 
-def test_invalid_days_come_first_then_the_closed_ones() -> None:
-    invalid = set(days_before(TODAY, 40, 10))
-    live_from = TODAY - timedelta(days=1)
-    assert days_to_roll_up(NOON, live_from, invalid) == days_before(TODAY, 40, 10, 1)
-
-
-def test_an_invalid_day_not_rolled_up_yet_is_rolled_up_once() -> None:
-    live_from = TODAY - timedelta(days=2)
-    assert days_to_roll_up(NOON, live_from, {live_from}) == days_before(TODAY, 2, 1)
+def test_a_partition_is_packed_once_its_last_day_ended_an_hour_ago() -> None:
+    spans = [day(-3), day(-2), day(-1), day(0)]
+    assert spans_to_pack(MIDNIGHT + PACK_GRACE / 2, spans, set()) == [day(-3), day(-2)]
+    assert spans_to_pack(MIDNIGHT + PACK_GRACE, spans, set()) == spans[:3]
+    assert spans_to_pack(NOON, spans, {day(-3).first}) == [day(-2), day(-1)]
 
 
 # -- retention ---------------------------------------------------------------------------------
