@@ -31,7 +31,7 @@ async def test_every_sql_example_in_the_readme_runs(db: Any) -> None:
 
     latest = result_of("-- 1. ")
     assert [(row["wallet"], row["amount"]) for row in latest] == [(WALLET, 1.5)]
-    assert len(result_of("LIMIT 50")) == 50
+    assert len(result_of("-- 2. ")) == 50
     last_hour = result_of("-- 3. ")
     assert len(last_hour) == 59
     assert last_hour[-1]["delta"] == -1.5

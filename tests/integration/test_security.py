@@ -242,6 +242,9 @@ DENIED = [
     "SELECT * FROM balance_rows",
     "SELECT * FROM pairs",
     "DELETE FROM pairs",
+    # The history's functions run with the caller's rights (migration 0014).
+    "SELECT * FROM balance_changes('-infinity')",
+    f"SELECT * FROM pair_history('{WALLET}', '{TOKEN}')",
     f"INSERT INTO watchlist (wallet, token) VALUES ('{WALLET}', '{TOKEN}')",
     "UPDATE watchlist SET enabled = false",
     "DELETE FROM watchlist",

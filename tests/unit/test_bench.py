@@ -110,8 +110,8 @@ def test_every_readme_query_naming_the_example_pair_names_the_loaded_pair_instea
         assert not any(address in queries[number] for address in addresses), number
         assert f"'{PAIR[0]}'" in queries[number]
         assert f"'{PAIR[1]}'" in queries[number]
-    assert f"wallet = '{PAIR[0]}'" in queries[2]
-    assert f"token = '{PAIR[1]}'" in queries[2]
+    assert f"wallet = '{PAIR[0]}'" in queries[4]
+    assert f"token = '{PAIR[1]}'" in queries[4]
 
 
 def test_the_readme_example_time_becomes_the_middle_of_the_history_and_nothing_else_changes() -> (
