@@ -5,13 +5,16 @@ daemon's listening to them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import Text, TextClause, case, cast, select, text
+from sqlalchemy import Text, TextClause, case, cast, func, select, text, true
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import ColumnElement, FromClause
 
 from balancewatch.domain import ROW_SOURCE_CODES
 from balancewatch.store.models import balance_rows, pairs
+
+_FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,35 +47,40 @@ async def fetch(
 ) -> list[Row]:
     """The pair's rows (every token's of the wallet if `token` is None) in [since, until],
     newest first, at most `limit` (None: all)."""
-    rows, pair = balance_rows.c, pairs.c
+    pair = pairs.c
     of_wallet = select(pair.pair_id).where(pair.wallet == wallet)
-    # One pair: its id looked up first, so that its rows come newest first from the index,
-    # without a sort; a wallet's pairs: their rows merged and sorted.
-    wanted = (
-        rows.pair_id.in_(of_wallet)
-        if token is None
-        else rows.pair_id == of_wallet.where(pair.token == token).scalar_subquery()
-    )
+    rows: FromClause
+    chosen: ColumnElement[bool]
+    if token is None:  # a wallet's pairs: their rows merged and sorted
+        rows = balance_rows.alias("r")
+        chosen = rows.c.pair_id.in_(of_wallet)
+    else:
+        # One pair: through pair_rows_at, which reads only the partitions of the days its
+        # newest rows are on (migration 0017), newest first.
+        one = of_wallet.where(pair.token == token).scalar_subquery()
+        newest = func.pair_rows_at(one, until or _FOREVER, limit)
+        rows = newest.table_valued(*(c.name for c in balance_rows.c)).render_derived("r")
+        chosen = true()
     # As text: asyncpg would take a "char" parameter as bytes.
     codes = {code: name for name, code in ROW_SOURCE_CODES.items()}
-    source = case(codes, value=cast(rows.source, Text))
+    source = case(codes, value=cast(rows.c.source, Text))
     query = (
         select(
             pair.token,
-            rows.received_at,
-            cast(rows.amount, Text).label("amount"),
+            rows.c.received_at,
+            cast(rows.c.amount, Text).label("amount"),
             source.label("source"),
-            rows.slot,
+            rows.c.slot,
         )
-        .join_from(balance_rows, pairs, rows.pair_id == pair.pair_id)
-        .where(wanted)
-        .order_by(rows.received_at.desc(), rows.id.desc())
+        .join_from(rows, pairs, rows.c.pair_id == pair.pair_id)
+        .where(chosen)
+        .order_by(rows.c.received_at.desc(), rows.c.id.desc())
         .limit(limit)
     )
     if since is not None:
-        query = query.where(rows.received_at >= since)
+        query = query.where(rows.c.received_at >= since)
     if until is not None:
-        query = query.where(rows.received_at <= until)
+        query = query.where(rows.c.received_at <= until)
     async with engine.connect() as connection:
         result = await connection.execute(query)
         return [Row(*row) for row in result]

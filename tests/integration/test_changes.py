@@ -208,18 +208,6 @@ async def test_pair_history_defaults_to_the_newest_50_rows_with_the_views_column
     assert (rows[0]["amount"], rows[0]["source"], rows[0]["slot"]) == (59, "check", 59)
 
 
-async def test_pair_history_is_a_backward_index_scan_without_a_sort(db: Any) -> None:
-    await db.execute("SET enable_seqscan = off")
-    rows = await db.fetch(
-        "EXPLAIN SELECT received_at, amount FROM pair_history($1, $2, n => 50) "
-        "ORDER BY received_at DESC",
-        *NEW,
-    )
-    plan = "\n".join(row[0] for row in rows)
-    assert "Index Scan Backward using balance_rows_" in plan
-    assert "Sort" not in plan.replace("Sort Key", "")
-
-
 async def test_downgrading_0016_drops_both_functions(engine: AsyncEngine, db: Any) -> None:
     await downgrade(engine, "0015")
     names = "SELECT count(*) FROM pg_proc WHERE proname IN ('balance_changes', 'pair_history')"

@@ -1,6 +1,6 @@
-"""`pair_row_at(pair_id, at)` (migration 0017): a pair's newest row at or before a time, the
-same as a scan of its whole history whatever the rollups say (current, behind, or wrong after a
-delete), and read from the partitions of one or two days once its days are rolled up."""
+"""`pair_rows_at(pair_id, at, n)` (migration 0017): a pair's n newest rows at or before a time,
+the same as a scan of its whole history whatever the rollups say (current, behind, or wrong
+after a delete), and read from the partitions of their days once those are rolled up."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ INSERT = (
 )
 NAIVE = (
     "SELECT id, amount FROM balance_rows WHERE pair_id = $1 AND received_at <= $2 "
-    "ORDER BY received_at DESC, id DESC LIMIT 1"
+    "ORDER BY received_at DESC, id DESC LIMIT $3"
 )
-FOUND = "SELECT id, amount FROM pair_row_at($1, $2)"
+FOUND = "SELECT id, amount FROM pair_rows_at($1, $2, $3)"
+COUNTS = (1, 2, 3, 5, 50, None)  # rows asked for; None: every one
 
 
 def at(days_ago: int, hour: int) -> datetime:
@@ -71,8 +72,9 @@ def moments() -> list[datetime]:
 
 async def agree(db: Any, pair: int) -> None:
     for moment in moments():
-        expected = await db.fetchrow(NAIVE, pair, moment)
-        assert await db.fetchrow(FOUND, pair, moment) == expected, moment
+        for n in COUNTS:
+            expected = await db.fetch(NAIVE, pair, moment, n)
+            assert await db.fetch(FOUND, pair, moment, n) == expected, (moment, n)
 
 
 async def test_the_newest_row_at_a_time_is_the_same_before_and_after_the_rollups(
@@ -112,7 +114,7 @@ async def test_a_rolled_up_lookup_reads_only_the_partitions_of_its_days(
     await PartitionKeeper(engine).roll_up()
     pair = await pair_id(db, WALLET, TOKEN)
     scans = await index_scans(db)
-    await db.fetchrow(FOUND, pair, at(4, 12))  # the newest is five days ago, at 01:00
+    await db.fetchrow(FOUND, pair, at(4, 12), 1)  # the newest is five days ago, at 01:00
     read = {name for name, count in (await index_scans(db)).items() if count > scans[name]}
     its_day = f"balance_rows_{TODAY - timedelta(days=5):%Y%m%d}"
     assert its_day in read
