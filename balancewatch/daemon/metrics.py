@@ -149,6 +149,7 @@ class Snapshot:
     chain: ChainCounts | None = None  # None: no RPC URL, nothing read from the chain
     partitions_dropped: int = 0  # partitions dropped by the retention
     default_partition_rows: int | None = None  # None: not counted yet
+    ready: bool | None = None  # what /readyz would answer; None: the database not checked yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,9 @@ class DaemonCollector(Collector):
             yield _gauge(
                 "database_up", "1 if the database answered the last check.", int(c.database_up)
             )
+        if c.ready is not None:
+            # An alert on readiness needs it as a series: Prometheus cannot probe /readyz.
+            yield _gauge("ready", "1 while /readyz answers 200 (ready).", int(c.ready))
         yield _counter(
             "partitions_dropped",
             "Partitions of the history dropped by the retention (rollups kept).",

@@ -239,7 +239,14 @@ class Daemon:
             chain=self._chain_counts(),
             partitions_dropped=self.partitions.dropped,
             default_partition_rows=self.partitions.default_rows,
+            ready=self._ready(),
         )
+
+    def _ready(self) -> bool | None:
+        """What /readyz would answer now, from the last database check (None before it)."""
+        if self.database.up is None:
+            return None
+        return not self.readiness().failing(self.database.error)
 
     def _chain_counts(self) -> ChainCounts | None:
         reads = self.chain_reads

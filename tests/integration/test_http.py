@@ -61,8 +61,12 @@ async def readyz(daemon: Daemon) -> tuple[int, dict[str, Any]]:
 
 
 async def ready_is(daemon: Daemon, status: int, failing: set[str]) -> bool:
+    """/readyz answers `status` for `failing`, and the `balancewatch_ready` gauge agrees."""
     got, body = await readyz(daemon)
-    return got == status and set(body["failing"]) == failing
+    if got != status or set(body["failing"]) != failing:
+        return False
+    _, page = await get(daemon, "/metrics")
+    return value(scrape(page), "balancewatch_ready") == (status == 200)
 
 
 async def test_healthz_answers_while_the_daemon_runs(
