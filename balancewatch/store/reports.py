@@ -169,8 +169,9 @@ async def gather(engine: AsyncEngine) -> Report:
         report.more_problems = max(0, (rows[0].total if rows else 0) - len(rows))
         newest = await newest_row(connection, now)
         report.newest_age = None if newest is None else now - newest
-        report.rows_last_minute = await rows_since(connection, now - timedelta(minutes=1))
-        report.rows_last_hour = await rows_since(connection, now - timedelta(hours=1))
+        report.rows_last_minute, report.rows_last_hour = await rows_since(
+            connection, now - timedelta(minutes=1), now - timedelta(hours=1)
+        )
         report.rejected = [
             (row.reason, row.n, row.last) for row in await connection.execute(text(_REJECTED))
         ]
@@ -214,15 +215,16 @@ async def _chain(connection: AsyncConnection, report: Report) -> None:
     ]
 
 
-async def rows_since(connection: AsyncConnection, cutoff: datetime) -> int:
-    """Rows of the history received after `cutoff`: only the partitions of its days (and the
-    default one) are read."""
-    count: int = (
-        await connection.execute(
-            text("SELECT count(*) FROM balance_rows WHERE received_at > :cut"), {"cut": cutoff}
-        )
-    ).scalar_one()
-    return count
+async def rows_since(connection: AsyncConnection, *cutoffs: datetime) -> list[int]:
+    """Rows of the history received after each cutoff, in one scan: only the partitions of the
+    days from the earliest cutoff (and the default one) are read."""
+    counts = ", ".join(
+        f"count(*) FILTER (WHERE received_at > :cut{n})" for n in range(len(cutoffs))
+    )
+    bound = {f"cut{n}": cutoff for n, cutoff in enumerate(cutoffs)}
+    query = text(f"SELECT {counts} FROM balance_rows WHERE received_at > :earliest")  # noqa: S608
+    row = (await connection.execute(query, {**bound, "earliest": min(cutoffs)})).one()
+    return list(row)
 
 
 async def newest_row(connection: AsyncConnection, now: datetime) -> datetime | None:
