@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy.engine import URL
 
 from balancewatch.devtools.localpg import LocalPostgres
@@ -192,14 +191,3 @@ async def test_watch_import_into_a_pipe_draws_no_bar(
     assert "━" not in importing.text()
     assert "\x1b[" not in importing.text()
     assert await db.fetchval("SELECT count(*) FROM watchlist") == 300
-
-
-@pytest.mark.parametrize("module", ["balancewatch.daemon.service", "balancewatch.ops.watchfile"])
-def test_the_daemon_and_a_piped_command_load_no_bar_or_live_screen(module: str) -> None:
-    # structlog imports rich's console when rich is installed (for its tracebacks); what must
-    # stay out is what draws.
-    from tests.system.test_layout import loaded_by  # noqa: PLC0415
-
-    loaded = loaded_by(module)
-    assert "balancewatch.progress" in loaded
-    assert sorted(m for m in loaded if m in ("rich.progress", "rich.live")) == []
