@@ -181,6 +181,11 @@ def _add_status_commands(commands: Commands) -> None:
         help="the daemon's HTTP endpoint (default http://127.0.0.1:$BALANCEWATCH_HTTP_PORT, "
         "port 8080; 'none' to skip it)",
     )
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="the same screen again every second, in place on a terminal, until Ctrl-C",
+    )
     health = _command(
         commands,
         "healthcheck",

@@ -50,7 +50,7 @@ from balancewatch.domain import BASE58_PATTERN, EndReason, Pair
 from balancewatch.pipeline.pair_ids import PairIds
 from balancewatch.pipeline.records import balance_line, stamp_from_micros
 from balancewatch.pipeline.replay import store_lines
-from balancewatch.progress import Progress
+from balancewatch.progress import Progress, shown
 from balancewatch.store import chain, leases, partitions
 from balancewatch.store.db import RawConnection
 from balancewatch.store.history import fetch, fetch_gaps
@@ -305,19 +305,19 @@ async def _load(
     epoch = await _hold_a_shard(db)
     pair_ids = PairIds()  # the writer's own: each pair's id put in place of its addresses
     progress = Progress("bench_history_loading")
-    progress.start()
     started, loaded, last = time.perf_counter(), 0, 0
-    for stretch in stretches(periods, count - per_start * len(periods), busy, newest):
-        if stretch.opens is not None:
-            snapshots = _snapshots(pairs[:per_start], stretch.start, amounts)
-            await chain.copy_chain_rows(db, snapshots, _COPY_TIMEOUT)
-            loaded += len(snapshots)
-        for times in _spread(stretch):
-            lines, last = _stream_lines(times, pairs, amounts, epoch)
-            store = partial(store_lines, db, lines, pair_ids, _COPY_TIMEOUT)
-            await pair_ids.known_for(db, store, _COPY_TIMEOUT)
-            loaded += len(lines)
-            progress.update(rows=loaded, of=count)
+    with shown(progress, f"loading {count:,} rows", count) as step:
+        for stretch in stretches(periods, count - per_start * len(periods), busy, newest):
+            if stretch.opens is not None:
+                snapshots = _snapshots(pairs[:per_start], stretch.start, amounts)
+                await chain.copy_chain_rows(db, snapshots, _COPY_TIMEOUT)
+                loaded += len(snapshots)
+            for times in _spread(stretch):
+                lines, last = _stream_lines(times, pairs, amounts, epoch)
+                store = partial(store_lines, db, lines, pair_ids, _COPY_TIMEOUT)
+                await pair_ids.known_for(db, store, _COPY_TIMEOUT)
+                loaded += len(lines)
+                step(loaded, rows=loaded, of=count)
     seconds = time.perf_counter() - started
     progress.finish("bench_history_loaded", rows=loaded)
     print(f"  loaded in {seconds:.1f} s ({loaded / seconds:,.0f} rows/s)", flush=True)

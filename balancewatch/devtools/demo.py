@@ -26,11 +26,13 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from balancewatch import logs
+from balancewatch.aio import wait_first
 from balancewatch.daemon.service import serve
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.devtools.localpg import LocalPostgres, PostgresNotFound
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.domain import room_for
+from balancewatch.progress import Progress, Step, shown
 from balancewatch.settings import Settings, parse_database_url
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn, create_engine
@@ -100,9 +102,13 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                 http_port=0,  # any free port (logged): the demo must not need 8080
                 replica_id="demo-a",
             )
-            with stop_on_signals(stop):
+            # On a terminal, a bar of --seconds (or the time so far) under the rows as they
+            # scroll; off one, nothing more than the rows.
+            running = "demo" if seconds is None else f"demo, {seconds:g} s"
+            with stop_on_signals(stop), shown(Progress("demo.running"), running, seconds) as step:
                 say("running; rows appear as they are committed (Ctrl-C to stop)")
                 async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(_tick(step, stop))
                     tasks.create_task(serve(settings, stop))
                     tasks.create_task(sim.run_random_walk(rate, stop))
                     tasks.create_task(_feed(db, stop))
@@ -381,6 +387,16 @@ async def _shares_when(
 
 def _ms_since(started: float) -> str:
     return f"{(time.monotonic() - started) * 1000:.0f} ms"
+
+
+async def _tick(step: Step, stop: asyncio.Event) -> None:
+    """The demo's seconds so far, told to its bar once a second until stopped."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not stop.is_set():
+        step(loop.time() - started)
+        await wait_first(stop, timeout=1.0)
+    step(loop.time() - started)
 
 
 async def _stop_after(seconds: float, stop: asyncio.Event) -> None:

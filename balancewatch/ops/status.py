@@ -17,27 +17,36 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from balancewatch.aio import wait_first
 from balancewatch.errors import EXIT_FAILURE, EXIT_OK
+from balancewatch.logs import describe_error
 from balancewatch.ops.commands import shown_state, shown_token, with_engine
 from balancewatch.store.reports import Report, Watches, gather
 
 EXIT_NOT_READY: Final = EXIT_FAILURE
 HTTP_TIMEOUT: Final = 3.0
+REFRESH: Final = 1.0  # seconds between the screens of --watch
+DATABASE_TIMEOUT: Final = 10.0  # for one screen's queries, in --watch
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.watch:
+        return with_engine(lambda engine: watch(engine, args.http))
     return with_engine(lambda engine: show(engine, args.http))
 
 
@@ -94,11 +103,102 @@ async def ask_daemon(url: str) -> DaemonView:
 
 
 async def show(engine: AsyncEngine, http: str | None) -> int:
-    url = (http or default_http_url()).rstrip("/")
-    daemon = None if url == "none" else asyncio.create_task(ask_daemon(url))
+    url = daemon_url(http)
+    daemon = None if url is None else asyncio.create_task(ask_daemon(url))
     report = await gather(engine)
     print(render(report, None if daemon is None else await daemon))
     return EXIT_OK
+
+
+def daemon_url(http: str | None) -> str | None:
+    """The daemon's endpoint to ask, or None for `--http none`."""
+    url = (http or default_http_url()).rstrip("/")
+    return None if url == "none" else url
+
+
+# -- status --watch --------------------------------------------------------------------------
+
+
+async def screen(engine: AsyncEngine, url: str | None) -> str:
+    """One screen of `status`; a database that does not answer is on it rather than the end
+    of the command, so that `--watch` shows the outage and goes on asking."""
+    daemon = None if url is None else asyncio.create_task(ask_daemon(url))
+    try:
+        async with asyncio.timeout(DATABASE_TIMEOUT):
+            report = await gather(engine)
+    except (OSError, SQLAlchemyError, TimeoutError) as exc:
+        error = "no answer" if isinstance(exc, TimeoutError) else describe_error(exc)
+        view = None if daemon is None else await daemon
+        return render_unreachable(datetime.now(UTC), error, view)
+    return render(report, None if daemon is None else await daemon)
+
+
+async def watch(engine: AsyncEngine, http: str | None) -> int:
+    """`status --watch`: a screen a second until Ctrl-C (or SIGTERM), which is the normal end.
+    On a terminal, the screen is redrawn in place (rich's Live); otherwise each is printed
+    after the one before, as `vmstat 1` does, for a file or a pager."""
+    url = daemon_url(http)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if sys.stdout.isatty():
+            await _watch_in_place(engine, url, stop)
+        else:
+            await _every_second(engine, url, stop, _print_screen)
+    except BrokenPipeError:
+        # The reader went away (`| head`): the end of the command, not an error; stdout is
+        # pointed at /dev/null so that the interpreter's last flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        for signum in _STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    return EXIT_OK
+
+
+def _print_screen(text: str) -> None:
+    print(text + "\n", flush=True)
+
+
+async def _watch_in_place(engine: AsyncEngine, url: str | None, stop: asyncio.Event) -> None:
+    from rich.live import Live  # noqa: PLC0415  (only --watch on a terminal loads rich)
+    from rich.text import Text  # noqa: PLC0415
+
+    # Text, not markup: an error message's brackets are shown as they are. Live redraws the
+    # whole screen over the last one, so nothing flickers; a screen taller than the terminal
+    # is cut at the bottom rather than scrolled.
+    with Live(
+        Text(f"balancewatch status: asking {url or 'the database'}..."), auto_refresh=False
+    ) as live:
+        await _every_second(engine, url, stop, lambda text: live.update(Text(text), refresh=True))
+
+
+async def _every_second(
+    engine: AsyncEngine, url: str | None, stop: asyncio.Event, show: Callable[[str], None]
+) -> None:
+    """Gather and `show` a screen each REFRESH seconds until `stop`; a screen still being
+    gathered when it is set is given up, so Ctrl-C ends it at once."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        started = loop.time()
+        gathering = asyncio.ensure_future(screen(engine, url))
+        await _wait_first_of(gathering, stop)
+        if not gathering.done():
+            gathering.cancel()
+            await asyncio.wait([gathering])
+            return
+        show(gathering.result())
+        await wait_first(stop, timeout=max(0.0, started + REFRESH - loop.time()))
+
+
+async def _wait_first_of(task: asyncio.Future[str], stop: asyncio.Event) -> None:
+    stopped = asyncio.ensure_future(stop.wait())
+    waited: list[asyncio.Future[Any]] = [task, stopped]
+    try:
+        await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
 
 
 # -- status: rendering -----------------------------------------------------------------------
@@ -137,6 +237,15 @@ def render(report: Report, daemon: DaemonView | None) -> str:
     lines += _by_reason("rejected frames, last 24 h", report.rejected)
     if report.rpc_failures:
         lines += _by_reason("RPC answers refused, last 24 h", report.rpc_failures)
+    return "\n".join(lines)
+
+
+def render_unreachable(now: datetime, error: str, daemon: DaemonView | None) -> str:
+    """The screen while the database does not answer: when, why, and what the daemon says."""
+    lines = [f"balancewatch status at {now:%Y-%m-%d %H:%M:%S %Z}", ""]
+    if daemon is not None:
+        lines += _daemon_lines(daemon)
+    lines.append(f"database NOT reachable: {error}; asking again every {REFRESH:g} s")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.domain import Watch, address_problems
 from balancewatch.errors import EXIT_OK, EXIT_USAGE
 from balancewatch.ops.commands import with_engine
+from balancewatch.progress import Progress, shown
 from balancewatch.store import watchlist
 from balancewatch.store.watchlist import ImportRow, WatchEntry
 
@@ -168,7 +169,12 @@ def import_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     async def apply(engine: AsyncEngine) -> int:
-        result = await watchlist.import_rows(engine, parsed.rows)
+        lines = Progress("watch.import_progress")
+        with shown(lines, f"importing {path.name}", len(parsed.rows)) as step:
+            result = await watchlist.import_rows(
+                engine, parsed.rows, lambda done: step(done, rows=done, of=len(parsed.rows))
+            )
+        lines.finish("watch.import_done", rows=len(parsed.rows))
         print(f"imported {path}: {result.added} added, {result.updated} updated")
         return EXIT_OK
 

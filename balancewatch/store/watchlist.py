@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -151,8 +151,11 @@ class ImportResult:
 _IMPORT_CHUNK = 5000
 
 
-async def import_rows(engine: AsyncEngine, rows: list[ImportRow]) -> ImportResult:
-    """Upsert every row in one transaction: all of them or, on any error, none."""
+async def import_rows(
+    engine: AsyncEngine, rows: list[ImportRow], done: Callable[[int], None] | None = None
+) -> ImportResult:
+    """Upsert every row in one transaction: all of them or, on any error, none. `done` is told
+    how many rows are upserted after each chunk (a large file's progress)."""
     added = updated = 0
     async with engine.begin() as connection:
         for start in range(0, len(rows), _IMPORT_CHUNK):
@@ -161,6 +164,8 @@ async def import_rows(engine: AsyncEngine, rows: list[ImportRow]) -> ImportResul
                 result = await connection.execute(statement)
                 for inserted in result.scalars():
                     added, updated = (added + 1, updated) if inserted else (added, updated + 1)
+            if done is not None:
+                done(start + len(chunk))
     return ImportResult(added, updated)
 
 

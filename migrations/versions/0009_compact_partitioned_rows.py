@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from balancewatch.logs import get_logger
+from balancewatch.progress import Progress, shown
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -351,14 +352,17 @@ def _copy_chunks(high: int | None) -> int:
             "(SELECT min(id) FROM balance_history))"
         )
     ).scalar()
-    copied, told = 0, time.monotonic()
-    while high is not None and first is not None and first <= high:
-        last = min(first + COPY_CHUNK - 1, high)
-        copied += _copy_ids(first, last)
-        first = last + 1
-        if time.monotonic() - told >= PROGRESS_EVERY:
-            told = time.monotonic()
-            log.info("migrate.rows_copied", rows=copied, up_to_id=last, of_ids_up_to=high)
+    if high is None or first is None or first > high:
+        return 0
+    copied, start = 0, first
+    # A bar on a terminal (`balancewatch migrate` run by hand), a line every 3 s otherwise.
+    lines = Progress("migrate.rows_copied", interval=PROGRESS_EVERY)
+    with shown(lines, "copying the history", high - start + 1) as step:
+        while first <= high:
+            last = min(first + COPY_CHUNK - 1, high)
+            copied += _copy_ids(first, last)
+            first = last + 1
+            step(last - start + 1, rows=copied, up_to_id=last, of_ids_up_to=high)
     return copied
 
 

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from balancewatch.logs import get_logger
+from balancewatch.progress import Progress, shown
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -155,7 +156,7 @@ ORDER BY c.relname
 def upgrade() -> None:
     started = time.monotonic()
     with op.get_context().autocommit_block():
-        built = [_build_concurrently(name, closed) for name, closed in _partitions()]
+        built = _build_each()
     blocked_from = time.monotonic()
     # Under the keeper's lock: no partition is made meanwhile by 0013's function, with only
     # the inherited index; one made since the build above gets its index here (it is new,
@@ -178,6 +179,19 @@ def upgrade() -> None:
         seconds=round(time.monotonic() - started, 1),
         writes_blocked_ms=round((time.monotonic() - blocked_from) * 1000),
     )
+
+
+def _build_each() -> list[bool]:
+    """Each partition's index, one after another: a bar of them on a terminal (a long
+    history's build takes minutes), a line at most every 3 s otherwise."""
+    partitions = _partitions()
+    built: list[bool] = []
+    lines = Progress("migrate.partition_indexes_progress", interval=3.0)
+    with shown(lines, "indexing the partitions", len(partitions)) as step:
+        for name, closed in partitions:
+            built.append(_build_concurrently(name, closed))
+            step(len(built), partitions=len(built), of=len(partitions))
+    return built
 
 
 def _partitions() -> list[tuple[str, bool]]:

@@ -48,3 +48,12 @@ def test_importing_the_cli_loads_no_database_web_or_settings_library() -> None:
         "balancewatch.cli",
         "balancewatch.errors",
     ]
+
+
+def test_the_daemon_and_a_command_that_draws_nothing_load_no_bar_or_live_screen() -> None:
+    # structlog loads rich's console when rich is installed (for its tracebacks); what must
+    # stay out is what draws, imported by progress.shown and status --watch on a terminal only.
+    for module in ("balancewatch.daemon.service", "balancewatch.ops.watchfile"):
+        loaded = loaded_by(module)
+        assert "balancewatch.progress" in loaded
+        assert sorted(m for m in loaded if m in ("rich.progress", "rich.live")) == [], module
