@@ -145,17 +145,34 @@ def upgrade() -> None:
     op.execute(_FIND_AGAIN)
     for trigger in _TRIGGERS:
         op.execute(trigger)
-    _fill()
+    # Committed first: from then on every write keeps latest_rows current itself, and the fill
+    # (whose upsert never replaces a newer row) needs no lock on the history. Its chunks are
+    # short transactions: a writer whose pair the fill just upserted waits for one chunk, not
+    # for the whole fill (a probe of every partition for every pair: seconds on a long history).
+    with op.get_context().autocommit_block():
+        _fill()
     op.execute("DROP VIEW latest_balance")
     op.execute(_LATEST_BALANCE_AFTER)
 
 
+_FILL_CHUNK = 500  # pairs a transaction
+
+
 def _fill() -> None:
     started = time.monotonic()
-    filled = (
-        op.get_bind()
-        .execute(sa.text(_UPSERT.format(rows=_NEWEST_OF.format(pairs="p", source="pairs p"))))
-        .rowcount
+    bind = op.get_bind()
+    last = bind.execute(sa.text("SELECT coalesce(max(pair_id), 0) FROM pairs")).scalar_one()
+    chunk = sa.text(
+        _UPSERT.format(
+            rows=_NEWEST_OF.format(
+                pairs="p",
+                source="(SELECT pair_id FROM pairs WHERE pair_id > :after AND pair_id <= :upto) p",
+            )
+        )
+    )
+    filled = sum(
+        bind.execute(chunk, {"after": after, "upto": after + _FILL_CHUNK}).rowcount
+        for after in range(0, last, _FILL_CHUNK)
     )
     log.info(
         "migrate.latest_rows_filled", pairs=filled, seconds=round(time.monotonic() - started, 1)

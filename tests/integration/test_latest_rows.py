@@ -201,3 +201,34 @@ async def test_the_upgrade_fills_latest_rows_from_the_history_and_the_downgrade_
     await downgrade(engine, "0009")
     assert await latest(db) == before
     assert await db.fetchval("SELECT to_regclass('latest_rows')") is None
+
+
+async def test_rows_written_while_the_upgrade_fills_latest_rows_are_taken(
+    engine: AsyncEngine, db: Any, database_url: URL
+) -> None:
+    """The fill runs in short chunks after the triggers are committed: a writer goes on
+    meanwhile, and whichever of the two comes last, each pair ends with its newest row."""
+    await downgrade(engine, "0009")
+    wallets = [f"{WALLET[:-4]}{n:04d}".replace("0", "z") for n in range(1200)]  # 3 chunks
+    old = [(wallet, TOKEN, 1, NOW - timedelta(days=1)) for wallet in wallets]
+    await db.executemany(INSERT, old)
+    writer = await asyncpg.connect(asyncpg_dsn(database_url))
+    stop = asyncio.Event()
+
+    async def write() -> int:
+        written = 0
+        while not stop.is_set():
+            wallet = wallets[written * 7 % len(wallets)]
+            await writer.execute(INSERT, wallet, TOKEN, 100 + written, datetime.now(UTC))
+            written += 1
+        return written
+
+    task = asyncio.create_task(write())
+    try:
+        await migrate.upgrade(engine)
+    finally:
+        stop.set()
+        written = await task
+        await writer.close()
+    assert written > 0
+    await assert_latest_is_newest(db)
