@@ -5,17 +5,23 @@ checked."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+import pytest
 import yaml
+from sqlalchemy.engine import URL
 
 from balancewatch.devtools import dashboards
+from balancewatch.store.db import asyncpg_dsn
 from tests.data import WALLET3, insert, insert_periods, insert_watches
-from tests.files import REPO
+from tests.files import README, REPO
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2
 from tests.tools import tool
 
@@ -80,11 +86,10 @@ async def run(db: Any, where: str, start: datetime, end: datetime, **variables: 
     return list(await db.fetch(dashboards.expand_sql(query, start, end, variables)))
 
 
-async def test_every_sql_query_of_the_balances_dashboard_answers_what_the_rows_say(
-    db: Any,
-) -> None:
+async def seed(db: Any) -> tuple[datetime, datetime, datetime]:
+    """Known rows and listening periods; the time range to read them over (8 h ago to 2 h ago,
+    to the second as Grafana writes it), and the database's now()."""
     now: datetime = await db.fetchval("SELECT now()")
-    # The time range: 8 h ago to 2 h ago, to the second (as Grafana writes it).
     start = (now - timedelta(hours=8)).replace(microsecond=0)
     end = (now - timedelta(hours=2)).replace(microsecond=0)
     hour = timedelta(hours=1)
@@ -121,7 +126,14 @@ async def test_every_sql_query_of_the_balances_dashboard_answers_what_the_rows_s
         (now - 45 * minutes, None, None),  # open: listening now
     )
     await insert_periods(db, (WALLET2, TOKEN), (start, start + hour, "error"))
+    return now, start, end
 
+
+async def test_every_sql_query_of_the_balances_dashboard_answers_what_the_rows_say(
+    db: Any,
+) -> None:
+    _, start, end = await seed(db)
+    hour, minutes = timedelta(hours=1), timedelta(minutes=1)
     assert [row[0] for row in await run(db, "variable wallet", start, end)] == [WALLET2, WALLET]
     assert [row[0] for row in await run(db, "variable token", start, end, wallet=WALLET)] == (
         sorted([TOKEN, SOL, OTHER_TOKEN])
@@ -176,3 +188,51 @@ async def test_the_balances_queries_answer_nothing_for_an_empty_history(db: Any)
     start, end = (now - timedelta(hours=24)).replace(microsecond=0), now.replace(microsecond=0)
     for where in sql("balances.json"):
         assert await run(db, where, start, end, wallet=WALLET, token=TOKEN) == [], where
+
+
+# -- a read-only role for Grafana ----------------------------------------------------------------
+
+README_ROLE = "balancewatch_grafana"
+README_DATABASE = "DATABASE balancewatch "
+
+
+def grafana_role_sql(role: str, database: str) -> str:
+    """The README's `sql-grafana` block, for this role and database."""
+    blocks: list[str] = re.findall(r"```sql-grafana\n(.*?)```", README.read_text(), re.DOTALL)
+    (block,) = blocks
+    for placeholder in (README_ROLE, README_DATABASE):
+        assert placeholder in block, f"the README's grants no longer name {placeholder!r}"
+    return block.replace(README_DATABASE, f'DATABASE "{database}" ').replace(README_ROLE, role)
+
+
+async def test_a_role_with_the_readme_grants_reads_every_panel_and_writes_nothing(
+    db: Any, database_url: URL
+) -> None:
+    _, start, end = await seed(db)
+    role = f"bw_grafana_{uuid.uuid4().hex[:12]}"
+    assert database_url.database is not None
+    await db.execute(grafana_role_sql(role, database_url.database))
+    reader = await asyncpg.connect(asyncpg_dsn(database_url.set(username=role)))
+    try:
+        variables = {"wallet": WALLET, "token": TOKEN}
+        for where in sql("balances.json"):
+            as_owner = await run(db, where, start, end, **variables)
+            assert await run(reader, where, start, end, **variables) == as_owner, where
+        # A SQL panel runs whatever its editor types. The role's sessions are read-only (even
+        # a temporary table, which any role may make, is refused)...
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await reader.execute("CREATE TEMPORARY TABLE scratch (n integer)")
+        # ...and, since a session may turn that off, the grants refuse every change anyway.
+        await reader.execute("SET default_transaction_read_only = off")
+        for statement in (
+            "DELETE FROM watchlist",
+            "INSERT INTO balance_history (wallet, token, amount) VALUES ('a', 'b', 1)",
+            "UPDATE balance_rows SET amount = 0",
+            "DROP VIEW latest_balance",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await reader.execute(statement)
+    finally:
+        await reader.close()
+        await db.execute(f"DROP OWNED BY {role}")
+        await db.execute(f"DROP ROLE {role}")
