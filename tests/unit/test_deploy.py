@@ -1,16 +1,20 @@
 """Running several replicas, as files: the Kubernetes example (config/kubernetes/balancewatch.yaml)
-and the compose file's second replica. No cluster and no Docker engine run here, so both are
+and the compose file's second replica; and the compose file's `observe` profile (Prometheus and
+Grafana, provisioned from config/). No cluster and no Docker engine run here, so all are
 checked as parsed YAML."""
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
+import yaml
 
+from balancewatch.devtools import dashboards
 from balancewatch.settings import CONFIG_ENV, ENV_PREFIX, Settings
-from tests.files import compose, image_env, image_user, kubernetes
+from tests.files import REPO, compose, image_env, image_user, kubernetes
 
 # Settings issue 11 adds (the replica's name in the leases, and the leases' time to live); the
 # example sets them already.
@@ -218,3 +222,89 @@ def test_the_second_replica_shares_the_database_and_secrets_not_the_spool_name_o
     ]
     assert len(set(host_ports)) == len(host_ports)
     assert all(port.startswith("127.0.0.1:") for port in host_ports)
+
+
+# -- compose: Prometheus and Grafana with `--profile observe` ----------------------------------
+
+OBSERVE = ("prometheus", "grafana")
+# Written by the alert rules' part of issue 14 (on its own branch): listed here, present once
+# merged.
+ISSUE_14_RULE_FILES = {"config/prometheus/prometheus.yml", "config/prometheus/alerts.yml"}
+# A released version: `prom/prometheus:v2.53.3`, `grafana/grafana:11.6.1` (never `latest`).
+PINNED = re.compile(r"[a-z0-9./-]+:v?\d+\.\d+\.\d+(-[a-z0-9.]+)?")
+GRAFANA_VARIABLE = re.compile(r"\$\{(\w+)\}")
+
+
+def binds(service: dict[str, Any]) -> dict[PurePosixPath, str]:
+    """container path -> the repository path mounted there (bind mounts only)."""
+    mounted = {}
+    for volume in service["volumes"]:
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            mounted[PurePosixPath(target)] = source.removeprefix("./")
+    return mounted
+
+
+def provisioning(kind: str) -> dict[str, Any]:
+    path = REPO / "config" / "grafana" / "provisioning" / kind / f"{kind}.yml"
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def test_prometheus_and_grafana_run_only_with_the_observe_profile_on_pinned_images() -> None:
+    services = compose()["services"]
+    for name in OBSERVE:
+        assert services[name]["profiles"] == ["observe"]
+        assert PINNED.fullmatch(services[name]["image"]), services[name]["image"]
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"])
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    # `docker compose up` starts neither, and the profile starts nothing else.
+    observed = [
+        name for name, service in services.items() if "observe" in service.get("profiles", [])
+    ]
+    assert observed == list(OBSERVE)
+
+
+def test_the_observe_profile_mounts_the_shipped_rules_provisioning_and_dashboards() -> None:
+    services = compose()["services"]
+    prometheus, grafana = binds(services["prometheus"]), binds(services["grafana"])
+    assert prometheus == {
+        PurePosixPath("/etc/prometheus/prometheus.yml"): "config/prometheus/prometheus.yml",
+        PurePosixPath("/etc/prometheus/alerts.yml"): "config/prometheus/alerts.yml",
+    }
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    assert grafana[PurePosixPath("/etc/grafana/provisioning")] == "config/grafana/provisioning"
+    sources = set(prometheus.values()) | set(grafana.values())
+    missing = {source for source in sources if not (REPO / source).exists()}
+    assert missing <= ISSUE_14_RULE_FILES
+    # Read-only: neither writes to the repository.
+    for name in OBSERVE:
+        for volume in services[name]["volumes"]:
+            if volume.startswith("./"):
+                assert volume.endswith(":ro"), volume
+
+
+def test_grafana_is_provisioned_with_the_dashboards_data_sources_and_folder() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    sources = {source["type"]: source for source in provisioning("datasources")["datasources"]}
+    assert set(sources) == {dashboards.PROMETHEUS_TYPE, dashboards.POSTGRES_TYPE}
+    # Prometheus by its service name and port; Postgres as the daemon reaches it.
+    assert sources[dashboards.PROMETHEUS_TYPE]["url"] == "http://prometheus:9090"
+    postgres = sources[dashboards.POSTGRES_TYPE]
+    assert postgres["url"] == "postgres:5432"
+    assert "@postgres:5432/" in compose()["x-database-url"]["BALANCEWATCH_DATABASE_URL"]
+    # Every variable the provisioning reads is set in Grafana's environment, none is written out.
+    text = (REPO / "config/grafana/provisioning/datasources/datasources.yml").read_text()
+    assert set(GRAFANA_VARIABLE.findall(text)) <= set(grafana["environment"])
+    assert GRAFANA_VARIABLE.fullmatch(postgres["secureJsonData"]["password"])
+    assert GRAFANA_VARIABLE.fullmatch(postgres["user"])
+    # The file provider reads the folder the dashboards are mounted at, and the home dashboard
+    # is one of them.
+    (provider,) = provisioning("dashboards")["providers"]
+    mounted = {str(target): source for target, source in binds(grafana).items()}
+    assert mounted[provider["options"]["path"]] == str(dashboards.DASHBOARDS_DIR)
+    home = PurePosixPath(grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert mounted[str(home.parent)] == str(dashboards.DASHBOARDS_DIR)
+    assert (REPO / dashboards.DASHBOARDS_DIR / home.name).exists()
