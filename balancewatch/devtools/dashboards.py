@@ -221,10 +221,24 @@ def operations() -> dash.Dashboard:
             "failed {{instance}}",
         ),
     )
+    history = graph(
+        "History partitions",
+        "Rows in balance_rows_default (of a time no day partition covers: normally 0) and the "
+        "partitions the retention dropped, per interval (BALANCEWATCH_RETENTION).",
+        "short",
+        promql(f"max(balancewatch_default_partition_rows{{{INSTANCE}}})", "in the default"),
+        promql(
+            f"sum(increase(balancewatch_partitions_dropped_total{{{INSTANCE}}}[$__rate_interval]))",
+            "dropped",
+            ref_id="B",
+        ),
+    )
     return (
         dash.Dashboard("balancewatch: Operations")
         .uid("balancewatch-operations")
-        .description("The daemon's metrics: ingest, writes, subscriptions, chain reads, shards.")
+        .description(
+            "The daemon's metrics: ingest, writes, subscriptions, chain reads, shards, history."
+        )
         .tags(["balancewatch"])
         .time("now-6h", "now")
         .refresh("30s")
@@ -253,6 +267,7 @@ def operations() -> dash.Dashboard:
         .with_panel(checks)
         .with_panel(drift)
         .with_panel(shards)
+        .with_panel(history)
     )
 
 
