@@ -245,3 +245,10 @@ def _add_devtools_commands(commands: Commands) -> None:
         help="only the history section: load N rows (20000, 500k, 10m; default 10m) over "
         "10,000 pairs, time the README's queries, status and history, print bytes per row",
     )
+    bench.add_argument(
+        "--pairs",
+        type=row_count,
+        default=None,
+        metavar="M",
+        help="with --history: spread the rows over M pairs (default 10,000)",
+    )

@@ -70,15 +70,18 @@ def command(args: argparse.Namespace) -> int:
             f"balancewatch bench: --history runs alone, without {', '.join(other)}", file=sys.stderr
         )
         return 2
-    return on_a_server(args.database_url, lambda url: asyncio.run(_history(args.history, url)))
+    pairs = HISTORY_PAIRS if args.pairs is None else args.pairs
+    return on_a_server(
+        args.database_url, lambda url: asyncio.run(_history(args.history, pairs, url))
+    )
 
 
-async def _history(rows: int, server_url: URL) -> None:
+async def _history(rows: int, pairs: int, server_url: URL) -> None:
     async with migrated(server_url) as (_, engine, db):
         # The load's progress lines (info) on stderr, the table on stdout; set after the
         # migrations, whose own lines say nothing here.
         logs.configure(level="info", stream=sys.stderr)
-        await _history_section(db, engine, rows, bench_pairs(HISTORY_PAIRS))
+        await _history_section(db, engine, rows, bench_pairs(pairs))
     print("done", flush=True)
 
 

@@ -117,6 +117,7 @@ async def _demo(url: URL, spool_dir: Path, rate: float, seconds: float | None) -
                     tasks.create_task(_drop_and_show_the_gap(db, sim, stop))
                     tasks.create_task(_drift_and_its_check(db, sim, stop))
                     tasks.create_task(_second_replica(db, settings, stop))
+                    tasks.create_task(_the_day_so_far(db, stop))
                     if seconds is not None:
                         tasks.create_task(_stop_after(seconds, stop))
     finally:
@@ -371,6 +372,29 @@ async def _second_replica(db: Any, settings: Settings, stop: asyncio.Event) -> N
             f"demo-b stopped (as SIGTERM would): all 64 shards back with demo-a in "
             f"{_ms_since(stopping)}; coverage has the milliseconds between"
         )
+
+
+# The busiest pair's day: its rolled-up figures up to a quarter of an hour ago, merged with
+# its raw rows since (all of the demo's, which is younger).
+_TODAY = """
+SELECT d.first, d.last, d.low, d.high, d.messages, coalesce(w.label, '') AS label
+FROM balance_daily d LEFT JOIN watchlist w USING (wallet, token)
+WHERE d.day = (now() AT TIME ZONE 'UTC')::date
+ORDER BY d.messages DESC LIMIT 1
+"""
+
+
+async def _the_day_so_far(db: Any, stop: asyncio.Event) -> None:
+    """The day so far in balance_daily, once the daemon has stored a few seconds of rows."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 10.0)
+    if stop.is_set() or (row := await db.fetchrow(_TODAY)) is None:
+        return
+    say(
+        f"balance_daily, today so far ({row['label']}): first {row['first']}, last "
+        f"{row['last']}, low {row['low']}, high {row['high']}, {row['messages']} rows "
+        "(daily_rows up to a quarter of an hour ago, the raw rows since: always complete)"
+    )
 
 
 async def _shares_when(

@@ -32,16 +32,19 @@ depends_on: str | Sequence[str] | None = None
 # The pair's `n` newest rows at or before `at` (every one for n NULL), newest first. The lower
 # bound: the start of the newest of the pair's rolled-up days before `at`'s day from which on
 # those days hold `n` rows (so the bounded lookup finds them, unless rows were deleted since);
-# without such a day, no bound. Found fewer than `n` (deleted rows, a marked day), it goes on
-# below the bound. SECURITY INVOKER, as balance_at.
+# without such a day and with no day marked for late rows, from the pair's first rolled-up day
+# (or the watermark's day), the default partition below it. Found fewer than `n` (deleted
+# rows, a marked day), it goes on below the bound. SECURITY INVOKER, as balance_at.
 _PAIR_ROWS_AT = """
 CREATE FUNCTION pair_rows_at(pair integer, at timestamptz, n integer DEFAULT 1)
 RETURNS SETOF balance_rows
 LANGUAGE plpgsql STABLE ROWS 50 SET search_path = public, pg_temp AS $$
 DECLARE
-    newest constant text := 'SELECT * FROM balance_rows WHERE pair_id = %s AND received_at <= %L'
+    newest constant text := 'SELECT * FROM %I WHERE pair_id = %s AND received_at <= %L'
         ' AND received_at >= %L ORDER BY received_at DESC, id DESC LIMIT %s';
+    at_day constant date := (at AT TIME ZONE 'UTC')::date;
     since timestamptz;
+    below text := 'balance_rows';  -- where the rows before `since` may be
     found_rows bigint;
 BEGIN
     IF pair IS NULL OR at IS NULL THEN
@@ -50,22 +53,34 @@ BEGIN
     IF n IS NOT NULL THEN
         SELECT d.day::timestamp AT TIME ZONE 'UTC' INTO since FROM (
             SELECT day, sum(messages) OVER (ORDER BY day DESC) AS seen FROM daily_rows
-            WHERE pair_id = pair AND day < (at AT TIME ZONE 'UTC')::date
+            WHERE pair_id = pair AND day < at_day
         ) d
         WHERE d.seen >= n ORDER BY d.day DESC LIMIT 1;
     END IF;
+    IF since IS NULL AND NOT EXISTS (SELECT 1 FROM rollup_invalid i WHERE i.day <= at_day) THEN
+        -- Fewer rows rolled up than asked for: with no day marked, every day before live_from
+        -- is in daily_rows, so the pair's rows are from its first rolled-up day or live_from
+        -- on, but for late rows of days the retention dropped, kept in the default partition.
+        SELECT least(
+            (SELECT s.live_from FROM rollup_state s),
+            (SELECT min(d.day) FROM daily_rows d WHERE d.pair_id = pair)
+        )::timestamp AT TIME ZONE 'UTC' INTO since;
+        below := 'balance_rows_default';
+    END IF;
     IF since IS NOT NULL THEN
-        RETURN QUERY EXECUTE format(newest, pair, at, since, n);
+        RETURN QUERY EXECUTE format(
+            newest, 'balance_rows', pair, at, since, coalesce(n::text, 'ALL')
+        );
         GET DIAGNOSTICS found_rows = ROW_COUNT;
         IF found_rows >= n THEN
             RETURN;
         END IF;
         -- Every row from `since` on is returned: the rest are older.
-        at := since - interval '1 microsecond';
+        at := least(at, since - interval '1 microsecond');
         n := n - found_rows;
     END IF;
     RETURN QUERY EXECUTE format(
-        newest, pair, at, '-infinity'::timestamptz, coalesce(n::text, 'ALL')
+        newest, below, pair, at, '-infinity'::timestamptz, coalesce(n::text, 'ALL')
     );
 END
 $$

@@ -138,3 +138,18 @@ async def test_balance_at_and_balance_as_of_answer_from_it(engine: AsyncEngine, 
     )
     assert tuple(row) == (3, at(5, 1), "stream")
     assert await db.fetchval("SELECT balance_at($1, $2, $3)", WALLET2, SOL, at(1, 0)) is None
+
+
+async def test_a_pair_without_rows_before_the_time_reads_no_day_partition(
+    engine: AsyncEngine, db: Any
+) -> None:
+    """With no day marked, the rollups say the pair has nothing before its first rolled-up day:
+    only the default partition (late rows of dropped days) is looked at below it."""
+    await store(db)
+    await PartitionKeeper(engine).roll_up()
+    assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0
+    new_today = await pair_id(db, WALLET2, SOL)
+    scans = await index_scans(db)
+    assert await db.fetch(FOUND, new_today, at(4, 12), 1) == []
+    read = {name for name, count in (await index_scans(db)).items() if count > scans[name]}
+    assert read <= {"balance_rows_default"}

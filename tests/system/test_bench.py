@@ -91,7 +91,8 @@ _TIMED = re.compile(
 async def test_history_bench_times_every_readme_query_on_the_rows_it_loaded(
     server_url: URL,
 ) -> None:
-    result = await bench(server_url, "--history", "20k", timeout=50)
+    # Few pairs: the per-pair queries (README 5 and 6 ask for every pair) stay quick.
+    result = await bench(server_url, "--history", "20k", "--pairs", "500", timeout=50)
     timed = {name: rows for name, _, rows, *_ in _TIMED.findall(result.stdout)}
     readme = {int(m.group(1)) for name in timed if (m := re.match(r"README (\d+)\. ", name))}
     assert readme == set(numbered_queries()), result.stdout
@@ -100,7 +101,7 @@ async def test_history_bench_times_every_readme_query_on_the_rows_it_loaded(
         assert name in timed, result.stdout
     assert any(name.startswith("history of one pair") and timed[name] != "0" for name in timed)
     assert timed["balance_daily, the last 30 days"] not in ("0", "-"), result.stdout
-    assert re.search(r"history: 20,000 rows over 10,000 pairs", result.stdout)
+    assert re.search(r"history: 20,000 rows over 500 pairs", result.stdout)
     bytes_per_row = re.search(r"balance_history on disk: .*: ([\d,]+) bytes per row", result.stdout)
     assert bytes_per_row, result.stdout
     assert int(bytes_per_row.group(1).replace(",", "")) > 100

@@ -175,6 +175,7 @@ async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> Non
         await demo.wait_for(lambda: "a check found the drift" in demo.text(), "the drift found")
         await demo.wait_for(lambda: "check@" in demo.text(), "the check row printed")
         await demo.wait_for(lambda: "back with demo-a" in demo.text(), "the handover back")
+        await demo.wait_for(lambda: "balance_daily, today so far" in demo.text(), "the day")
         code = await demo.stop(signal.SIGINT, timeout=20)
     text = demo.text()
     assert code == 0, text
@@ -186,6 +187,9 @@ async def test_the_demo_runs_end_to_end_and_ctrl_c_cleans_everything_up() -> Non
     shares = re.search(r"demo-a holds (\d+) of 64 shards, demo-b holds (\d+) of 64", text)
     assert shares is not None
     assert int(shares[1]) + int(shares[2]) == 64
+    day = re.search(r"balance_daily, today so far \(.*\): first \S+, last \S+, .* (\d+) rows", text)
+    assert day is not None
+    assert int(day[1]) > 0
     assert min(int(shares[1]), int(shares[2])) > 0
     base_dir = Path(text.split("throwaway Postgres in ")[1].split(";")[0])
     assert not base_dir.exists()

@@ -331,14 +331,14 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(json_values)
 def test_any_json_at_all_is_a_failure_and_never_raises(value: object) -> None:
     for pair in (PAIR, SOL_PAIR):
         assert isinstance(parse_answer(pair, value), ReadFailure)
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(
     path_index=st.integers(0, len(AMOUNT) - 1),
     replacement=json_values,
@@ -476,7 +476,7 @@ def test_mints_of_different_decimals_each_keep_their_own() -> None:
     }
 
 
-@settings(max_examples=200)
+@settings(max_examples=100)
 @given(json_values, st.integers(0, 2))
 def test_any_json_in_place_of_one_wallet_answer_is_a_failure_and_never_raises(
     value: object, which: int

@@ -397,7 +397,7 @@ def encoded(frame: str) -> Balance | Joined | Ping | None:
 REASONS = frozenset(get_args(RejectReason))
 
 
-@settings(max_examples=500)
+@settings(max_examples=200)
 @given(structured_frames())
 def test_any_structured_frame_yields_exactly_what_it_encodes_or_a_rejection(frame: str) -> None:
     result = parse_frame(frame)
@@ -492,7 +492,7 @@ async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_re
     await subscriptions.want(wanted_rooms(HELD))
     await subscriptions.connected(SilentSender())
 
-    @settings(max_examples=1000, deadline=None)
+    @settings(max_examples=300, deadline=None)
     @given(any_frame)
     def check(raw: str | bytes) -> None:
         sink = RecordingSink()

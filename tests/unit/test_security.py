@@ -82,7 +82,14 @@ def test_the_image_spool_is_a_volume_owned_by_the_unprivileged_user() -> None:
 
 def test_compose_starts_postgres_then_migrate_then_the_daemon() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "migrate", "balancewatch", "balancewatch-b", "simulate"}
+    observe = {"prometheus", "grafana"}  # `--profile observe` (tests/unit/test_deploy.py)
+    assert set(services) - observe == {
+        "postgres",
+        "migrate",
+        "balancewatch",
+        "balancewatch-b",
+        "simulate",
+    }
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["migrate"]["restart"] == "no"
@@ -93,7 +100,9 @@ def test_compose_starts_postgres_then_migrate_then_the_daemon() -> None:
     assert services["balancewatch"]["restart"] == "on-failure"
     assert services["simulate"]["profiles"] == ["simulate"]
     assert services["balancewatch-b"]["profiles"] == ["replicas"]
-    assert set(compose()["volumes"]) == {"pgdata", "spool", "spool-b"}
+    assert set(compose()["volumes"]) == {"pgdata", "spool", "spool-b"} | {
+        f"{name}-data" for name in observe
+    }
 
 
 @pytest.mark.parametrize("name", ["migrate", "balancewatch", "balancewatch-b", "simulate"])

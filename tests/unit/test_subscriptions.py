@@ -601,7 +601,7 @@ class Session:
             await self.connect()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_ops)
 async def test_a_room_is_joined_again_on_one_connection_only_while_unacked_and_held_ends_wanted(
     ops: list[tuple[str, Any]],
