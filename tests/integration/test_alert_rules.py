@@ -6,31 +6,18 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client import CollectorRegistry
 
-from balancewatch.daemon.metrics import (
-    ChainCounts,
-    DaemonCollector,
-    ShardCounts,
-    Snapshot,
-    WriteMetrics,
-)
 from tests.files import REPO
+from tests.promql import exported_series, metric_names
 from tests.tools import tool
 
 RULES = REPO / "config" / "prometheus" / "alerts.yml"
 RULE_TESTS = REPO / "config" / "prometheus" / "alerts.test.yml"
 EXAMPLE_CONFIG = REPO / "config" / "prometheus" / "prometheus.yml"
-
-# The series of a family, by its type, as the text format names them.
-_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-# PromQL words that look like a metric name but are not one.
-_KEYWORDS = {"and", "or", "unless", "offset", "bool", "inf", "nan"}
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -47,54 +34,6 @@ def alerts() -> dict[str, dict[str, Any]]:
     """alerts.yml's alerting rules, by name."""
     groups = yaml.safe_load(RULES.read_text())["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
-
-
-def exported_series() -> set[str]:
-    """Every series name the daemon's /metrics can show: its registry built as
-    service.Daemon builds it, with a snapshot in which every optional part is present."""
-    registry = CollectorRegistry()
-    WriteMetrics(registry)
-    everything = Snapshot(
-        messages=1,
-        rows_written=1,
-        rejected={"not_json": 1},
-        rejected_dropped=0,
-        bookkeeping_failures={},
-        bookkeeping_pending={},
-        pairs_listening=1,
-        watch_counts={},
-        connected=True,
-        connections=1,
-        pending_in_memory=0,
-        pending_in_spool=0,
-        spool_bytes=0,
-        reading_paused=False,
-        newest_stored=datetime.now(UTC),
-        database_up=True,
-        shards=ShardCounts(
-            held=1, total=64, alone=True, rounds={}, handovers={}, fenced={"ingest": 0}
-        ),
-        chain=ChainCounts(results={}, refused={}, requests={}, snapshot_queue=0),
-        default_partition_rows=0,
-        ready=True,
-    )
-    registry.register(DaemonCollector(lambda: everything))
-    # By family: a labelled counter with no value yet has no sample, yet is still exported.
-    return {
-        family.name + suffix
-        for family in registry.collect()
-        for suffix in _SUFFIXES.get(family.type, ("",))
-    }
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names in a PromQL expression: what is left once strings, label matchers,
-    ranges, grouping clauses, function calls and keywords are taken out."""
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
-    text = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", text)
-    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
-    words = re.findall(r"(?<![\w:.])([A-Za-z_:][\w:]*)(?![\w:])(?!\s*\()", text)
-    return {word for word in words if word.lower() not in _KEYWORDS}
 
 
 def test_promtool_finds_the_rules_valid() -> None:

@@ -4,68 +4,19 @@ That every query runs (promtool, Postgres) is tests/integration/test_dashboard_q
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from balancewatch.daemon.metrics import (
-    ChainCounts,
-    DaemonCollector,
-    ShardCounts,
-    Snapshot,
-    WriteMetrics,
-)
 from balancewatch.devtools import dashboards
 from tests.files import REPO
+from tests.promql import exported_series, metric_names
 
 DIRECTORY = REPO / dashboards.DASHBOARDS_DIR
 KINDS = {
     "operations.json": dashboards.PROMETHEUS_TYPE,
     "balances.json": dashboards.POSTGRES_TYPE,
 }
-# Suffixes the exposition adds to a family's name, by its type.
-SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
-# In PromQL, a name right before a selector ({...}) or a range ([...]) is a metric's, and so
-# is a name alone.
-METRIC = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*[{\[]|^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*$")
-
-
-def metrics_in(expr: str) -> set[str]:
-    return {selected or alone for selected, alone in METRIC.findall(expr)}
-
-
-def exported_metrics() -> set[str]:
-    """Every series name the daemon's registry can expose: each optional part present (a
-    replica with shards and an RPC URL, a row stored, the database checked)."""
-    snapshot = Snapshot(
-        messages=0,
-        rows_written=0,
-        rejected={},
-        rejected_dropped=0,
-        bookkeeping_failures={},
-        bookkeeping_pending={},
-        pairs_listening=0,
-        watch_counts={},
-        connected=True,
-        connections=1,
-        pending_in_memory=0,
-        pending_in_spool=0,
-        spool_bytes=0,
-        reading_paused=False,
-        newest_stored=datetime.now(UTC),
-        database_up=True,
-        shards=ShardCounts(held=1, total=1, alone=True, rounds={}, handovers={}, fenced={}),
-        chain=ChainCounts(results={}, refused={}, requests={}, snapshot_queue=0),
-        default_partition_rows=0,
-    )
-    registry = CollectorRegistry()
-    registry.register(DaemonCollector(lambda: snapshot))
-    WriteMetrics(registry)
-    return {
-        family.name + suffix for family in registry.collect() for suffix in SUFFIXES[family.type]
-    }
 
 
 def prometheus_expressions() -> dict[str, str]:
@@ -104,11 +55,11 @@ def test_every_panel_and_query_reads_a_data_source_of_its_dashboards_kind(
 
 
 def test_every_promql_expression_names_only_metrics_the_daemon_exports() -> None:
-    exported = exported_metrics()
+    exported = exported_series()
     assert "balancewatch_write_seconds_bucket" in exported  # the suffixes are applied
     named: set[str] = set()
     for where, expr in prometheus_expressions().items():
-        metrics = metrics_in(expr)
+        metrics = metric_names(expr)
         assert metrics, f"{where}: no metric found in {expr!r}"
         assert metrics <= exported, f"{where}: {sorted(metrics - exported)} not exported"
         named |= metrics
@@ -132,7 +83,7 @@ def test_every_promql_expression_names_only_metrics_the_daemon_exports() -> None
 def test_a_renamed_metric_would_be_caught() -> None:
     """The check above can fail: a name the daemon does not export is found as a metric."""
     expr = 'sum(rate(balancewatch_messages_total{instance=~".*"}[5m]))'
-    assert metrics_in(expr) - exported_metrics() == {"balancewatch_messages_total"}
+    assert metric_names(expr) - exported_series() == {"balancewatch_messages_total"}
 
 
 def test_a_variables_label_values_is_checked_as_the_expression_it_reads() -> None:
