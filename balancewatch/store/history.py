@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Text, TextClause, case, cast, func, select, text, true
+from sqlalchemy import Text, TextClause, case, cast, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.sql.expression import ColumnElement, FromClause
+from sqlalchemy.sql.expression import FromClause
 
 from balancewatch.domain import ROW_SOURCE_CODES
 from balancewatch.store.models import balance_rows, pairs
@@ -50,30 +50,28 @@ async def fetch(
     pair = pairs.c
     of_wallet = select(pair.pair_id).where(pair.wallet == wallet)
     rows: FromClause
-    chosen: ColumnElement[bool]
-    if token is None:  # a wallet's pairs: their rows merged and sorted
+    if token is None:  # a wallet's pairs: their rows merged and sorted, each with its token
         rows = balance_rows.alias("r")
-        chosen = rows.c.pair_id.in_(of_wallet)
+        query = select(pair.token).join_from(rows, pairs, rows.c.pair_id == pair.pair_id)
+        query = query.where(rows.c.pair_id.in_(of_wallet))
     else:
         # One pair: through pair_rows_at, which reads only the partitions of the days its
-        # newest rows are on (migration 0017), newest first.
+        # newest rows are on (migration 0017), newest first. The token is the one asked for:
+        # no join (planned as a hash of every pair, for 50 rows).
         one = of_wallet.where(pair.token == token).scalar_subquery()
         newest = func.pair_rows_at(one, until or _FOREVER, limit)
         rows = newest.table_valued(*(c.name for c in balance_rows.c)).render_derived("r")
-        chosen = true()
+        query = select(literal(token, Text).label("token")).select_from(rows)
     # As text: asyncpg would take a "char" parameter as bytes.
     codes = {code: name for name, code in ROW_SOURCE_CODES.items()}
     source = case(codes, value=cast(rows.c.source, Text))
     query = (
-        select(
-            pair.token,
+        query.add_columns(
             rows.c.received_at,
             cast(rows.c.amount, Text).label("amount"),
             source.label("source"),
             rows.c.slot,
         )
-        .join_from(rows, pairs, rows.c.pair_id == pair.pair_id)
-        .where(chosen)
         .order_by(rows.c.received_at.desc(), rows.c.id.desc())
         .limit(limit)
     )
