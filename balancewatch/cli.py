@@ -252,3 +252,9 @@ def _add_devtools_commands(commands: Commands) -> None:
         metavar="M",
         help="with --history: spread the rows over M pairs (default 10,000)",
     )
+    bench.add_argument(
+        "--partition",
+        default=None,
+        metavar="WIDTH",
+        help="with --history: the partitions' width, 1d or 7d (default: the daemon's)",
+    )

@@ -13,7 +13,7 @@ import re
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -44,8 +44,11 @@ _KEY_VALUE_CHARS = 8
 _RETENTION = re.compile(r"\s*([1-9][0-9]{0,5})\s*([dw])\s*", re.IGNORECASE)
 _RETENTION_UNITS = {"d": 1, "w": 7}
 _RETENTION_FORMAT = "must be a whole number of days or weeks, like 400d or 12w"
-# A partition's width, in days: a day, or a week from Monday.
-_PARTITION_DAYS = {"1d": 1, "7d": 7}
+# A partition's width, in days: a day, or a week from Monday. A week by default, as
+# TimescaleDB's chunks: a query with no time bound on the history (a pair's, through the
+# view) plans and probes every partition, so their number is what it costs.
+PARTITION_DAYS: Final = {"1d": 1, "7d": 7}
+DEFAULT_PARTITION: Final = "7d"
 _PARTITION_FORMAT = "must be 1d (a partition a day) or 7d (a week from Monday, UTC)"
 
 
@@ -134,7 +137,7 @@ class Settings(BaseSettings):
     retention: timedelta | None = None
     # How much of the history each partition made from now on holds: a day or a week from
     # Monday (`1d`, `7d`). The partitions that exist keep theirs; new ones fill the days around.
-    partition: Literal["1d", "7d"] = "1d"
+    partition: Literal["1d", "7d"] = DEFAULT_PARTITION
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -187,7 +190,7 @@ class Settings(BaseSettings):
     @classmethod
     def _partition_width(cls, value: object) -> object:
         width = value.strip().lower() if isinstance(value, str) else None
-        if width not in _PARTITION_DAYS:
+        if width not in PARTITION_DAYS:
             raise ValueError(_PARTITION_FORMAT)  # a bare 7 too: days? weeks? say which
         return width
 
@@ -211,7 +214,7 @@ class Settings(BaseSettings):
 
     @property
     def partition_days(self) -> int:
-        return _PARTITION_DAYS[self.partition]
+        return PARTITION_DAYS[self.partition]
 
     @property
     def sqlalchemy_url(self) -> URL:

@@ -170,8 +170,9 @@ def command(args: argparse.Namespace) -> int:
     """`balancewatch bench`; with `--history N`, only the history section (`bench_history`)."""
     if args.history is not None:
         return bench_history.command(args)
-    if args.pairs is not None:
-        print("balancewatch bench: --pairs goes with --history", file=sys.stderr)
+    history_only = [name for name in ("pairs", "partition") if getattr(args, name) is not None]
+    if history_only:
+        print(f"balancewatch bench: --{history_only[0]} goes with --history", file=sys.stderr)
         return 2
     messages = args.messages if args.messages is not None else (3_000 if args.quick else 200_000)
     if messages <= 0:

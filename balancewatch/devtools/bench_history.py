@@ -44,13 +44,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch import logs
-from balancewatch.daemon.partitions import PartitionKeeper, missing_spans
+from balancewatch.daemon.partitions import CHECK_INTERVAL, PartitionKeeper, missing_spans
 from balancewatch.devtools.benchkit import bench_pairs, checkpoint, migrated, on_a_server
 from balancewatch.domain import BASE58_PATTERN, EndReason, Pair
 from balancewatch.pipeline.pair_ids import PairIds
 from balancewatch.pipeline.records import balance_line, stamp_from_micros
 from balancewatch.pipeline.replay import store_lines
 from balancewatch.progress import Progress, shown
+from balancewatch.settings import DEFAULT_PARTITION, PARTITION_DAYS
 from balancewatch.store import chain, leases, partitions
 from balancewatch.store.db import RawConnection
 from balancewatch.store.history import fetch, fetch_gaps
@@ -71,17 +72,21 @@ def command(args: argparse.Namespace) -> int:
         )
         return 2
     pairs = HISTORY_PAIRS if args.pairs is None else args.pairs
+    width = PARTITION_DAYS.get(args.partition or DEFAULT_PARTITION)
+    if width is None:
+        print("balancewatch bench: --partition must be 1d or 7d", file=sys.stderr)
+        return 2
     return on_a_server(
-        args.database_url, lambda url: asyncio.run(_history(args.history, pairs, url))
+        args.database_url, lambda url: asyncio.run(_history(args.history, pairs, width, url))
     )
 
 
-async def _history(rows: int, pairs: int, server_url: URL) -> None:
+async def _history(rows: int, pairs: int, width: int, server_url: URL) -> None:
     async with migrated(server_url) as (_, engine, db):
         # The load's progress lines (info) on stderr, the table on stdout; set after the
         # migrations, whose own lines say nothing here.
         logs.configure(level="info", stream=sys.stderr)
-        await _history_section(db, engine, rows, bench_pairs(pairs))
+        await _history_section(db, engine, rows, bench_pairs(pairs), width)
     print("done", flush=True)
 
 
@@ -172,17 +177,18 @@ class Timing:
 
 
 async def _history_section(
-    db: RawConnection, engine: AsyncEngine, count: int, pairs: Sequence[Pair]
+    db: RawConnection, engine: AsyncEngine, count: int, pairs: Sequence[Pair], width: int
 ) -> None:
-    """Load `count` rows over `pairs` into the migrated database behind `db` and `engine`, and
-    print what the history takes on disk and each query's time."""
-    await _describe_server(db, count, len(pairs))
+    """Load `count` rows over `pairs` into the migrated database behind `db` and `engine`, in
+    partitions `width` days wide, and print what the history takes on disk and each query's
+    time."""
+    await _describe_server(db, count, len(pairs), width)
     newest = datetime.now(UTC)
     periods = listening(newest)
     await _watch(db, pairs, periods, newest)
-    await _made_ahead(engine, newest)
+    await _made_ahead(engine, newest, width)
     sample = await _load(db, count, pairs, periods, newest)
-    await _kept(engine)
+    await _kept(engine, newest)
     await _vacuumed(db)
     await _print_size(db, count)
     at = newest - HISTORY_SPAN / 2
@@ -196,20 +202,22 @@ async def _history_section(
     print("\n".join(report(timings)), flush=True)
 
 
-async def _made_ahead(engine: AsyncEngine, newest: datetime) -> None:
-    """A partition for each day of the history, as the partitions keeper of a daemon running
-    through those days would have made it ahead: without them, every row before today would
-    land in the default partition."""
+async def _made_ahead(engine: AsyncEngine, newest: datetime, width: int) -> None:
+    """The partitions of the history's days, as the partitions keeper of a daemon running
+    through those days would have made them ahead: without them, every row before today would
+    land in the default partition. The days the migrations made partitions of keep those."""
     first = (newest - HISTORY_SPAN).date()
     ahead = (newest.date() - first).days
-    await partitions.create(engine, lambda existing: missing_spans(first, existing, 1, ahead))
+    await partitions.create(engine, lambda existing: missing_spans(first, existing, width, ahead))
 
 
-async def _kept(engine: AsyncEngine) -> None:
-    """The history rolled up to a quarter of an hour ago and the closed partitions' indexes
-    packed, as a daemon running through those days would have done (its partitions keeper):
-    `balance_daily` then reads the rollups, and minutes of raw rows."""
-    keeper = PartitionKeeper(engine)
+async def _kept(engine: AsyncEngine, newest: datetime) -> None:
+    """The history rolled up and the closed partitions' indexes packed, as a daemon running
+    through those days would have done (its partitions keeper), whose last turn was a turn's
+    interval before the newest row: the most raw rows `balance_daily` reads live (its grace
+    and an interval's)."""
+    last_turn = newest - timedelta(seconds=CHECK_INTERVAL)
+    keeper = PartitionKeeper(engine, now=lambda: last_turn)
     started = time.monotonic()
     days = await keeper.roll_up()
     print(f"  {len(days)} closed days rolled up in {time.monotonic() - started:.1f} s", flush=True)
@@ -218,7 +226,7 @@ async def _kept(engine: AsyncEngine) -> None:
     print(f"  {len(packed)} partitions packed in {time.monotonic() - started:.1f} s", flush=True)
 
 
-async def _describe_server(db: RawConnection, count: int, pairs: int) -> None:
+async def _describe_server(db: RawConnection, count: int, pairs: int, width: int) -> None:
     version = await db.fetchval("SHOW server_version")
     settings = [
         f"{name} {await db.fetchval(f'SHOW {name}')}"
@@ -226,7 +234,8 @@ async def _describe_server(db: RawConnection, count: int, pairs: int) -> None:
     ]
     print(f"  Postgres {version}; {', '.join(settings)}", flush=True)
     print(
-        f"  history: {count:,} rows over {pairs:,} pairs, the last {HISTORY_SPAN.days} days",
+        f"  history: {count:,} rows over {pairs:,} pairs, the last {HISTORY_SPAN.days} days, "
+        f"in partitions of {width} {'day' if width == 1 else 'days'}",
         flush=True,
     )
 

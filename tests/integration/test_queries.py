@@ -252,3 +252,19 @@ async def test_13_what_the_chain_said_of_one_pair(db: Any, known: dict[str, Any]
         ("snapshot", Decimal(300), 1000, Decimal("255.5")),
     ]
     assert len(rows) == 9  # every row of the pair, the chain's among them
+
+
+async def test_13_the_oldest_row_shown_has_the_amount_before_it(
+    db: Any, known: dict[str, Any]
+) -> None:
+    """20 rows are shown of a pair with more: the oldest of them still has its stored_before
+    (query 13 reads one row more than it shows)."""
+    now = known["now"]
+    await db.executemany(
+        "INSERT INTO balance_history (wallet, token, amount, received_at) "
+        "VALUES ($1, $2, $3::numeric, $4)",
+        [(*A, str(n), now + timedelta(seconds=n)) for n in range(1, 26)],
+    )
+    rows = await run(db, 13)
+    assert [r["amount"] for r in rows] == [Decimal(n) for n in range(25, 5, -1)]
+    assert [r["stored_before"] for r in rows] == [Decimal(n) for n in range(24, 4, -1)]

@@ -232,8 +232,8 @@ def test_a_retention_is_days_or_weeks_and_none_keeps_everything(
     assert load_settings(need_key=False).retention is None
 
 
-@pytest.mark.parametrize(("value", "days"), [("1d", 1), ("7d", 7), (" 7D ", 7), (None, 1)])
-def test_a_partition_is_a_day_or_a_week_and_a_day_by_default(
+@pytest.mark.parametrize(("value", "days"), [("1d", 1), ("7d", 7), (" 7D ", 7), (None, 7)])
+def test_a_partition_is_a_day_or_a_week_and_a_week_by_default(
     monkeypatch: pytest.MonkeyPatch, value: str | None, days: int
 ) -> None:
     monkeypatch.setenv("BALANCEWATCH_DATABASE_URL", "postgresql://u@h/db")
