@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from balancewatch.aio import wait_first
 from balancewatch.logs import describe_error, get_logger
+from balancewatch.settings import DEFAULT_PARTITION, PARTITION_DAYS
 from balancewatch.store import partitions
 from balancewatch.store.db import DB_ERRORS
 from balancewatch.store.partitions import Span
@@ -35,12 +36,12 @@ from balancewatch.store.partitions import Span
 log = get_logger(__name__)
 
 PREMAKE_DAYS: Final = 7
-# Often enough that balance_daily has minutes of raw rows to aggregate live, not hours.
-CHECK_INTERVAL: Final = 300.0
-# The rollup's watermark keeps this far behind the clock: a write whose rows are older than
-# five minutes marks their day (migration 0015), so one that commits up to ten minutes after
-# its insert is counted either way. The database holds to it too.
-ROLLUP_GRACE: Final = timedelta(minutes=15)
+# Often enough that balance_daily has a minute or two of raw rows to aggregate live.
+CHECK_INTERVAL: Final = 60.0
+# The rollup is sealed up to this long ago (migration 0018): a row stored later than that after
+# it was received, a spool replay after an outage, marks its day, which is then computed
+# again. The database holds to it too.
+ROLLUP_GRACE: Final = timedelta(minutes=2)
 # A partition is packed this long after its last day ends (pack_balance_partition's own).
 PACK_GRACE: Final = timedelta(hours=1)
 # What pack_balance_partition answers when there is nothing left to do for a partition
@@ -111,7 +112,7 @@ class PartitionKeeper:
         engine: AsyncEngine,
         *,
         interval: float = CHECK_INTERVAL,
-        width: int = 1,
+        width: int = PARTITION_DAYS[DEFAULT_PARTITION],
         retention: timedelta | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -162,17 +163,20 @@ class PartitionKeeper:
         return outcomes
 
     async def roll_up(self) -> list[date]:
-        """Compute the marked days again, then move the watermark up to the grace, a day per
-        transaction; the days done (marked, or completed)."""
+        """Compute the marked days again, seal up to the grace, then move the watermark up to
+        the seal, a day per transaction; the days done (marked, or completed)."""
         state = await partitions.rollup_state(self._engine)
         done = []
         for day in days_to_redo(state.live_from, state.invalid):
             if await partitions.roll_up(self._engine, day) == "rolled_up":
                 done.append(day)
-        watermark, target = state.rolled_until, self._now() - ROLLUP_GRACE
+        sealed = await partitions.seal(self._engine, self._now() - ROLLUP_GRACE)
+        if sealed is None:  # up to the old seal: what was left of it
+            log.info("partitions.seal_busy", sealed_until=state.sealed_until.isoformat())
+        watermark, target = state.rolled_until, sealed or state.sealed_until
         while watermark < target:
             moved = await partitions.roll_up_to(self._engine, target)
-            if moved <= watermark:  # the database's clock is behind ours
+            if moved <= watermark:  # nothing below the seal left to roll up
                 break
             done += days_completed(watermark, moved)
             watermark = moved

@@ -163,7 +163,10 @@ rollup_state = Table(
         Computed("((rolled_until AT TIME ZONE 'UTC'::text))::date", persisted=True),
         nullable=False,
     ),
+    # A row stored before it marks its day (0018); the watermark never passes it.
+    Column("sealed_until", DateTime(timezone=True), nullable=False),
     CheckConstraint("one_row", name="rollup_state_one_row"),
+    CheckConstraint("sealed_until >= rolled_until", name="rollup_state_sealed_after_rolled"),
 )
 # Days that received old rows after they were rolled up (or before), to compute again.
 rollup_invalid = Table(

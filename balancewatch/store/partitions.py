@@ -4,11 +4,12 @@ dropping the old partitions, and counting the rows in the default partition.
 
 Each goes through a function of the owner of balance_rows (`create_balance_partition`,
 `drop_balance_partition` and `default_partition_rows`, migration 0013; `roll_up_day`, 0011;
-`pack_balance_partition`, 0014; `roll_up_to`, 0015), so the daemon's role needs no right to
-create, read or drop tables. The creation, the rollups, the pack and the drop run under a
-transaction-scoped advisory lock (all but the creation take it themselves): several replicas
-may do them at once, one after the other, and each does only what is still to do. A day
-rolled up, a partition packed or dropped is a transaction of its own.
+`pack_balance_partition`, 0014; `roll_up_to`, 0015; `seal_rollup`, 0018), so the daemon's
+role needs no right to create, read or drop tables. The creation, the rollups, the seal, the
+pack and the drop run under a transaction-scoped advisory lock (all but the creation take it
+themselves): several replicas may do them at once, one after the other, and each does only
+what is still to do. A day rolled up, a partition packed or dropped is a transaction of its
+own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _LOCK_KEY: Final = 0x62777074  # "bwpt"
-_STATE: Final = "SELECT live_from, rolled_until FROM rollup_state"
+_STATE: Final = "SELECT live_from, rolled_until, sealed_until FROM rollup_state"
 _BOUNDS: Final = "SELECT first_day, end_day FROM balance_partition_bounds()"
 _CREATE: Final = "SELECT create_balance_partition(:first, :days)"
 
@@ -66,14 +67,26 @@ async def create(
 class RollupState:
     live_from: date  # the first day not complete in daily_rows: the watermark's
     rolled_until: datetime  # the watermark: every row before it is in daily_rows
+    sealed_until: datetime  # a row stored before it marks its day; the watermark's bound
     invalid: frozenset[date]  # days that received old rows since (or before) their rollup
 
 
 async def rollup_state(engine: AsyncEngine) -> RollupState:
     async with engine.connect() as connection:
-        live_from, rolled_until = (await connection.execute(text(_STATE))).one()
+        live_from, rolled_until, sealed_until = (await connection.execute(text(_STATE))).one()
         invalid = (await connection.execute(text("SELECT day FROM rollup_invalid"))).scalars()
-        return RollupState(live_from, rolled_until, frozenset(invalid))
+        return RollupState(live_from, rolled_until, sealed_until, frozenset(invalid))
+
+
+async def seal(engine: AsyncEngine, until: datetime) -> datetime | None:
+    """The seal moved up to `until` (never back, never closer to the database's clock than
+    its grace) once the writes in flight have committed: from then on, a row stored before it
+    marks its day. The new seal; None when writers held the lock for every try (a long
+    insert), and the seal stays where it was."""
+    async with engine.begin() as connection:
+        statement = text("SELECT seal_rollup(:until)")
+        sealed: datetime | None = (await connection.execute(statement, {"until": until})).scalar()
+        return sealed
 
 
 async def roll_up(engine: AsyncEngine, day: date) -> str:
@@ -83,9 +96,9 @@ async def roll_up(engine: AsyncEngine, day: date) -> str:
 
 
 async def roll_up_to(engine: AsyncEngine, until: datetime) -> datetime:
-    """The watermark moved towards `until`, at most to the end of its day and never closer to
-    the database's clock than its grace: the rows passed added to their day's figures. The
-    new watermark (the old one when there was nothing to do)."""
+    """The watermark moved towards `until`, at most to the end of its day and to the seal: the
+    rows passed added to their day's figures. The new watermark (the old one when there was
+    nothing to do)."""
     async with engine.begin() as connection:
         statement = text("SELECT roll_up_to(:until)")
         moved: datetime = (await connection.execute(statement, {"until": until})).scalar_one()

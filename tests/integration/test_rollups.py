@@ -8,12 +8,14 @@ import asyncio
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from balancewatch.daemon.partitions import PartitionKeeper
 from balancewatch.store import migrate
+from balancewatch.store.db import asyncpg_dsn
 from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade
 
 TODAY = datetime.now(UTC).date()
@@ -125,37 +127,66 @@ async def test_a_late_row_of_a_rolled_up_day_is_counted_now_and_after_the_next_r
     assert await daily(db) == raw
 
 
-async def test_rows_of_the_last_minutes_mark_nothing_and_older_ones_mark_their_day(
-    db: Any,
-) -> None:
-    now = datetime.now(UTC)
-    await db.execute(INSERT, WALLET, TOKEN, "1", now - timedelta(minutes=1), "stream")
-    assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0
-    older = now - timedelta(minutes=20)  # before the watermark, once it moves
-    await db.execute(INSERT, WALLET, TOKEN, "2", older, "stream")
-    assert await db.fetchval("SELECT day FROM rollup_invalid") == older.date()
-
-
-async def test_today_is_rolled_up_to_a_quarter_of_an_hour_ago_and_the_rest_read_live(
+async def test_rows_after_the_seal_mark_nothing_and_rows_before_it_mark_their_day(
     engine: AsyncEngine, db: Any
 ) -> None:
     now = datetime.now(UTC)
-    ago = [now - timedelta(minutes=minutes) for minutes in (190, 130, 70, 10, 2)]
+    older = now - timedelta(minutes=20)
+    await PartitionKeeper(engine).roll_up()  # sealed to two minutes ago
+    await db.execute(INSERT, WALLET, TOKEN, "1", now - timedelta(minutes=1), "stream")
+    assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0
+    await db.execute(INSERT, WALLET, TOKEN, "2", older, "stream")  # a spool replay
+    assert await db.fetchval("SELECT day FROM rollup_invalid") == older.date()
+    await PartitionKeeper(engine).roll_up()
+    assert await daily(db) == await daily(db, RAW)
+
+
+async def test_a_write_in_flight_holds_the_seal_and_is_counted_once_it_commits(
+    engine: AsyncEngine, db: Any, database_url: Any
+) -> None:
+    """The race the seal closes: rows inserted below the next seal, committed only after the
+    rollup would have read the rows. The seal waits for the commit (here: gives up, and the
+    watermark stays), so the rows are in the next rollup, once."""
+    now = datetime.now(UTC)
+    writer = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        in_flight = writer.transaction()
+        await in_flight.start()
+        await writer.execute(INSERT, WALLET, TOKEN, "5", now - timedelta(minutes=10), "stream")
+        before = await db.fetchval("SELECT sealed_until FROM rollup_state")
+        await PartitionKeeper(engine).roll_up()  # the seal's lock is held: it stays
+        assert await db.fetchval("SELECT sealed_until FROM rollup_state") == before
+        await in_flight.commit()
+    finally:
+        await writer.close()
+    assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0  # not below the seal
+    await PartitionKeeper(engine).roll_up()
+    assert await db.fetchval("SELECT rolled_until FROM rollup_state") > now - timedelta(minutes=3)
+    counted = await db.fetchval("SELECT sum(messages) FROM daily_rows")
+    assert counted == 1
+    assert await daily(db) == await daily(db, RAW)
+
+
+async def test_today_is_rolled_up_to_two_minutes_ago_and_the_rest_read_live(
+    engine: AsyncEngine, db: Any
+) -> None:
+    now = datetime.now(UTC)
+    ago = [now - timedelta(minutes=minutes) for minutes in (190, 130, 70, 10, 1)]
     rows = [(WALLET, TOKEN, f"{n}.5", moment, "stream") for n, moment in enumerate(ago)]
     await db.executemany(INSERT, [*rows, (WALLET2, SOL, "7", ago[1], "snapshot")])
     raw = await daily(db, RAW)
     earlier = PartitionKeeper(engine, now=lambda: now - timedelta(minutes=100))
-    await earlier.roll_up()  # to 115 minutes ago: the first two rows, a day computed anew
+    await earlier.roll_up()  # to 102 minutes ago: the first two rows, a day computed anew
     assert await daily(db) == raw
-    await PartitionKeeper(engine).roll_up()  # to 15 minutes ago: the third row, merged
+    await PartitionKeeper(engine).roll_up()  # to 2 minutes ago: the next two rows, merged
     assert await db.fetchval("SELECT count(*) FROM rollup_invalid") == 0
     watermark = await db.fetchval("SELECT rolled_until FROM rollup_state")
-    assert ago[2] < watermark <= datetime.now(UTC) - timedelta(minutes=15)
+    assert ago[3] < watermark <= datetime.now(UTC) - timedelta(minutes=2)
     counted = await db.fetchval(
         "SELECT sum(messages) FROM daily_rows d JOIN pairs p USING (pair_id) WHERE p.token = $1",
         TOKEN,
     )
-    assert counted == 3
+    assert counted == 4
     assert await daily(db) == raw  # the rollup and the last rows, live, merged
 
 
