@@ -1,5 +1,5 @@
-"""The partitions' upkeep, at start and every five minutes; every replica does it, the
-database's advisory lock taking them one at a time:
+"""The partitions' upkeep, at start and every five minutes, and the rollups every minute;
+every replica does it, the database's advisory lock taking them one at a time:
 
 - Partitions ahead: balance_rows has a partition covering today and each of the next days
   before any row of theirs arrives, so no row lands in the default partition in normal
@@ -7,9 +7,9 @@ database's advisory lock taking them one at a time:
   is a day, or a week from Monday (BALANCEWATCH_PARTITION): the setting decides the width of
   the partitions made from now on; those that exist keep theirs, and the new ones fill the
   days around them, so widths may mix and never overlap.
-- Rollups: the rows up to a quarter of an hour ago (today's too) added to their day's figures
-  in daily_rows, a day per transaction; a day that received old rows after its rollup
-  computed again.
+- Rollups: the rows up to two minutes ago (today's too), once sealed, added to their day's
+  figures in daily_rows, a day per transaction; a day that received old rows after its
+  rollup computed again.
 - Packing: each partition whose days have all closed gets its index built again, packed
   (an index that grew with the day is about half empty), once.
 - Retention: with BALANCEWATCH_RETENTION, the partitions whose days are all older than that,
@@ -36,8 +36,12 @@ from balancewatch.store.partitions import Span
 log = get_logger(__name__)
 
 PREMAKE_DAYS: Final = 7
-# Often enough that balance_daily has a minute or two of raw rows to aggregate live.
+# The rollups: often enough that balance_daily has a minute or two of raw rows to aggregate
+# live. The rest of the upkeep every UPKEEP_TURNS turns (five minutes): making partitions a
+# week ahead, packing, dropping, and counting the default partition's rows (a scan of them,
+# should a clock far off have put many there).
 CHECK_INTERVAL: Final = 60.0
+UPKEEP_TURNS: Final = 5
 # The rollup is sealed up to this long ago (migration 0018): a row stored later than that after
 # it was received, a spool replay after an outage, marks its day, which is then computed
 # again. The database holds to it too.
@@ -127,11 +131,13 @@ class PartitionKeeper:
         self.default_rows: int | None = None  # rows in the default partition, once counted
 
     async def run(self, stop: asyncio.Event) -> None:
+        turn = 0
         while not stop.is_set():
             try:
-                await self.maintain()
+                await (self.maintain() if turn % UPKEEP_TURNS == 0 else self.roll_up())
             except DB_ERRORS as exc:  # tried again at the next turn; a week is in hand
                 log.warning("partitions.failed", error=describe_error(exc))
+            turn += 1
             await wait_first(stop, timeout=self._interval)
 
     async def maintain(self) -> None:

@@ -374,8 +374,8 @@ async def _second_replica(db: Any, settings: Settings, stop: asyncio.Event) -> N
         )
 
 
-# The busiest pair's day: its rolled-up figures up to a quarter of an hour ago, merged with
-# its raw rows since (all of the demo's, which is younger).
+# The busiest pair's day: its rolled-up figures up to two minutes ago, merged with
+# its raw rows since (in a demo of a minute or two, all of its rows).
 _TODAY = """
 SELECT d.first, d.last, d.low, d.high, d.messages, coalesce(w.label, '') AS label
 FROM balance_daily d LEFT JOIN watchlist w USING (wallet, token)
@@ -393,7 +393,7 @@ async def _the_day_so_far(db: Any, stop: asyncio.Event) -> None:
     say(
         f"balance_daily, today so far ({row['label']}): first {row['first']}, last "
         f"{row['last']}, low {row['low']}, high {row['high']}, {row['messages']} rows "
-        "(daily_rows up to a quarter of an hour ago, the raw rows since: always complete)"
+        "(daily_rows up to two minutes ago, the raw rows since: always complete)"
     )
 
 
