@@ -96,25 +96,48 @@ LEFT JOIN open room ON room.wallet = w.wallet AND room.token IS NULL
 WHERE w.enabled AND (own.wallet IS NOT NULL OR room.wallet IS NOT NULL)
 """
 # A gap: when an enabled row was listened to neither through its own room nor (a pair)
-# through its wallet's, the part of it inside the last 24 hours. Of the periods that ended
-# before then only how far each room's reached is kept: all a later gap needs, and a wallet
-# room's periods are repeated for each row of the wallet.
+# through its wallet's, the part of it inside the last 24 hours. Only the periods still open or
+# ended in them are read (a range of coverage_ended_at_idx), never every period kept.
+#
+# Of the periods that ended before the 24 hours only whether there was one matters: a gap from
+# the end of the last of them to a later start counts from the 24 hours' start whatever that
+# end was, and it cannot reach further than that start, where a period of the 24 hours ends.
+# Nor does it matter for a row with a period of the 24 hours begun by their start (the gap
+# before it ended before them): only the rows without one (none, while they are listened to)
+# look for an earlier period, in coverage_pair_started_at_idx, and get one ending at the 24
+# hours' start in its place.
 _GAPS = gaps_query(
     """
-    WITH rooms AS (
-        SELECT wallet, token, started_at, coalesce(ended_at, 'infinity') AS ended_at
-        FROM coverage WHERE ended_at IS NULL OR ended_at > now() - interval '24 hours'
+    WITH recent AS (
+        SELECT wallet, token, started_at, ended_at FROM coverage
+        WHERE ended_at IS NULL OR ended_at > now() - interval '24 hours'
+    ),
+    watched AS (
+        SELECT w.id AS watch, r.started_at, r.ended_at
+        FROM watchlist w JOIN recent r ON r.wallet = w.wallet AND r.token = w.token
+        WHERE w.enabled
         UNION ALL
-        SELECT wallet, token, '-infinity', max(ended_at) FROM coverage
-        WHERE ended_at <= now() - interval '24 hours' GROUP BY wallet, token
+        SELECT w.id, r.started_at, r.ended_at
+        FROM watchlist w JOIN recent r ON r.wallet = w.wallet AND r.token IS NULL
+        WHERE w.enabled
+    ),
+    unseen AS MATERIALIZED (
+        SELECT w.id, w.wallet, w.token FROM watchlist w
+        WHERE w.enabled AND NOT EXISTS (
+            SELECT FROM watched x
+            WHERE x.watch = w.id AND x.started_at <= now() - interval '24 hours'
+        )
     )
-    SELECT w.id AS watch, r.started_at, r.ended_at, NULL AS end_reason
-    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token = w.token
-    WHERE w.enabled
+    SELECT watch, started_at, coalesce(ended_at, 'infinity') AS ended_at, NULL AS end_reason
+    FROM watched
     UNION ALL
-    SELECT w.id, r.started_at, r.ended_at, NULL
-    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token IS NULL
-    WHERE w.enabled
+    SELECT u.id, '-infinity', now() - interval '24 hours', NULL
+    FROM unseen u CROSS JOIN LATERAL (
+        SELECT FROM coverage c
+        WHERE c.wallet = u.wallet AND (c.token = u.token OR c.token IS NULL)
+          AND c.ended_at <= now() - interval '24 hours'
+        LIMIT 1
+    ) earlier
     """,
     """
     SELECT count(DISTINCT watch) AS watches,
@@ -161,7 +184,12 @@ WHERE received_at > now() - interval '24 hours' GROUP BY reason ORDER BY n DESC,
 
 async def gather(engine: AsyncEngine) -> Report:
     async with engine.connect() as connection:
-        now: datetime = (await connection.execute(text("SELECT now()"))).scalar_one()
+        # Small plans over thousands of rows, which the planner may price above JIT's threshold
+        # (the gaps query's probes, for rows it cannot tell are few): compiling them would
+        # cost more than running them. For this transaction only.
+        now: datetime = (
+            await connection.execute(text("SELECT now(), set_config('jit', 'off', true)"))
+        ).scalar_one()
         report = Report(now=now)
         await _watches(connection, report)
         rows = (await connection.execute(text(_PROBLEMS), {"limit": PROBLEMS_SHOWN})).all()
