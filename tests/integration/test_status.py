@@ -242,8 +242,8 @@ async def test_status_shows_the_snapshot_queue_checks_drift_and_refused_rpc_answ
     assert "wrong_mint" not in refused
 
 
-# The gaps as status asked for them before migration 0018, from every period ever kept: what
-# the query over the last day's periods must answer, to the microsecond.
+# The gaps and the rows listened to as status asked for them before migration 0018, the gaps
+# from every period ever kept: what the queries of today must answer, to the microsecond.
 _GAPS_OF_EVERY_PERIOD = gaps_query(
     """
     WITH rooms AS (
@@ -270,13 +270,22 @@ _GAPS_OF_EVERY_PERIOD = gaps_query(
     WHERE coalesce(gap_end, now()) > now() - interval '24 hours'
     """,
 )
+_LISTENING_BEFORE_0018 = """
+WITH open AS (SELECT DISTINCT wallet, token FROM coverage WHERE ended_at IS NULL)
+SELECT count(*) FILTER (WHERE w.token IS NOT NULL) AS pairs,
+       count(*) FILTER (WHERE w.token IS NULL) AS wallets
+FROM watchlist w
+LEFT JOIN open own ON own.wallet = w.wallet AND own.token = w.token
+LEFT JOIN open room ON room.wallet = w.wallet AND room.token IS NULL
+WHERE w.enabled AND (own.wallet IS NOT NULL OR room.wallet IS NOT NULL)
+"""
 # Hours from the start of the last 24: its edges and either side of them, or anywhere.
 _MOMENTS = (-30.0, -24.0, -0.5, 0.0, 0.0, 0.25, 3.0, 12.0, 23.5, 24.0)
 _LENGTHS = (0.0, 0.25, 1.0, 2.0, 5.0, 30.0, None)  # hours; None: still open
 
 
 @pytest.mark.parametrize("seed", range(12))
-async def test_the_gaps_are_what_every_period_kept_says(db: Any, seed: int) -> None:
+async def test_the_gaps_and_listening_are_what_every_period_kept_says(db: Any, seed: int) -> None:
     """Random watchlists and periods (own rooms, wallet rooms, overlapping, open, ended before
     the last 24 hours or exactly at their start), the two queries in one transaction, so at one
     now()."""
@@ -306,4 +315,7 @@ async def test_the_gaps_are_what_every_period_kept_says(db: Any, seed: int) -> N
                 await insert_periods(db, room, *spans)
         found = await db.fetchrow(reports._GAPS.text)
         expected = await db.fetchrow(_GAPS_OF_EVERY_PERIOD.text)
+        listening = await db.fetchrow(reports._LISTENING)
+        listening_before = await db.fetchrow(_LISTENING_BEFORE_0018)
     assert tuple(found) == tuple(expected)
+    assert tuple(listening) == tuple(listening_before)
