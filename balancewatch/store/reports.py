@@ -100,7 +100,8 @@ WHERE w.enabled AND (
 """
 # A gap: when an enabled row was listened to neither through its own room nor (a pair)
 # through its wallet's, the part of it inside the last 24 hours. Only the periods still open or
-# ended in them are read (a range of coverage_ended_at_idx), never every period kept.
+# ended in them are read (coverage_open_idx and a range of coverage_ended_at_idx), never every
+# period kept; each join reads them itself (cheaper than keeping them in a CTE for both).
 #
 # Of the periods that ended before the 24 hours only whether there was one matters: a gap from
 # the end of the last of them to a later start counts from the 24 hours' start whatever that
@@ -111,18 +112,14 @@ WHERE w.enabled AND (
 # hours' start in its place.
 _GAPS = gaps_query(
     """
-    WITH recent AS (
-        SELECT wallet, token, started_at, ended_at FROM coverage
-        WHERE ended_at IS NULL OR ended_at > now() - interval '24 hours'
-    ),
-    watched AS (
-        SELECT w.id AS watch, r.started_at, r.ended_at
-        FROM watchlist w JOIN recent r ON r.wallet = w.wallet AND r.token = w.token
-        WHERE w.enabled
+    WITH watched AS (
+        SELECT w.id AS watch, c.started_at, c.ended_at
+        FROM watchlist w JOIN coverage c ON c.wallet = w.wallet AND c.token = w.token
+        WHERE w.enabled AND (c.ended_at IS NULL OR c.ended_at > now() - interval '24 hours')
         UNION ALL
-        SELECT w.id, r.started_at, r.ended_at
-        FROM watchlist w JOIN recent r ON r.wallet = w.wallet AND r.token IS NULL
-        WHERE w.enabled
+        SELECT w.id, c.started_at, c.ended_at
+        FROM watchlist w JOIN coverage c ON c.wallet = w.wallet AND c.token IS NULL
+        WHERE w.enabled AND (c.ended_at IS NULL OR c.ended_at > now() - interval '24 hours')
     ),
     unseen AS MATERIALIZED (
         SELECT w.id, w.wallet, w.token FROM watchlist w
