@@ -134,6 +134,18 @@ latest_rows = Table(
     postgresql_with={"fillfactor": 50},
 )
 
+# How many rows of balance_rows each writer (a backend's process id) stored per minute of
+# received_at, for the last two hours, kept by its statement triggers (migration 0021);
+# `status` sums them.
+minute_rows = Table(
+    "minute_rows",
+    metadata,
+    Column("minute", DateTime(timezone=True), primary_key=True),
+    Column("writer", Integer, primary_key=True, autoincrement=False),
+    Column("rows", BigInteger, nullable=False),
+    postgresql_with={"fillfactor": 50},
+)
+
 # Each pair's day (UTC) in figures, for the closed days (migration 0011); users read them
 # through the balance_daily view, which adds the days not rolled up yet from the raw rows.
 daily_rows = Table(
@@ -258,6 +270,7 @@ coverage = Table(
 )
 Index("coverage_pair_started_at_idx", coverage.c.wallet, coverage.c.token, coverage.c.started_at)
 Index("coverage_open_idx", coverage.c.holder, postgresql_where=coverage.c.ended_at.is_(None))
+Index("coverage_ended_at_idx", coverage.c.ended_at)
 
 # How many balances were read from the chain each hour, by kind and result.
 chain_reads = Table(

@@ -1,7 +1,7 @@
 """What `balancewatch status` reads from the database, each query cheap on a large history.
 
-The newest row is found in `latest_rows` (a row per pair); "rows in the last hour" is a count
-in the partitions of the hour's days only.
+The newest row is found in `latest_rows` (a row per pair); "rows in the last hour" sums the
+hour's minutes in `minute_rows` and counts only the rows of its first, partial minute.
 """
 
 from __future__ import annotations
@@ -84,37 +84,60 @@ WHERE w.enabled
   AND (s.state IN ('error', 'invalid') OR (s.state = 'joining' AND s.last_error IS NOT NULL))
 ORDER BY s.since LIMIT :limit
 """
-# An enabled row is listened to through its own room; a pair also through its wallet's room
-# (then `covered`). Two joins, not one with an OR: each hashes.
+# An enabled row is listened to through its own room; a pair also through its wallet's (then
+# `covered`). Two EXISTS, not one with an OR: each is a hashed subplan of the open periods
+# (coverage_open_idx), probed once a row, with no DISTINCT of the rooms to join.
 _LISTENING = """
-WITH open AS (SELECT DISTINCT wallet, token FROM coverage WHERE ended_at IS NULL)
 SELECT count(*) FILTER (WHERE w.token IS NOT NULL) AS pairs,
        count(*) FILTER (WHERE w.token IS NULL) AS wallets
 FROM watchlist w
-LEFT JOIN open own ON own.wallet = w.wallet AND own.token = w.token
-LEFT JOIN open room ON room.wallet = w.wallet AND room.token IS NULL
-WHERE w.enabled AND (own.wallet IS NOT NULL OR room.wallet IS NOT NULL)
+WHERE w.enabled AND (
+    EXISTS (SELECT FROM coverage c
+            WHERE c.ended_at IS NULL AND c.wallet = w.wallet AND c.token = w.token)
+    OR EXISTS (SELECT FROM coverage c
+               WHERE c.ended_at IS NULL AND c.wallet = w.wallet AND c.token IS NULL)
+)
 """
 # A gap: when an enabled row was listened to neither through its own room nor (a pair)
-# through its wallet's, the part of it inside the last 24 hours. Of the periods that ended
-# before then only how far each room's reached is kept: all a later gap needs, and a wallet
-# room's periods are repeated for each row of the wallet.
+# through its wallet's, the part of it inside the last 24 hours. Only the periods still open or
+# ended in them are read (coverage_open_idx and a range of coverage_ended_at_idx), never every
+# period kept; each join reads them itself (cheaper than keeping them in a CTE for both).
+#
+# Of the periods that ended before the 24 hours only whether there was one matters: a gap from
+# the end of the last of them to a later start counts from the 24 hours' start whatever that
+# end was, and it cannot reach further than that start, where a period of the 24 hours ends.
+# Nor does it matter for a row with a period of the 24 hours begun by their start (the gap
+# before it ended before them): only the rows without one (none, while they are listened to)
+# look for an earlier period, in coverage_pair_started_at_idx, and get one ending at the 24
+# hours' start in its place.
 _GAPS = gaps_query(
     """
-    WITH rooms AS (
-        SELECT wallet, token, started_at, coalesce(ended_at, 'infinity') AS ended_at
-        FROM coverage WHERE ended_at IS NULL OR ended_at > now() - interval '24 hours'
+    WITH watched AS (
+        SELECT w.id AS watch, c.started_at, c.ended_at
+        FROM watchlist w JOIN coverage c ON c.wallet = w.wallet AND c.token = w.token
+        WHERE w.enabled AND (c.ended_at IS NULL OR c.ended_at > now() - interval '24 hours')
         UNION ALL
-        SELECT wallet, token, '-infinity', max(ended_at) FROM coverage
-        WHERE ended_at <= now() - interval '24 hours' GROUP BY wallet, token
+        SELECT w.id, c.started_at, c.ended_at
+        FROM watchlist w JOIN coverage c ON c.wallet = w.wallet AND c.token IS NULL
+        WHERE w.enabled AND (c.ended_at IS NULL OR c.ended_at > now() - interval '24 hours')
+    ),
+    unseen AS MATERIALIZED (
+        SELECT w.id, w.wallet, w.token FROM watchlist w
+        WHERE w.enabled AND NOT EXISTS (
+            SELECT FROM watched x
+            WHERE x.watch = w.id AND x.started_at <= now() - interval '24 hours'
+        )
     )
-    SELECT w.id AS watch, r.started_at, r.ended_at, NULL AS end_reason
-    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token = w.token
-    WHERE w.enabled
+    SELECT watch, started_at, coalesce(ended_at, 'infinity') AS ended_at, NULL AS end_reason
+    FROM watched
     UNION ALL
-    SELECT w.id, r.started_at, r.ended_at, NULL
-    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token IS NULL
-    WHERE w.enabled
+    SELECT u.id, '-infinity', now() - interval '24 hours', NULL
+    FROM unseen u CROSS JOIN LATERAL (
+        SELECT FROM coverage c
+        WHERE c.wallet = u.wallet AND (c.token = u.token OR c.token IS NULL)
+          AND c.ended_at <= now() - interval '24 hours'
+        LIMIT 1
+    ) earlier
     """,
     """
     SELECT count(DISTINCT watch) AS watches,
@@ -161,7 +184,12 @@ WHERE received_at > now() - interval '24 hours' GROUP BY reason ORDER BY n DESC,
 
 async def gather(engine: AsyncEngine) -> Report:
     async with engine.connect() as connection:
-        now: datetime = (await connection.execute(text("SELECT now()"))).scalar_one()
+        # Small plans over thousands of rows, which the planner may price above JIT's threshold
+        # (the gaps query's probes, for rows it cannot tell are few): compiling them would
+        # cost more than running them. For this transaction only.
+        now: datetime = (
+            await connection.execute(text("SELECT now(), set_config('jit', 'off', true)"))
+        ).scalar_one()
         report = Report(now=now)
         await _watches(connection, report)
         rows = (await connection.execute(text(_PROBLEMS), {"limit": PROBLEMS_SHOWN})).all()
@@ -215,15 +243,30 @@ async def _chain(connection: AsyncConnection, report: Report) -> None:
     ]
 
 
+# Rows received after a cutoff: the whole minutes after it from minute_rows (kept by the
+# triggers of migration 0021), and the rows of the cutoff's own minute after it from the
+# history (a minute's range of the BRIN index, in one partition). minute_rows counts the rows
+# received in the last two hours of the writer's clock; a cutoff more than 90 minutes back
+# counts the rows themselves. Each count is an init plan: only the branch taken runs.
+_MINUTE_END = (
+    "date_bin('1 minute', CAST(:{cut} AS timestamptz), TIMESTAMPTZ '2000-01-01 00:00:00+00')"
+    " + interval '1 minute'"
+)
+_ROWS_SINCE = """CASE WHEN :{cut} >= now() - interval '90 minutes' THEN
+    (SELECT coalesce(sum(rows), 0)::bigint FROM minute_rows WHERE minute >= {end})
+    + (SELECT count(*) FROM balance_rows WHERE received_at > :{cut} AND received_at < {end})
+ELSE (SELECT count(*) FROM balance_rows WHERE received_at > :{cut}) END"""
+
+
 async def rows_since(connection: AsyncConnection, *cutoffs: datetime) -> list[int]:
-    """Rows of the history received after each cutoff, in one scan: only the partitions of the
-    days from the earliest cutoff (and the default one) are read."""
+    """Rows of the history received after each cutoff, as count(*) would give them, from the
+    per-minute counts for a cutoff in the last 90 minutes."""
     counts = ", ".join(
-        f"count(*) FILTER (WHERE received_at > :cut{n})" for n in range(len(cutoffs))
+        _ROWS_SINCE.format(cut=f"cut{n}", end=_MINUTE_END.format(cut=f"cut{n}"))
+        for n in range(len(cutoffs))
     )
     bound = {f"cut{n}": cutoff for n, cutoff in enumerate(cutoffs)}
-    query = text(f"SELECT {counts} FROM balance_rows WHERE received_at > :earliest")  # noqa: S608
-    row = (await connection.execute(query, {**bound, "earliest": min(cutoffs)})).one()
+    row = (await connection.execute(text(f"SELECT {counts}"), bound)).one()
     return list(row)
 
 

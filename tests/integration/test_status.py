@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import re
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.devtools.simulator import Simulator
 from balancewatch.ops import status
 from balancewatch.store import reports
+from balancewatch.store.history import gaps_query
 from tests.data import (
     WALLET3,
     history_rows,
@@ -238,3 +240,82 @@ async def test_status_shows_the_snapshot_queue_checks_drift_and_refused_rpc_answ
     refused = out.split("RPC answers refused, last 24 h")[1]
     assert re.search(r"bad_amount +2", refused)
     assert "wrong_mint" not in refused
+
+
+# The gaps and the rows listened to as status asked for them before migration 0021, the gaps
+# from every period ever kept: what the queries of today must answer, to the microsecond.
+_GAPS_OF_EVERY_PERIOD = gaps_query(
+    """
+    WITH rooms AS (
+        SELECT wallet, token, started_at, coalesce(ended_at, 'infinity') AS ended_at
+        FROM coverage WHERE ended_at IS NULL OR ended_at > now() - interval '24 hours'
+        UNION ALL
+        SELECT wallet, token, '-infinity', max(ended_at) FROM coverage
+        WHERE ended_at <= now() - interval '24 hours' GROUP BY wallet, token
+    )
+    SELECT w.id AS watch, r.started_at, r.ended_at, NULL AS end_reason
+    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token = w.token
+    WHERE w.enabled
+    UNION ALL
+    SELECT w.id, r.started_at, r.ended_at, NULL
+    FROM watchlist w JOIN rooms r ON r.wallet = w.wallet AND r.token IS NULL
+    WHERE w.enabled
+    """,
+    """
+    SELECT count(DISTINCT watch) AS watches,
+           coalesce(sum(coalesce(gap_end, now())
+                        - greatest(gap_start, now() - interval '24 hours')),
+                    interval '0') AS uncovered
+    FROM gaps
+    WHERE coalesce(gap_end, now()) > now() - interval '24 hours'
+    """,
+)
+_LISTENING_BEFORE_0021 = """
+WITH open AS (SELECT DISTINCT wallet, token FROM coverage WHERE ended_at IS NULL)
+SELECT count(*) FILTER (WHERE w.token IS NOT NULL) AS pairs,
+       count(*) FILTER (WHERE w.token IS NULL) AS wallets
+FROM watchlist w
+LEFT JOIN open own ON own.wallet = w.wallet AND own.token = w.token
+LEFT JOIN open room ON room.wallet = w.wallet AND room.token IS NULL
+WHERE w.enabled AND (own.wallet IS NOT NULL OR room.wallet IS NOT NULL)
+"""
+# Hours from the start of the last 24: its edges and either side of them, or anywhere.
+_MOMENTS = (-30.0, -24.0, -0.5, 0.0, 0.0, 0.25, 3.0, 12.0, 23.5, 24.0)
+_LENGTHS = (0.0, 0.25, 1.0, 2.0, 5.0, 30.0, None)  # hours; None: still open
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_the_gaps_and_listening_are_what_every_period_kept_says(db: Any, seed: int) -> None:
+    """Random watchlists and periods (own rooms, wallet rooms, overlapping, open, ended before
+    the last 24 hours or exactly at their start), the two queries in one transaction, so at one
+    now()."""
+    rng = random.Random(seed)
+    wallets, tokens = (WALLET, WALLET2, WALLET3), (TOKEN, SOL, None)
+    await insert_watches(
+        db,
+        [(w, t, rng.random() < 0.85) for w in wallets for t in tokens if rng.random() < 0.8],
+    )
+    async with db.transaction():
+        now = await db.fetchval("SELECT now()")
+        day = now - timedelta(hours=24)
+
+        def hours(h: float) -> timedelta:
+            return timedelta(hours=h)
+
+        for room in [(w, t) for w in wallets for t in tokens]:
+            spans = []
+            for _ in range(rng.randrange(4)):
+                start = min(now, day + hours(rng.choice(_MOMENTS) + rng.choice((0, rng.random()))))
+                length = rng.choice(_LENGTHS)
+                end = None if length is None else min(now, start + hours(length))
+                if end is not None and rng.random() < 0.2:
+                    end = max(start, day)  # ends exactly at the start of the 24 hours
+                spans.append((start, end, None if end is None else "lost"))
+            if spans:
+                await insert_periods(db, room, *spans)
+        found = await db.fetchrow(reports._GAPS.text)
+        expected = await db.fetchrow(_GAPS_OF_EVERY_PERIOD.text)
+        listening = await db.fetchrow(reports._LISTENING)
+        listening_before = await db.fetchrow(_LISTENING_BEFORE_0021)
+    assert tuple(found) == tuple(expected)
+    assert tuple(listening) == tuple(listening_before)
