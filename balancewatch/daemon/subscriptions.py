@@ -90,6 +90,11 @@ class Subscriptions:
         return frozenset(self._wanted)
 
     @property
+    def wanted_watches(self) -> Collection[Watch]:
+        """The watch of each wanted room: a live view, not a copy."""
+        return self._wanted.values()
+
+    @property
     def wanted_count(self) -> int:
         return len(self._wanted)
 
