@@ -672,8 +672,8 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="balancewatch-bench-"))
     pairs = bench_pairs(plan.scale_pairs, start=5_000_000)
     await _watch_only(db, pairs)
-    # 120 s at least; a million pairs take longer than that to join when it is slow.
-    patience = max(120.0, len(pairs) / 5_000)
+    # 120 s at least; a million pairs take longer than that to join (and to stop) when slow.
+    patience = max(120.0, len(pairs) / 2_000)
     async with Simulator(api_key=BENCH_KEY, ping_interval=None) as sim:
         sim.coalesce_acks = True
         env = _scale_env(plan, url, sim, scratch)
@@ -687,7 +687,7 @@ async def _scale(plan: Plan, url: URL, db: Any, results: Results) -> None:
         baseline = await db.fetchval(_SNAPSHOTS_STORED)
         started = time.monotonic()
         try:
-            async with _daemon_process(env) as process:
+            async with _daemon_process(env, stop_within=patience) as process:
                 await sim.wait_for(lambda: len(joined) >= len(pairs), timeout=patience)
                 all_sent = time.monotonic() - started
 
@@ -799,9 +799,11 @@ async def _watch_only(db: Any, pairs: list[tuple[str, str]]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _daemon_process(env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+async def _daemon_process(
+    env: dict[str, str], *, stop_within: float = 30.0
+) -> AsyncIterator[asyncio.subprocess.Process]:
     """`python -m balancewatch run` with `env`, stopped with SIGTERM on the way out (unless it
-    has exited already: killed, or stopped by the caller)."""
+    has exited already: killed, or stopped by the caller), given `stop_within` s to exit."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "balancewatch", "run", env=env, stdout=subprocess.DEVNULL
     )
@@ -810,7 +812,7 @@ async def _daemon_process(env: dict[str, str]) -> AsyncIterator[asyncio.subproce
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), timeout=30)
+        await asyncio.wait_for(process.wait(), timeout=stop_within)
 
 
 async def _until(
