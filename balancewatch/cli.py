@@ -246,6 +246,14 @@ def _add_devtools_commands(commands: Commands) -> None:
         "10,000 pairs, time the README's queries, status and history, print bytes per row",
     )
     bench.add_argument(
+        "--pairs-joined",
+        type=row_count,
+        default=None,
+        metavar="N",
+        help="only the scale section: N watched pairs (100k, 1m) from the daemon's start until "
+        "every one is joined, and its peak RSS",
+    )
+    bench.add_argument(
         "--pairs",
         type=row_count,
         default=None,

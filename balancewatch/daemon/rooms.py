@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
+from sys import intern
 
 from balancewatch.domain import Watch, address_problems, room_for
 
@@ -49,13 +50,16 @@ def wanted_rooms(enabled: Iterable[Watch], whole: Set[str] | None = None) -> Wan
     rooms: dict[str, Watch] = {}
     invalid: dict[Watch, str] = {}
     covered: dict[str, Watch] = {}
-    for wallet, token in rows:
+    for watch in rows:
+        wallet, token = watch
         problems = address_problems(wallet=wallet, token=token)
-        room = room_for(wallet, token)
+        # Interned, and the row's own tuple kept: each pair's strings exist once, however
+        # many structures hold them and however often the watchlist is read again.
+        room = intern(room_for(wallet, token))
         if problems:
-            invalid[(wallet, token)] = "; ".join(problems)
+            invalid[watch] = "; ".join(problems)
         elif token is not None and wallet in whole:
-            covered[room] = (wallet, token)
+            covered[room] = watch
         else:
-            rooms[room] = (wallet, token)
+            rooms[room] = watch
     return Wanted(rooms=rooms, invalid=invalid, covered=covered)

@@ -46,7 +46,7 @@ from balancewatch.daemon.sharding import ShardedRooms
 from balancewatch.daemon.signals import stop_on_signals
 from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
 from balancewatch.daemon.sync import SyncConfig, WatchlistSync
-from balancewatch.domain import DEFAULT_SHARDS, SETTLED_STATES, Pair, watch_for
+from balancewatch.domain import DEFAULT_SHARDS, SETTLED_STATES, Pair
 from balancewatch.errors import StartupError
 from balancewatch.logs import get_logger
 from balancewatch.pipeline.bookkeeping import Bookkeeping, BookkeepingConfig
@@ -195,13 +195,10 @@ class Daemon:
         await self.subscriptions.connected(sender)
 
     def readiness(self) -> Readiness:
-        wanted = self.subscriptions.wanted
+        # Read in place, not copied: a probe every few seconds, with 100,000 pairs wanted.
+        wanted = self.subscriptions.wanted_watches
         states = self.pair_states.states
-        pending = 0
-        for room in wanted:
-            pair = watch_for(room)
-            if pair is None or states.get(pair) not in SETTLED_STATES:
-                pending += 1
+        pending = sum(states.get(pair) not in SETTLED_STATES for pair in wanted)
         return Readiness(
             websocket_connected=self.client.connected,
             watchlist_read=self.sync.reconciles > 0,

@@ -33,6 +33,8 @@ from balancewatch.logs import get_logger
 
 log = get_logger(__name__)
 
+_JOINS_PER_SEND = 5_000
+
 
 class RoomSender(Protocol):
     """The live connection, as far as subscriptions are concerned."""
@@ -88,6 +90,11 @@ class Subscriptions:
     @property
     def wanted(self) -> frozenset[str]:
         return frozenset(self._wanted)
+
+    @property
+    def wanted_watches(self) -> Collection[Watch]:
+        """The watch of each wanted room: a live view, not a copy."""
+        return self._wanted.values()
 
     @property
     def wanted_count(self) -> int:
@@ -278,7 +285,7 @@ class Subscriptions:
                 self._held |= diff.join
                 self._unacked.sent(diff.join, self._clock())
                 self._unacked_added.set()
-                await sender.join(diff.join)
+                await self._join(sender, list(diff.join))
         except ConnectionError as exc:
             # The read loop sees the same drop and reconnects; the next connection re-joins all.
             log.warning("subscriptions.send_failed", error=str(exc))
@@ -290,6 +297,14 @@ class Subscriptions:
                 left=len(diff.leave),
                 held=len(self._held),
             )
+
+    async def _join(self, sender: RoomSender, rooms: list[str]) -> None:
+        """Send the joins a few thousand at a time, each piece's wait for its acks counted
+        from when it has left (100,000 joins take seconds to write)."""
+        for start in range(0, len(rooms), _JOINS_PER_SEND):
+            piece = rooms[start : start + _JOINS_PER_SEND]
+            await sender.join(piece)
+            self._unacked.left_now(piece, self._clock())
 
     def _start_switches(self, left: Set[str], joining: Set[str]) -> None:
         """Each left room whose wallet has rooms in `joining` is replaced by them: accepted

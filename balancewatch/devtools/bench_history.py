@@ -60,7 +60,7 @@ from balancewatch.store.reports import gather
 # -- the command -------------------------------------------------------------------------------
 
 # The options of the other sections, which `--history` does not run.
-_OTHER_OPTIONS = ("messages", "quick", "flush_interval", "uvloop")
+_OTHER_OPTIONS = ("messages", "quick", "flush_interval", "uvloop", "pairs_joined")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -44,6 +44,8 @@ Table = Literal[
     "chain_reads",
 ]
 TABLES: Final[tuple[Table, ...]] = get_args(Table)
+# Pair states and listening periods are written this many at a time.
+_ROWS_PER_WRITE: Final = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,9 +202,22 @@ class Bookkeeping:
 
     async def _flush_status(self) -> bool:
         changes, self._status = self._status, {}
-        if not changes:
+        pairs = list(changes)
+        # In pieces: the statement's arrays of a whole large join (100,000 pairs at once)
+        # were the daemon's largest allocation, 30 MB for a moment.
+        rest = 0  # from there on, not written: put back on the way out
+        try:
+            for start in range(0, len(pairs), _ROWS_PER_WRITE):
+                rest = start + _ROWS_PER_WRITE  # a piece that fails is put back by its write
+                piece = {pair: changes[pair] for pair in pairs[start:rest]}
+                if not await self._write_status(piece):
+                    return False
             return True
+        finally:
+            for pair in pairs[rest:]:
+                self._status.setdefault(pair, changes[pair])  # one made meanwhile is newer
 
+    async def _write_status(self, changes: dict[Watch, StatusChange]) -> bool:
         def restore() -> None:
             changes.update(self._status)  # a change made meanwhile is newer: it wins
             self._status = changes
@@ -218,6 +233,39 @@ class Bookkeeping:
         silent_since, self._silent_since = self._silent_since, None
         if not (starts or ends or confirmed or silent_since):
             return True
+        # In pieces, every start before any end (a period may start and end in one flush).
+        n = _ROWS_PER_WRITE
+        pieces: list[tuple[list[PeriodStart], list[PeriodEnd]]] = [
+            *((starts[i : i + n], []) for i in range(0, len(starts), n)),
+            *(([], ends[i : i + n]) for i in range(0, len(ends), n)),
+        ] or [([], [])]
+        rest = 0  # from there on, not written: put back on the way out
+        try:
+            for index, (starts_piece, ends_piece) in enumerate(pieces):
+                rest = index + 1  # a piece that fails is put back by its write
+                last = rest == len(pieces)
+                written = await self._write_periods(
+                    starts_piece, ends_piece, confirmed, silent_since if last else None
+                )
+                if not written:
+                    return False
+            return True
+        finally:
+            if rest < len(pieces):
+                # Behind the piece that failed, which its write put back in front.
+                failed_starts, failed_ends = pieces[rest - 1]
+                at = len(failed_starts), len(failed_ends)
+                self._starts[at[0] : at[0]] = [s for p in pieces[rest:] for s in p[0]]
+                self._ends[at[1] : at[1]] = [e for p in pieces[rest:] for e in p[1]]
+                self._silent_since = self._silent_since or silent_since
+
+    async def _write_periods(
+        self,
+        starts: list[PeriodStart],
+        ends: list[PeriodEnd],
+        confirmed: datetime | None,
+        silent_since: datetime | None,
+    ) -> bool:
         # Every period written was being listened to at its last event: the holder is
         # confirmed up to there at least.
         newest = max([s.at for s in starts] + [e.at for e in ends], default=None)

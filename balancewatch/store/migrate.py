@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (and Mako, and Pygments under it) is imported by what migrates, not by the daemon:
+# `run` only compares two revisions, and the import was 10 MB of its resident memory.
 
 # Several replicas may start at once: the first to take this lock migrates, the others wait and
 # then find nothing left to do. A session lock, not a transaction's: some migrations commit
@@ -26,13 +30,30 @@ def migrations_dir() -> Path:
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config  # noqa: PLC0415
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     return config
 
 
+_REVISION = re.compile(r"""^(down_revision|revision)\b[^=\n]*=\s*(?:["']([^"']+)["']|None)""", re.M)
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The newest migration's revision: the one no other migration names as its parent (the
+    scripts read as text, as Alembic finds them; tests check both agree)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (migrations_dir() / "versions").glob("*.py"):
+        found = dict(_REVISION.findall(script.read_text()))
+        if found.get("revision"):
+            revisions.add(found["revision"])
+            parents.add(found.get("down_revision", ""))
+    heads = revisions - parents
+    if len(heads) > 1:
+        raise RuntimeError(f"the migrations have several heads: {sorted(heads)}")
+    return next(iter(heads), None)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
@@ -52,13 +73,24 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
+    from alembic import command  # noqa: PLC0415
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
 
 
+_CURRENT = "SELECT version_num FROM alembic_version"
+
+
 async def current_revision(engine: AsyncEngine) -> str | None:
+    """The database's revision, None before the first migration (what Alembic's
+    MigrationContext.get_current_revision answers, without importing Alembic)."""
     async with engine.connect() as connection:
-        return await connection.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
+        table = await connection.scalar(text("SELECT to_regclass('alembic_version')"))
+        if table is None:
+            return None
+        rows = (await connection.execute(text(_CURRENT))).scalars().all()
+    if len(rows) > 1:
+        raise RuntimeError(f"the database is at several revisions: {sorted(rows)}")
+    return str(rows[0]) if rows else None

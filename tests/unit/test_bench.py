@@ -191,3 +191,12 @@ def test_the_table_gives_each_query_its_median_rows_and_runs_or_why_it_was_not_t
     column = lines[0].index("median ms") + len("median ms")
     assert lines[1].index("30.0 ") + len("30.0") == column
     assert lines[2].index("0.4 ") + len("0.4") == column
+
+
+def test_pairs_joined_runs_the_scale_section_alone_with_that_many_pairs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli._parser().parse_args(["bench", "--pairs-joined", "1m"]).pairs_joined == 1_000_000
+    args = cli._parser().parse_args(["bench", "--pairs-joined", "1m", "--quick"])
+    assert command(args) == 2
+    assert "--pairs-joined runs alone, without --quick" in capsys.readouterr().err

@@ -115,8 +115,24 @@ def test_waits_between_attempts_never_shrink_and_stay_within_bounds(
             assert entry is not None
             before = entry.next_retry
             pending.resent(A, now)
-            waits.append(entry.next_retry - now)
+            after = pending.get(A)  # a new wait: the one before may be shared with other rooms
+            assert after is not None
+            waits.append(after.next_retry - now)
             assert before <= now
     slack = 1e-9 * (1 + now)  # next_retry - now loses a few bits to rounding
     assert all(b >= a - slack for a, b in itertools.pairwise(waits))
     assert all(ack_timeout - slack <= w <= max(ack_timeout, max_delay) + slack for w in waits)
+
+
+def test_rooms_sent_together_share_their_wait_until_one_of_them_is_sent_again() -> None:
+    pending = PendingJoins(ack_timeout=1.0, max_delay=8.0)
+    pending.sent([A, B], now=0.0)
+    assert pending.get(A) is pending.get(B)
+    pending.resent(A, now=1.0)
+    first, second = pending.get(A), pending.get(B)
+    assert first is not None
+    assert second is not None
+    assert (first.attempts, first.next_retry) == (2, 3.0)
+    assert (second.attempts, second.next_retry) == (1, 1.0)
+    pending.resent(B, now=1.0)
+    assert pending.get(B) is pending.get(A)
