@@ -20,8 +20,8 @@ pytestmark = pytest.mark.timeout(120)
 
 # section, metric, value, unit (and the target, if any, after it).
 _ROW = re.compile(
-    r"^\s+(sim|ingest|latency|sync|chain|scale|replicas)\s+(.+?)\s([\d,.]+)"
-    r" ?(frames/s|rows/s|rooms/s|ms|s|MB|x)"
+    r"^\s+(sim|ingest|cpu|latency|sync|chain|scale|replicas)\s+(.+?)\s([\d,.]+)"
+    r" ?(frames/s|rows/s|rooms/s|ms|us|s|MB|x)"
     r"\s*(?:target.*)?$",
     re.M,
 )
@@ -45,16 +45,19 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
     result = await bench(server_url, "--quick", "--messages", "2000", timeout=110)
     rows = _ROW.findall(result.stdout)
     sections = {section for section, *_ in rows}
-    assert sections == {"sim", "ingest", "latency", "sync", "chain", "scale", "replicas"}, (
+    assert sections == {"sim", "ingest", "cpu", "latency", "sync", "chain", "scale", "replicas"}, (
         result.stdout
     )
     metrics = {metric for _, metric, *_ in rows}
     for expected in (
         "simulator ceiling",
         "daemon end to end",
-        "raw asyncpg COPY",
+        "raw asyncpg COPY, binary, batches of",
+        "msgs in one",
         "naive INSERT+commit",
-        "daemon / raw COPY",
+        "daemon / raw COPY ceiling",
+        "daemon as its own process",
+        "daemon CPU (user+sys) per message",
         "daemon / naive",
         "row committed p50",
         "row committed p99",
@@ -77,7 +80,12 @@ async def test_quick_bench_prints_every_section(server_url: URL) -> None:
     # Each figure is a rate, a time, a size or a ratio of something that did happen: above zero
     # (the pattern above cannot match a minus sign, so `>= 0` could never fail).
     for _, metric, value, unit in rows:
+        if unit == "us":  # CPU time counts in ticks (10 ms): 2,000 messages may take none
+            assert float(value) >= 0, (metric, value, unit)
+            continue
         assert float(value.replace(",", "")) > 0, (metric, value, unit)
+    # Where the CPU goes: a profile's lines, when py-spy is installed (the dev extra has it).
+    assert "where it goes" in result.stdout, result.stdout
     assert re.search(r"drift injected -> found \(false\)\s+\d+ -> \d+ \(\d+\)", result.stdout)
     assert result.stdout.rstrip().endswith("done")
 

@@ -1,10 +1,13 @@
 """The simulator's prebuilt frames, which the benchmark sends; the replicas section's sums and
-its quick plan; the history section's argument, queries, history and table."""
+its quick plan; the history section's argument, queries, history and table; the CPU section's
+reading of /proc and of a profile."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 
 from balancewatch import cli
 from balancewatch.cli import row_count
-from balancewatch.devtools import bench_history
+from balancewatch.devtools import bench_cpu, bench_history
 from balancewatch.devtools.bench import Plan, Takeover, command
 from balancewatch.devtools.bench_history import (
     BUSY_HOUR,
@@ -200,3 +203,32 @@ def test_pairs_joined_runs_the_scale_section_alone_with_that_many_pairs(
     args = cli._parser().parse_args(["bench", "--pairs-joined", "1m", "--quick"])
     assert command(args) == 2
     assert "--pairs-joined runs alone, without --quick" in capsys.readouterr().err
+
+
+def test_a_profile_is_summed_per_function_its_own_time_and_with_what_it_calls() -> None:
+    collapsed = "\n".join(
+        [
+            "<module> (a/run.py:1);_read (d/datastream.py:300);text (d/ingest.py:90) 6",
+            "<module> (a/run.py:1);_read (d/datastream.py:301) 3",
+            "<module> (a/run.py:1);write (x/selector_events.py:9) 1",
+            "not a stack line",
+        ]
+    )
+    spots = {spot.function: spot for spot in bench_cpu.hotspots(collapsed)}
+    # Two lines of _read are one function; a share is of all ten samples.
+    assert spots["_read (datastream.py)"] == bench_cpu.Hotspot("_read (datastream.py)", 0.3, 0.9)
+    assert spots["text (ingest.py)"].own == pytest.approx(0.6)
+    assert spots["<module> (run.py)"].total == pytest.approx(1.0)
+    assert [spot.function for spot in bench_cpu.top_own(list(spots.values()), 2)] == [
+        "text (ingest.py)",
+        "_read (datastream.py)",
+    ]
+    assert bench_cpu.hotspots("") == []
+
+
+def test_cpu_seconds_reads_this_process_from_proc() -> None:
+    before = bench_cpu.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    assert bench_cpu.cpu_seconds(os.getpid()) >= before + 0.01
