@@ -255,27 +255,28 @@ class DatastreamClient:
         return key
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
+        # Runs for every frame: what it looks up each time is looked up once, here.
         clock = asyncio.get_running_loop().time
-        frames = 0
+        receive, text, may_read = ws.receive, self._ingest.text, self._may_read
+        text_type = aiohttp.WSMsgType.TEXT
         while True:
-            if not self._may_read.is_set():
-                log.warning("datastream.reading_paused", reason="the spool is full")
-                await self._may_read.wait()
-                log.info("datastream.reading_resumed")
-            frames += 1
-            if frames % _FRAMES_PER_TURN == 0:
-                await asyncio.sleep(0)
-            message = await ws.receive()
-            self._last_frame = clock()
-            if message.type is aiohttp.WSMsgType.TEXT:
-                if self._ingest.text(message.data) and not await self._answer(ws.send_str(PONG)):
-                    return "pong failed"
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                self._ingest.binary(message.data)
-            else:
-                ended = await self._control(ws, message)
-                if ended is not None:
-                    return ended
+            for _ in range(_FRAMES_PER_TURN):
+                if not may_read.is_set():
+                    log.warning("datastream.reading_paused", reason="the spool is full")
+                    await may_read.wait()
+                    log.info("datastream.reading_resumed")
+                message = await receive()
+                self._last_frame = clock()
+                if message.type is text_type:
+                    if text(message.data) and not await self._answer(ws.send_str(PONG)):
+                        return "pong failed"
+                elif message.type is aiohttp.WSMsgType.BINARY:
+                    self._ingest.binary(message.data)
+                else:
+                    ended = await self._control(ws, message)
+                    if ended is not None:
+                        return ended
+            await asyncio.sleep(0)
 
     async def _control(
         self, ws: aiohttp.ClientWebSocketResponse, message: aiohttp.WSMessage

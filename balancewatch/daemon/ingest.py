@@ -15,7 +15,7 @@ from typing import Final, Protocol
 from balancewatch import logs
 from balancewatch.daemon.protocol import BalanceUpdate, Joined, Ping, Rejected, parse_frame
 from balancewatch.daemon.subscriptions import Subscriptions
-from balancewatch.pipeline.records import BalanceLine, Stamps, balance_line
+from balancewatch.pipeline.records import BalanceLine, Stamps
 from balancewatch.store.writes import RejectedRow
 
 log = logs.get_logger(__name__)
@@ -120,8 +120,7 @@ class Ingest:
             self.fenced += 1
             return
         self.messages += 1
-        stamp = self._stamps.now()
-        self._rows.add(balance_line(update.wallet, update.token, update.amount, stamp, epoch))
+        self._rows.add(self._stamps.line(update.wallet, update.token, update.amount, epoch))
         self._subscriptions.delivered(room)
         if room in self._watched:
             self._watched[room] = True

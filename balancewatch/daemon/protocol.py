@@ -44,11 +44,10 @@ class BalanceUpdate(msgspec.Struct, frozen=True, gc=False):
     wallet: str
     token: str
     amount: str  # plain decimal notation, as Postgres `numeric` input
-    wallet_room: bool = False  # sent on the wallet's room, not the token's
-
-    @property
-    def room(self) -> str:
-        return room_for(self.wallet, None if self.wallet_room else self.token)
+    # The room it was sent on: the token's, or the wallet's (then `wallet_room`). The frame's
+    # own string, whose hash each look-up of the ingest reuses.
+    room: str
+    wallet_room: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,22 +127,55 @@ def parse_frame(raw: str | bytes) -> Frame:
     return Ping()
 
 
+# Rooms found well formed, with the wallet and the token (None: the wallet's room) they spell
+# out. The same few rooms come back message after message: a message on a known room is checked
+# with two string comparisons instead of building its name and matching the pattern again.
+_known_rooms: dict[str, tuple[str, str | None]] = {}
+_KNOWN_ROOMS_MAX: Final = 16_384
+
+
 def _balance_update(frame: _MessageFrame) -> BalanceUpdate | Rejected:
     data = frame.data
-    amount = _parse_amount(bytes(data.amount))
-    if isinstance(amount, Rejected):
-        return Rejected(amount.reason, amount.detail, frame.room)
-    room = frame.room
-    token_room = room == room_for(data.wallet, data.token)
-    wallet_room = not token_room and room == room_for(data.wallet, None)
+    # The amount as Postgres `numeric` input in plain notation, exactly as written; never
+    # through a binary float. msgspec has checked the JSON grammar: a number is ASCII and has
+    # no leading zeros, so a plain non-negative one below 1e39 is the common case, checked
+    # here without making a Decimal (and without a call: this runs for every message).
+    text = bytes(data.amount)
+    integer, _, fraction = text.partition(b".")
+    if (
+        integer.isdigit()
+        and len(integer) <= MAX_AMOUNT_ADJUSTED + 1
+        and (not fraction or fraction.isdigit())
+        and len(fraction) <= _NUMERIC_MAX_SCALE
+    ):
+        amount = text.decode("ascii")
+    else:
+        unusual = _parse_unusual_amount(text)
+        if isinstance(unusual, Rejected):
+            return Rejected(unusual.reason, unusual.detail, frame.room)
+        amount = unusual
+    room, wallet, token = frame.room, data.wallet, data.token
+    known = _known_rooms.get(room)
+    if known is not None and known[0] == wallet:
+        if known[1] == token:
+            return BalanceUpdate(wallet, token, amount, room)
+        if known[1] is None and is_address(token):
+            return BalanceUpdate(wallet, token, amount, room, True)
+    return _checked_update(room, wallet, token, amount)
+
+
+def _checked_update(room: str, wallet: str, token: str, amount: str) -> BalanceUpdate | Rejected:
+    """A message on a room not known yet, or that does not match its room."""
+    token_room = room == room_for(wallet, token)
+    wallet_room = not token_room and room == room_for(wallet, None)
     # A token's room that matches spells out both addresses: one pattern checks the two at
     # once. A wallet's room spells out the wallet only.
     if token_room:
         valid = is_room(room)
     elif wallet_room:
-        valid = is_room(room) and is_address(data.token)
+        valid = is_room(room) and is_address(token)
     else:
-        valid = is_address(data.wallet) and is_address(data.token)
+        valid = is_address(wallet) and is_address(token)
     if not valid:
         return Rejected("invalid_fields", "data.wallet or data.token is not a base58 address", room)
     if not (token_room or wallet_room):
@@ -152,23 +184,10 @@ def _balance_update(frame: _MessageFrame) -> BalanceUpdate | Rejected:
             "room is neither data.wallet's room nor that of data.wallet and data.token",
             room,
         )
-    return BalanceUpdate(data.wallet, data.token, amount, wallet_room)
-
-
-def _parse_amount(text: bytes) -> str | Rejected:
-    """The amount as Postgres `numeric` input in plain notation, exactly as written; never
-    through a binary float."""
-    # msgspec has checked the JSON grammar: a number is ASCII and has no leading zeros, so a
-    # plain non-negative one below 1e39 is the common case, checked without making a Decimal.
-    integer, _, fraction = text.partition(b".")
-    if (
-        integer.isdigit()
-        and len(integer) <= MAX_AMOUNT_ADJUSTED + 1
-        and (not fraction or fraction.isdigit())
-        and len(fraction) <= _NUMERIC_MAX_SCALE
-    ):
-        return text.decode("ascii")
-    return _parse_unusual_amount(text)
+    if len(_known_rooms) >= _KNOWN_ROOMS_MAX:
+        _known_rooms.clear()
+    _known_rooms[room] = (wallet, token if token_room else None)
+    return BalanceUpdate(wallet, token, amount, room, wallet_room)
 
 
 def _parse_unusual_amount(text: bytes) -> str | Rejected:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-# py-spy's sampling rate: enough samples over a one-second run, little cost to the daemon.
-PROFILE_RATE = 250
+# py-spy's sampling rate: about a thousand samples over a one-second run, and py-spy reads the
+# daemon's memory from its own process, without pausing it (--nonblocking).
+PROFILE_RATE = 1000
 
 
 def cpu_seconds(pid: int) -> float:

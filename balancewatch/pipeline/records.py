@@ -71,6 +71,19 @@ class Stamps:
             self._prefix = _second_text(second)
         return self._prefix + _fraction_text(nanos // 1000)
 
+    def line(self, wallet: str, token: str, amount: str, epoch: str | None) -> BalanceLine:
+        """`balance_line(wallet, token, amount, self.now(), epoch)`, in one step: this runs for
+        every message, and each call and concatenation saved shows in its CPU time."""
+        second, nanos = divmod(time.time_ns(), _NANOS)
+        if second != self._second:
+            self._second = second
+            self._prefix = _second_text(second)
+        millis, micros = divmod(nanos // 1000, 1000)
+        return (
+            f"{wallet}\t{token}\t{amount}\t{self._prefix}{_MILLIS_TEXT[millis]}"
+            f"{_MICROS_TEXT[micros]}\t{NO_EPOCH if epoch is None else epoch}\n"
+        ).encode()
+
 
 def _second_text(second: int) -> str:
     return f"{datetime.fromtimestamp(second, UTC):%Y-%m-%d %H:%M:%S}"

@@ -78,6 +78,7 @@ class Writer:
         self._observe = observe
         self._spool = spool
         self._config = config
+        self._batch_size = config.batch_size
         self._buffer = Buffer(
             spool, max_memory_rows=config.max_buffered_rows, durable=config.durable
         )
@@ -110,12 +111,16 @@ class Writer:
         return len(self._buffer.memory)
 
     def add(self, line: BalanceLine) -> None:
-        self._buffer.add(line)
+        buffer = self._buffer
+        buffer.add(line)
         self._work.set()
-        if len(self._buffer) >= self._config.batch_size:
+        if buffer.spilled:
+            if len(buffer) >= self._batch_size:
+                self._full.set()
+            if self._spool.total_bytes >= self._config.spool_max_bytes:
+                self._spool_full()
+        elif len(buffer.memory) >= self._batch_size:  # len(buffer), without the spool's part
             self._full.set()
-        if self._buffer.spilled and self._spool.total_bytes >= self._config.spool_max_bytes:
-            self._spool_full()
 
     async def run(self, drain: asyncio.Event) -> None:
         """Flush until `drain` is set, then store (or spool) what is left. A cancellation

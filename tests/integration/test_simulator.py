@@ -138,7 +138,9 @@ async def test_leave_unsubscribes_only_the_connection_that_left(
     await sim.wait_for(lambda: sim.room_subscribers(ROOM_USDT) == 1)
 
     assert await sim.send_balance(WALLET, USDT, "5") == 1
-    assert parse_frame(await stayer.receive_str(timeout=2.0)) == BalanceUpdate(WALLET, USDT, "5")
+    assert parse_frame(await stayer.receive_str(timeout=2.0)) == BalanceUpdate(
+        WALLET, USDT, "5", room_for(WALLET, USDT)
+    )
     await assert_silent(leaver)
     assert sim.events[-1].kind == "leave"
 
@@ -170,8 +172,12 @@ async def test_send_balance_reaches_only_connections_that_joined_the_room(
     assert await sim.send_balance(WALLET, USDT, "12.5") == 1
     assert await sim.send_balance(WALLET, WSOL, "0.25") == 1
 
-    assert parse_frame(await usdt.receive_str(timeout=2.0)) == BalanceUpdate(WALLET, USDT, "12.5")
-    assert parse_frame(await wsol.receive_str(timeout=2.0)) == BalanceUpdate(WALLET, WSOL, "0.25")
+    assert parse_frame(await usdt.receive_str(timeout=2.0)) == BalanceUpdate(
+        WALLET, USDT, "12.5", room_for(WALLET, USDT)
+    )
+    assert parse_frame(await wsol.receive_str(timeout=2.0)) == BalanceUpdate(
+        WALLET, WSOL, "0.25", room_for(WALLET, WSOL)
+    )
     await assert_silent(usdt)
     await assert_silent(idle)
 
@@ -394,7 +400,9 @@ async def test_a_room_left_then_joined_by_another_client_is_no_overlap_and_count
     assert open_sim.overlaps == []
     assert open_sim.room_holders(ROOM_USDT) == {"replica-b"}
     assert open_sim.delivered == Counter({("replica-a", ROOM_USDT): 1, ("replica-b", ROOM_USDT): 2})
-    assert parse_frame(await a.receive_str(timeout=2.0)) == BalanceUpdate(WALLET, USDT, "1")
+    assert parse_frame(await a.receive_str(timeout=2.0)) == BalanceUpdate(
+        WALLET, USDT, "1", room_for(WALLET, USDT)
+    )
     await assert_silent(a)
 
 

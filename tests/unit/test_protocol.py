@@ -87,7 +87,7 @@ def test_amount_keeps_its_exact_value_and_scale_in_plain_notation_without_a_floa
     text: str, expected: str
 ) -> None:
     frame = parse_frame(message(text))
-    assert frame == BalanceUpdate(WALLET, TOKEN, expected)
+    assert frame == BalanceUpdate(WALLET, TOKEN, expected, room())
     assert_amount(frame, Decimal(text))
 
 
@@ -97,7 +97,7 @@ def test_the_upstream_example_parses() -> None:
         "data": {"wallet": WALLET, "token": TOKEN, "amount": 76989.158861},
         "room": room(),
     }
-    assert parse_frame(json.dumps(example)) == BalanceUpdate(WALLET, TOKEN, "76989.158861")
+    assert parse_frame(json.dumps(example)) == BalanceUpdate(WALLET, TOKEN, "76989.158861", room())
 
 
 @pytest.mark.parametrize(
@@ -164,7 +164,7 @@ def test_an_unknown_frame_keeps_its_room_for_the_status() -> None:
 
 def test_a_message_on_a_wallet_room_is_a_balance_of_the_token_it_names() -> None:
     update = parse_frame(message("12.5", token=SOL, room_name=room(WALLET, None)))
-    assert update == BalanceUpdate(WALLET, SOL, "12.5", wallet_room=True)
+    assert update == BalanceUpdate(WALLET, SOL, "12.5", room(WALLET, None), wallet_room=True)
     assert isinstance(update, BalanceUpdate)
     assert update.room == room(WALLET, None)
 
