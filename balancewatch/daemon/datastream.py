@@ -146,7 +146,9 @@ class DatastreamClient:
         self._host = urlsplit(config.datastream_url).netloc
         self.connected = False
         self.connections = 0
-        self._last_frame = 0.0  # loop time of the last frame read
+        # time.monotonic() of the last frame read: the clock of the default event loop, read
+        # with no Python frame between (this runs for every frame)
+        self._last_frame = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session:
@@ -226,7 +228,7 @@ class DatastreamClient:
                 if self._while_connected is not None:
                     per_connection.append(tasks.create_task(self._while_connected(sender)))
                 closer = tasks.create_task(self._close_when(stop, ws, sender))
-                self._last_frame = asyncio.get_running_loop().time()
+                self._last_frame = time.monotonic()
                 reason = await _first_of(self._read(ws), self._watch_idle())
                 sender.retire()
                 for task in per_connection:
@@ -244,8 +246,8 @@ class DatastreamClient:
 
     @staticmethod
     def _wall_time(loop_time: float) -> datetime:
-        # Kept as loop time, read on every frame; turned into a wall-clock time only here.
-        ago = asyncio.get_running_loop().time() - loop_time
+        # Kept as monotonic time, read on every frame; turned into a wall-clock time only here.
+        ago = time.monotonic() - loop_time
         return datetime.now(UTC) - timedelta(seconds=max(0.0, ago))
 
     def _secret_key(self) -> str:
@@ -256,7 +258,7 @@ class DatastreamClient:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> str:
         # Runs for every frame: what it looks up each time is looked up once, here.
-        clock = asyncio.get_running_loop().time
+        clock = time.monotonic
         receive, text, may_read = ws.receive, self._ingest.text, self._may_read
         text_type = aiohttp.WSMsgType.TEXT
         while True:
@@ -299,13 +301,12 @@ class DatastreamClient:
         A deadline armed and disarmed around every read costs a third of the read loop at
         high rates; this looks at the time of the last frame once per deadline instead.
         """
-        loop = asyncio.get_running_loop()
         idle = self._config.idle_timeout
         while True:
             if not self._may_read.is_set():  # paused by us, not silence from the peer
                 await self._may_read.wait()
-                self._last_frame = loop.time()
-            remaining = self._last_frame + idle - loop.time()
+                self._last_frame = time.monotonic()
+            remaining = self._last_frame + idle - time.monotonic()
             if remaining <= 0:
                 log.warning("datastream.idle", seconds=idle)
                 return "idle timeout"

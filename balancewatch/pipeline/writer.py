@@ -93,6 +93,9 @@ class Writer:
         )
         self._connection = DedicatedConnection(url, role="writer", timeout=config.write_timeout)
         self._work = asyncio.Event()
+        # True while the loop waits on `_work` for a first row: only then does `add` set it
+        # (a method call a row saved; it is cleared nowhere else).
+        self._idle = True
         self._full = asyncio.Event()
         self._batch_stored = asyncio.Event()
         self._retry = Backoff(config.retry_initial, config.retry_max)
@@ -113,7 +116,9 @@ class Writer:
     def add(self, line: BalanceLine) -> None:
         buffer = self._buffer
         buffer.add(line)
-        self._work.set()
+        if self._idle:
+            self._idle = False
+            self._work.set()
         if buffer.spilled:
             if len(buffer) >= self._batch_size:
                 self._full.set()
@@ -169,6 +174,7 @@ class Writer:
         """True when a batch is due: full, or its oldest row old enough."""
         if not self._buffer.has_rows():
             self._work.clear()
+            self._idle = True
             await wait_first(self._work, drain, timeout=None)
             if not self._buffer.has_rows():
                 return False
