@@ -718,7 +718,7 @@ async def _ingest_cpu(plan: Plan, url: URL, db: Any, results: Results) -> None:
             env = _scale_env(plan, url, sim, scratch)
             for name in ("BALANCEWATCH_RPC_URL", "BALANCEWATCH_RPC_MAX_RPS"):
                 env.pop(name)
-            await db.execute(_INSTALL_COUNT_TRIGGER)
+            await db.execute(_INSTALL_TRIGGER)
             async with _daemon_process(env) as process:
                 rooms = {room_for(*pair) for pair in pairs}
                 await sim.wait_for(lambda: rooms <= sim.joined_rooms(), timeout=60)
@@ -730,7 +730,7 @@ async def _ingest_cpu(plan: Plan, url: URL, db: Any, results: Results) -> None:
                     async with bench_cpu.profiled(process.pid, spy) as spots:
                         await _subprocess_run(plan, sim, db, frames, process)
     finally:
-        await db.execute(_DROP_COUNT_TRIGGER)
+        await db.execute(_DROP_TRIGGER)
         shutil.rmtree(scratch, ignore_errors=True)
     rate = statistics.median(rates)
     results.add(
@@ -762,8 +762,8 @@ async def _subprocess_run(
     plan: Plan, sim: Simulator, db: Any, frames: list[bytes], process: asyncio.subprocess.Process
 ) -> tuple[float, float]:
     """One ingest run to the daemon subprocess, from an empty history: its CPU seconds and
-    rows a second, from the first frame written until the commit of the last row (a statement
-    trigger NOTIFYs each COPY's row count, delivered at commit)."""
+    rows a second, from the first frame written until the commit of the last row (the latency
+    section's statement trigger NOTIFYs each COPY's row count, delivered at commit)."""
     await _settle(db)
     await asyncio.sleep(0.2)  # the daemon idle again after the TRUNCATE's wait
     stored = 0
@@ -771,11 +771,11 @@ async def _subprocess_run(
 
     def on_commit(_conn: object, _pid: int, _channel: str, payload: object) -> None:
         nonlocal stored
-        stored += int(str(payload))
+        stored += int(str(payload).split(",")[2])  # min, max, count, oldest
         if stored >= plan.messages:
             done.set()
 
-    await db.add_listener(_COUNT_CHANNEL, on_commit)
+    await db.add_listener(_NOTIFY_CHANNEL, on_commit)
     try:
         cpu = bench_cpu.cpu_seconds(process.pid)
         started = time.perf_counter()
@@ -789,23 +789,7 @@ async def _subprocess_run(
         elapsed = time.perf_counter() - started
         return bench_cpu.cpu_seconds(process.pid) - cpu, plan.messages / elapsed
     finally:
-        await db.remove_listener(_COUNT_CHANNEL, on_commit)
-
-
-_COUNT_CHANNEL = "balancewatch_bench_count"
-_INSTALL_COUNT_TRIGGER = """
-CREATE OR REPLACE FUNCTION bench_notify_count() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('balancewatch_bench_count', (SELECT count(*)::text FROM bench_new));
-    RETURN NULL;
-END $$;
-CREATE TRIGGER bench_notify_count AFTER INSERT ON balance_rows
-    REFERENCING NEW TABLE AS bench_new FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_count();
-"""
-_DROP_COUNT_TRIGGER = """
-DROP TRIGGER IF EXISTS bench_notify_count ON balance_rows;
-DROP FUNCTION IF EXISTS bench_notify_count();
-"""
+        await db.remove_listener(_NOTIFY_CHANNEL, on_commit)
 
 
 # -- scale: the daemon as a subprocess -------------------------------------------------------------

@@ -145,6 +145,33 @@ def test_a_bad_frame_is_rejected_with_its_reason(frame: str, reason: str) -> Non
     assert result.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (message("1", room_name=room(WALLET, SOL)), "room_mismatch"),
+        (message("1", wallet=WALLET2, room_name=room(WALLET, None)), "room_mismatch"),
+        (message("1", token="O" + TOKEN[1:], room_name=room(WALLET, None)), "invalid_fields"),
+        (message("-1"), "negative_amount"),
+    ],
+)
+def test_a_room_already_seen_well_formed_checks_each_message_all_the_same(
+    frame: str, reason: str
+) -> None:
+    # Its room is remembered once a message on it parses: the next ones take a shorter way,
+    # which must come to the same answer as the first, good or bad.
+    assert isinstance(parse_frame(message("1")), BalanceUpdate)
+    assert isinstance(
+        parse_frame(message("1", token=SOL, room_name=room(WALLET, None))), BalanceUpdate
+    )
+    for _ in range(2):
+        result = parse_frame(frame)
+        assert isinstance(result, Rejected)
+        assert result.reason == reason
+    update = parse_frame(message("2", token=SOL, room_name=room(WALLET, None)))
+    assert update == BalanceUpdate(WALLET, SOL, "2", room(WALLET, None), wallet_room=True)
+    assert parse_frame(message("3")) == BalanceUpdate(WALLET, TOKEN, "3", room())
+
+
 def test_an_extra_field_in_a_message_is_rejected() -> None:
     frame = message("1")[:-1] + ',"extra":1}'
     result = parse_frame(frame)
