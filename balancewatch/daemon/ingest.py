@@ -108,17 +108,19 @@ class Ingest:
 
     def _balance(self, update: BalanceUpdate, data: str) -> None:
         room = update.room
-        held = self._subscriptions.is_held(room)
         epoch = None if self._epoch_for is None else self._epoch_for(room)
-        if not held and epoch is None:
-            not_joined = Rejected("room_not_joined", "no join was sent for this room", room)
-            self._reject(not_joined, data, _utf8_size(data))
-            return
-        if epoch is None and self._epoch_for is not None:
-            # Received after this replica stopped trusting the shard's lease: another one
-            # holds the room by now, or will, and stores what it receives.
-            self.fenced += 1
-            return
+        # With an epoch (its shard's lease trusted) the row is stored whatever is_held says, as
+        # it always was: is_held is asked only of a room without one (a call a message saved).
+        if epoch is None:
+            if not self._subscriptions.is_held(room):
+                not_joined = Rejected("room_not_joined", "no join was sent for this room", room)
+                self._reject(not_joined, data, _utf8_size(data))
+                return
+            if self._epoch_for is not None:
+                # Received after this replica stopped trusting the shard's lease: another one
+                # holds the room by now, or will, and stores what it receives.
+                self.fenced += 1
+                return
         self.messages += 1
         self._rows.add(self._stamps.line(update.wallet, update.token, update.amount, epoch))
         self._subscriptions.delivered(room)
