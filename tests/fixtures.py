@@ -24,7 +24,7 @@ from balancewatch.devtools.simulator import Simulator
 from balancewatch.settings import parse_database_url
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn, create_engine
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, cluster_base_dir
 
 # The test cluster trusts loopback connections and ignores a password, so one can be put in
 # the URL only to be looked for in the output.
@@ -50,7 +50,7 @@ def server_url() -> Iterator[URL]:
     if given:
         yield parse_database_url(given)
         return
-    with LocalPostgres() as cluster:
+    with LocalPostgres(base_dir=cluster_base_dir()) as cluster:
         yield parse_database_url(cluster.url())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -77,6 +78,24 @@ def scratch_dir(prefix: str) -> Path:
     """A fresh directory under this test run's scratch root (removed when the run ends)."""
     SCRATCH_ROOT.mkdir(exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=SCRATCH_ROOT))
+
+
+# The tests' own Postgres clusters live in memory when the machine has a tmpfs with room to
+# spare. They never fsync (LocalPostgres), but on a disk their writes still wait behind every
+# other writer's dirty pages: on a busy machine, an integration test's setup (mostly cloning
+# the template) took 0.47 s there and 0.08 s here (medians), and the tier half the time. What
+# the tests prove does not change: no test pulls the plug on the machine, and the outages stop
+# and start the same server as on a disk.
+_MEMORY_FS = Path("/dev/shm")
+_MEMORY_FS_MIN_FREE = 2 * 1024**3
+
+
+def cluster_base_dir() -> Path | None:
+    """A fresh directory for a test cluster (LocalPostgres(base_dir=...), which deletes it at
+    cleanup), on /dev/shm if it has room; else None, for LocalPostgres's own temporary one."""
+    if not _MEMORY_FS.is_dir() or shutil.disk_usage(_MEMORY_FS).free < _MEMORY_FS_MIN_FREE:
+        return None
+    return Path(tempfile.mkdtemp(prefix="balancewatch-pg-", dir=_MEMORY_FS))
 
 
 def make_settings(database_url: URL, datastream_url: str, **overrides: Any) -> Settings:

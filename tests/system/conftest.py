@@ -16,6 +16,7 @@ from balancewatch.devtools.localpg import LocalPostgres
 from balancewatch.settings import parse_database_url
 from balancewatch.store import migrate
 from balancewatch.store.db import create_engine
+from tests.helpers import cluster_base_dir
 from tests.processes import DaemonProcess, StartDaemon, started
 
 
@@ -34,7 +35,7 @@ async def start_daemon() -> AsyncIterator[StartDaemon]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalPostgres]:
     """A Postgres cluster of the module's own, which its tests may stop and start."""
-    with LocalPostgres() as pg:
+    with LocalPostgres(base_dir=cluster_base_dir()) as pg:
         yield pg
 
 

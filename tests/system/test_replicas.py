@@ -195,8 +195,17 @@ async def test_sigstop_past_the_lease_then_sigcont_and_it_stores_nothing_receive
     a, b = await two_replicas(start_daemon, database_url, db, stream)
     async with numbered_messages(stream, PAIRS, per_second=200) as reached:
         await asyncio.sleep(0.5)
+        # Every message sent so far is read before the freeze: the pongs to a ping sent after
+        # them prove it. (One still in B's socket buffer at SIGSTOP is read after its lease
+        # ended, and rightly refused: on a busy machine that made `before` below fail.)
+        frozen_at = len(reached)
+        pongs = sum(event.kind == "pong" for event in stream.events)
+        await stream.ping()
+        await stream.wait_for(
+            lambda: sum(event.kind == "pong" for event in stream.events) >= pongs + 2, timeout=10
+        )
         os.kill(b.process.pid, signal.SIGSTOP)
-        frozen, frozen_at = time.monotonic(), len(reached)
+        frozen = time.monotonic()
         # A takes B's shards once they expire; B's connection still holds its rooms upstream
         # (the one allowed overlap: a process frozen too hard to leave).
         await wait_until(
