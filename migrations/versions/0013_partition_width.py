@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from balancewatch.store.migration_sql import grants_following
+
 revision: str = "0013"
 down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
@@ -118,22 +120,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
 $$
 """
 
-# A role granted the old signature (the README's least-privilege role) keeps its right.
-_MOVE_GRANTS = """
-DO $$
-DECLARE
-    grantee regrole;
-BEGIN
-    FOR grantee IN
-        SELECT a.grantee::regrole FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
-        WHERE p.oid = '{old}'::regprocedure AND a.privilege_type = 'EXECUTE'
-          AND a.grantee NOT IN (0, p.proowner)
-    LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION {new} TO %s', grantee);
-    END LOOP;
-END
-$$
-"""
 _OLD_CREATE = "create_balance_partition(date)"
 _NEW_CREATE = "create_balance_partition(date, integer)"
 
@@ -163,5 +149,6 @@ def downgrade() -> None:
 def _replace_create(old: str, definition: str, new: str) -> None:
     op.execute(definition)
     op.execute(f"REVOKE EXECUTE ON FUNCTION {new} FROM PUBLIC")
-    op.execute(_MOVE_GRANTS.format(old=old, new=new))
+    # A role granted the old signature (the README's least-privilege role) keeps its right.
+    op.execute(grants_following(old, new))
     op.execute(f"DROP FUNCTION {old}")

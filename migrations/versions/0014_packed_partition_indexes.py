@@ -30,6 +30,7 @@ from alembic import op
 
 from balancewatch.logs import get_logger
 from balancewatch.progress import Progress, shown
+from balancewatch.store.migration_sql import grants_following
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -125,22 +126,11 @@ $$
 
 # Roles that may make partitions (the README's least-privilege role) may pack them, and count
 # the default partition's rows: 0013 asked upgraded installs to grant that one by hand.
-_SHARE_GRANTS = """
-DO $$
-DECLARE
-    grantee regrole;
-BEGIN
-    FOR grantee IN
-        SELECT a.grantee::regrole FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
-        WHERE p.oid = 'create_balance_partition(date, integer)'::regprocedure
-          AND a.privilege_type = 'EXECUTE' AND a.grantee NOT IN (0, p.proowner)
-    LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION pack_balance_partition(date) TO %s', grantee);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION default_partition_rows() TO %s', grantee);
-    END LOOP;
-END
-$$
-"""
+_SHARE_GRANTS = grants_following(
+    "create_balance_partition(date, integer)",
+    "pack_balance_partition(date)",
+    "default_partition_rows()",
+)
 
 # Every partition and what its own index is to be called: packed if it is closed.
 _PARTITIONS = """

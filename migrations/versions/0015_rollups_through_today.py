@@ -21,12 +21,11 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from balancewatch.store.migration_sql import earlier_migration, grants_following
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -34,18 +33,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _sibling(name: str) -> ModuleType:
-    """An earlier migration's module, for its SQL (the one aggregate, and the downgrade)."""
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"balancewatch_migration_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no migration {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_ROLLUPS = _sibling("0011_daily_rollups_and_retention.py")
+_ROLLUPS = earlier_migration(__file__, "0011_daily_rollups_and_retention.py")
 _LOCK_KEY = _ROLLUPS._LOCK_KEY
 _UTC_DAY = _ROLLUPS._UTC_DAY
 _DAY_START = _ROLLUPS._DAY_START
@@ -208,21 +196,7 @@ JOIN pairs p USING (pair_id)
 """  # noqa: S608 (our constants only)
 
 # A role that may roll a day up (the README's) may move the watermark.
-_SHARE_GRANTS = """
-DO $$
-DECLARE
-    grantee regrole;
-BEGIN
-    FOR grantee IN
-        SELECT a.grantee::regrole FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
-        WHERE p.oid = 'roll_up_day(date)'::regprocedure
-          AND a.privilege_type = 'EXECUTE' AND a.grantee NOT IN (0, p.proowner)
-    LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION roll_up_to(timestamptz) TO %s', grantee);
-    END LOOP;
-END
-$$
-"""
+_SHARE_GRANTS = grants_following("roll_up_day(date)", "roll_up_to(timestamptz)")
 
 
 def upgrade() -> None:

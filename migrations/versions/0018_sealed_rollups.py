@@ -26,12 +26,11 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from balancewatch.store.migration_sql import earlier_migration, grants_following
 
 revision: str = "0018"
 down_revision: str | None = "0017"
@@ -39,22 +38,10 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _sibling(name: str) -> ModuleType:
-    """An earlier migration's module, for its SQL (the downgrade's functions)."""
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"balancewatch_migration_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no migration {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_THROUGH_TODAY = _sibling("0015_rollups_through_today.py")
+_THROUGH_TODAY = earlier_migration(__file__, "0015_rollups_through_today.py")
 _LOCK_KEY = _THROUGH_TODAY._LOCK_KEY  # the partitions' maintenance
 _UTC_DAY = _THROUGH_TODAY._UTC_DAY
 _DAY_START = _THROUGH_TODAY._DAY_START
-_COLUMNS = _THROUGH_TODAY._COLUMNS
 _SEAL_KEY = 0x62777365  # "bwse": held shared by every insert into balance_rows until its commit
 # How close to the database's clock the seal may come (the keeper's ROLLUP_GRACE): rows read
 # from the socket reach the database within seconds, and those later than this mark their day.
@@ -120,60 +107,18 @@ $$
 """  # noqa: S608 (our constants only)
 
 # 0015's, bounded by the seal instead of the clock.
-_ROLL_UP_TO = f"""
-CREATE OR REPLACE FUNCTION roll_up_to(until timestamptz) RETURNS timestamptz
-LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER SET search_path = public, pg_temp AS $$
-DECLARE
-    state rollup_state;
-    day_start timestamptz;
-    target timestamptz;
-BEGIN
-    PERFORM pg_advisory_xact_lock({_LOCK_KEY});
-    SELECT * INTO state FROM rollup_state;
-    day_start := {_DAY_START.format(day="state.live_from")};
-    target := least(until, {_DAY_START.format(day="state.live_from + 1")}, state.sealed_until);
-    IF target <= state.rolled_until THEN
-        RETURN state.rolled_until;
-    END IF;
-    DELETE FROM rollup_invalid i WHERE i.day = state.live_from;
-    IF FOUND OR state.rolled_until = day_start THEN
-        DELETE FROM daily_rows d WHERE d.day = state.live_from;
-        INSERT INTO daily_rows {_COLUMNS} SELECT * FROM daily_figures(day_start, target);
-    ELSE
-        INSERT INTO daily_rows AS d {_COLUMNS}
-        SELECT * FROM daily_figures(state.rolled_until, target)
-        ON CONFLICT (pair_id, day) DO UPDATE SET
-            last = excluded.last, low = least(d.low, excluded.low),
-            high = greatest(d.high, excluded.high), messages = d.messages + excluded.messages;
-    END IF;
-    UPDATE rollup_state SET rolled_until = target;
-    -- Both stay tiny; unanalyzed, the planner prices balance_daily's plan at millions of rows
-    -- and Postgres compiles it with JIT (0011).
-    ANALYZE rollup_invalid, rollup_state;
-    RETURN target;
-END
-$$
-"""  # noqa: S608 (our constants only)
+_CLOCK_BOUND = f"clock_timestamp() - {_THROUGH_TODAY._GRACE}"
+_ROLL_UP_TO = _THROUGH_TODAY._ROLL_UP_TO.replace(
+    "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"
+).replace(_CLOCK_BOUND, "state.sealed_until")
 
 # A role that may move the watermark (the README's) may seal.
-_SHARE_GRANTS = """
-DO $$
-DECLARE
-    grantee regrole;
-BEGIN
-    FOR grantee IN
-        SELECT a.grantee::regrole FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
-        WHERE p.oid = 'roll_up_to(timestamptz)'::regprocedure
-          AND a.privilege_type = 'EXECUTE' AND a.grantee NOT IN (0, p.proowner)
-    LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION seal_rollup(timestamptz) TO %s', grantee);
-    END LOOP;
-END
-$$
-"""
+_SHARE_GRANTS = grants_following("roll_up_to(timestamptz)", "seal_rollup(timestamptz)")
 
 
 def upgrade() -> None:
+    if _CLOCK_BOUND not in _THROUGH_TODAY._ROLL_UP_TO:  # 0015's text changed: nothing to bound
+        raise RuntimeError("0018: roll_up_to's text is not 0015's")
     for statement in _STATE:
         op.execute(statement)
     op.execute(_SEAL)

@@ -19,12 +19,11 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from balancewatch.store.migration_sql import earlier_migration
 
 revision: str = "0019"
 down_revision: str | None = "0018"
@@ -32,18 +31,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _sibling(name: str) -> ModuleType:
-    """An earlier migration's module, for its SQL (the view it replaces)."""
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"balancewatch_migration_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no migration {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_THROUGH_TODAY = _sibling("0015_rollups_through_today.py")
+_THROUGH_TODAY = earlier_migration(__file__, "0015_rollups_through_today.py")
 _DAY_START = _THROUGH_TODAY._DAY_START
 _NOT_MARKED = "<> ALL (ARRAY(SELECT i.day FROM rollup_invalid i))"
 

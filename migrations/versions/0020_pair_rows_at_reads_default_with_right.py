@@ -15,12 +15,11 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from balancewatch.store.migration_sql import earlier_migration
 
 revision: str = "0020"
 down_revision: str | None = "0019"
@@ -28,18 +27,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _sibling(name: str) -> ModuleType:
-    """An earlier migration's module, for its SQL (the function changed here)."""
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"balancewatch_migration_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no migration {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_BEFORE = _sibling("0017_pair_rows_at.py")._PAIR_ROWS_AT.replace(
+_BEFORE = earlier_migration(__file__, "0017_pair_rows_at.py")._PAIR_ROWS_AT.replace(
     "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"
 )
 _DEFAULT_BY_NAME = "        below := 'balance_rows_default';\n"

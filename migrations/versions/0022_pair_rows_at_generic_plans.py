@@ -18,12 +18,11 @@ Create Date: 2026-11-30
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 from alembic import op
+
+from balancewatch.store.migration_sql import earlier_migration
 
 revision: str = "0022"
 down_revision: str | None = "0021"
@@ -31,18 +30,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _sibling(name: str) -> ModuleType:
-    """An earlier migration's module, for its SQL (the function replaced here)."""
-    path = Path(__file__).with_name(name)
-    spec = importlib.util.spec_from_file_location(f"balancewatch_migration_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no migration {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_BEFORE = _sibling("0020_pair_rows_at_reads_default_with_right.py")._AFTER
+_BEFORE = earlier_migration(__file__, "0020_pair_rows_at_reads_default_with_right.py")._AFTER
 
 # The pair's `n` newest rows at or before `at` (every one for n NULL), newest first: the lower
 # bound and the fallbacks as in 0017 (LIMIT NULL is no limit).
