@@ -1,12 +1,15 @@
 """asyncio helpers shared by the long-running loops and the commands: waiting for the first of
-several events, backoff between retries, and running a command's coroutine to an exit code."""
+several events, backoff between retries, running a command's coroutine to an exit code, and the
+time of an event as a burst of them shares it."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +21,41 @@ log = logs.get_logger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class SharedClock:
+    """The time now, in whole milliseconds rounded up: one `datetime` object shared by every
+    reading until the clock passes it. The joins of a large watchlist are acknowledged tens of
+    thousands a second, and each ack's state change and listening period keep their time until
+    they are written: one object a millisecond, not one a pair (48 bytes a pair).
+
+    Rounded up, never down: a listening period must not start before the ack that opened it
+    (the history would claim a moment not listened to), and one that ends a moment late still
+    ends before the server has taken the leave in."""
+
+    def __init__(
+        self,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._monotonic = monotonic
+        self._now = now
+        self._until = float("-inf")  # on the monotonic clock: when the time passes `_last`
+        self._last = datetime.min.replace(tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        tick = self._monotonic()
+        if tick >= self._until:
+            now = self._now()
+            ahead = timedelta(microseconds=-now.microsecond % 1000)
+            self._last = now + ahead
+            self._until = tick + ahead.total_seconds()
+        return self._last
+
+
+# One for the process, as datetime.now is: what shares a moment is then found equal by identity.
+shared_now = SharedClock()
 
 
 async def wait_first(*events: asyncio.Event, timeout: float | None) -> None:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import uuid
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
 from balancewatch.aio import wait_first
 from balancewatch.domain import EndReason, Watch
-from balancewatch.store.writes import PeriodEnd, PeriodStart
+from balancewatch.store.writes import PeriodEnd, PeriodId, PeriodStart
 
 # How often the process confirms its periods, and how long a silent process keeps its own:
 # several missed confirmations, so that a slow database does not cost a live daemon them.
@@ -30,14 +29,16 @@ CONFIRM_INTERVAL: Final = 5.0
 SILENT_AFTER: Final = timedelta(seconds=3 * CONFIRM_INTERVAL)
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
 def holder_name(replica_id: str) -> str:
     """This process among all that ever listened, and among the replicas: its replica id and
     a random part (a replica id is kept across restarts, a pid and a host name are reused)."""
     return f"{replica_id}/{secrets.token_hex(4)}"
+
+
+def now_utc() -> datetime:
+    """Exact, never shared (aio.SharedClock): a period's start is the moment of its ack, and a
+    snapshot read right after it must not look older than the period."""
+    return datetime.now(UTC)
 
 
 class PeriodSink(Protocol):
@@ -63,7 +64,8 @@ class Coverage:
         self._sink = sink
         self._clock = clock
         # A period's id: this instance's random half, then a counter. Only the counter is kept
-        # per open pair (a small int, not a UUID and a start time): 100,000 pairs cost 3 MB.
+        # per open pair (a small int, not a UUID and a start time): 100,000 pairs cost 3 MB;
+        # and only the number until the write makes it a UUID.
         self._prefix = secrets.randbits(64) << 64
         self._count = 0
         self._open: dict[Watch, int] = {}
@@ -98,8 +100,8 @@ class Coverage:
                 for watcher in self.watchers:
                     watcher.pair_ended(pair)
 
-    def _id(self, number: int) -> uuid.UUID:
-        return uuid.UUID(int=self._prefix | number)
+    def _id(self, number: int) -> PeriodId:
+        return self._prefix | number
 
     def all_ended(self, reason: EndReason, at: datetime) -> None:
         self.ended(list(self._open), reason, at)

@@ -259,7 +259,7 @@ class Subscriptions:
     async def _apply(self, sender: RoomSender, scope: Set[str] | None = None) -> None:
         """Join and leave until the held rooms are the wanted ones (among `scope`, if given)."""
         if scope is None:
-            diff = diff_rooms(set(self._wanted), self._held)
+            diff = diff_rooms(self._wanted.keys(), self._held)
         else:
             diff = diff_rooms(scope & self._wanted.keys(), scope & self._held)
         moved = {room for room in diff.leave if self.elsewhere(room)}

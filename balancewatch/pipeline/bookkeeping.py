@@ -17,12 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Generic, Literal, TypeVar, get_args
 
 from sqlalchemy.engine import URL
 
-from balancewatch.aio import Backoff, finish_despite_cancel, wait_first
+from balancewatch.aio import Backoff, finish_despite_cancel, shared_now, wait_first
 from balancewatch.domain import ChainReadKind, ChainReadResult, PairState, Watch
 from balancewatch.logs import describe_error, get_logger
 from balancewatch.settings import Settings, config_from
@@ -73,6 +73,7 @@ class Bookkeeping:
             url, role="bookkeeping", timeout=config.write_timeout
         )
         self._status: dict[Watch, StatusChange] = {}
+        self._last_change = StatusChange("left", shared_now(), None)
         self._rejected = _Rows[RejectedRow](config.max_rejected_pending)
         self._starts: list[PeriodStart] = []
         self._ends: list[PeriodEnd] = []
@@ -107,7 +108,11 @@ class Bookkeeping:
         self, pairs: Iterable[Watch], state: PairState, error: str | None = None
     ) -> None:
         """Record a state change; of several for one pair before a write, the last one wins."""
-        change = StatusChange(state, datetime.now(UTC), error)
+        change = self._last_change
+        now = shared_now()
+        # The acks of a large join come one by one: their changes share one object a moment.
+        if not (change.state == state and change.error == error and change.since is now):
+            change = self._last_change = StatusChange(state, now, error)
         for pair in pairs:
             self._status[pair] = change
         if self._status:

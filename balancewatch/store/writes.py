@@ -149,16 +149,21 @@ async def write_checkpoint(
     await raw.execute(_WRITE_CHECKPOINT, spool_id, segment, offset, timeout=timeout)
 
 
+# A listening period's id, the 128 bits of the UUID it is stored under: kept as a number until
+# the write (a UUID object is 100 bytes more, for every period waiting to be written).
+PeriodId = int
+
+
 @dataclass(frozen=True, slots=True)
 class PeriodStart:
-    id: uuid.UUID
+    id: PeriodId
     pair: Watch  # token None: a wallet room's period, covering every token
     at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class PeriodEnd:
-    id: uuid.UUID
+    id: PeriodId
     at: datetime
     reason: EndReason
 
@@ -208,7 +213,7 @@ async def write_periods(
         if starts:
             await raw.execute(
                 _START_PERIODS,
-                [start.id for start in starts],
+                [uuid.UUID(int=start.id) for start in starts],
                 [start.pair[0] for start in starts],
                 [start.pair[1] for start in starts],
                 [start.at for start in starts],
@@ -218,7 +223,7 @@ async def write_periods(
         if ends:
             await raw.execute(
                 _END_PERIODS,
-                [end.id for end in ends],
+                [uuid.UUID(int=end.id) for end in ends],
                 [end.at for end in ends],
                 [end.reason for end in ends],
                 timeout=timeout,

@@ -62,7 +62,7 @@ async def test_periods_after_a_failed_piece_wait_in_their_order_starts_before_en
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     books, calls = _bookkeeping(monkeypatch, fail_at=2)
-    starts = [PeriodStart(uuid.uuid4(), pair, T) for pair in PAIRS]
+    starts = [PeriodStart(uuid.uuid4().int, pair, T) for pair in PAIRS]
     ends = [PeriodEnd(start.id, T, "left") for start in starts[:3]]
     for start in starts:
         books.period_started(start)
