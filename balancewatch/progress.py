@@ -7,7 +7,8 @@ quiet. The daemon's own long work (joining a large watchlist, replaying a spool)
 `shown` is for commands a person starts (`watch import`, `bench --history`, the demo, a long
 migration): on a terminal it draws a rich bar instead of the lines, which a terminal shows
 better and a log collector cannot read at all. rich is imported there, only when a bar is
-drawn, so neither the daemon nor a command whose output is piped ever loads it.
+drawn; structlog loads part of it in every process all the same (`structlog.dev` imports
+`rich.console` and `rich.traceback` whenever rich is installed: 8.5 MB of the daemon's memory).
 """
 
 from __future__ import annotations
