@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
-from sys import intern
 
 from balancewatch.domain import Watch, address_problems, room_for
 
@@ -54,9 +53,10 @@ def wanted_rooms(enabled: Iterable[Watch], whole: Set[str] | None = None) -> Wan
     for watch in rows:
         wallet, token = watch
         problems = address_problems(wallet=wallet, token=token)
-        # Interned, and the row's own tuple kept: each pair's strings exist once, however
-        # many structures hold them and however often the watchlist is read again.
-        room = intern(room_for(wallet, token))
+        # Not interned: the interpreter's table of interned strings would keep an entry for
+        # each (37 MB at 1,000,000 rooms). Every structure keyed by room takes its keys from
+        # one read (Subscriptions re-keys the rooms it holds), so each exists once anyway.
+        room = room_for(wallet, token)
         if problems:
             invalid[watch] = "; ".join(problems)
         elif token is not None and wallet in whole:

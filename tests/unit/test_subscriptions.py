@@ -141,6 +141,19 @@ async def test_wanting_the_same_rooms_again_sends_nothing(subs: Subscriptions) -
     assert sender.frames == frames
 
 
+async def test_a_whole_read_again_leaves_each_held_room_in_memory_once(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    """A whole read makes every room string anew: the held rooms take the new ones, or each
+    room would stay in memory twice (rooms are not interned)."""
+    sender = await holding(subs, status, A, B)
+    again = want(A, B, C)
+    await subs.want(again)
+    assert sender.frames == [("join", r(C))]
+    new_keys = {id(key) for key in again.rooms}
+    assert {id(held) for held in subs.held} == new_keys
+
+
 async def test_unwanting_rooms_leaves_them_and_records_leaving_then_left(
     subs: Subscriptions, status: FakeStatus
 ) -> None:
