@@ -22,8 +22,9 @@ log = logs.get_logger(__name__)
 
 # How much of a rejected frame a log line (and a room's last_error) quotes; the table keeps more.
 _SAMPLE_CHARS: Final = 200
-# Token rooms whose pair key is kept (about 200 bytes each), as the parser bounds the rooms it
-# knows: emptied when full, so a watchlist of a million pairs cannot make it grow with it.
+# Token rooms whose pair key is kept (about 350 bytes each with the room's name: 6 MB at most),
+# bounded as the parser bounds the rooms it knows: emptied when full, so a watchlist of a
+# million pairs cannot make it grow with it.
 _PAIR_KEYS_MAX: Final = 16_384
 
 

@@ -1,7 +1,7 @@
 """Each pair's id in `pairs`, so that a row is stored as a small number, not two addresses.
 
 A row travels as its line, `wallet<TAB>token<TAB>amount<TAB>received_at<TAB>epoch<LF>` (see
-records.py), in memory cut in two after `wallet<TAB>token`: in the spool (which may outlive a
+records.py; in memory, cut in two after `wallet<TAB>token`), in the spool (which may outlive a
 database, so it keeps the addresses) and up to the COPY. There, the line's `wallet<TAB>token`
 is replaced with the pair's id, looked up in a dict of this process: one dict look-up and one
 concatenation a row (and, for a line read back from the spool, finding where its key ends).
