@@ -230,6 +230,11 @@ def _add_devtools_commands(commands: Commands) -> None:
     )
     bench.add_argument("--quick", action="store_true", help="a small, fast run (a smoke test)")
     bench.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="only the raw COPY ceiling and the cpu section: the daemon's CPU per message",
+    )
+    bench.add_argument(
         "--flush-interval", type=float, default=None, help="the daemon's flush_interval (0.02)"
     )
     bench.add_argument(

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.service import Daemon
 from balancewatch.domain import room_for
+from balancewatch.pipeline.records import BalanceLine, PairKey, Tail
 from balancewatch.settings import Settings
 from balancewatch.store import migrate
 from balancewatch.store.db import asyncpg_dsn
@@ -214,3 +215,9 @@ def scrape(text: str) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
+
+
+def cut(line: BalanceLine) -> tuple[PairKey, Tail]:
+    """A row's line as the writer takes it: its pair's key and its tail (records.py)."""
+    end = line.index(b"\t", line.index(b"\t") + 1)
+    return line[:end], line[end:]

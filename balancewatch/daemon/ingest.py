@@ -15,17 +15,21 @@ from typing import Final, Protocol
 from balancewatch import logs
 from balancewatch.daemon.protocol import BalanceUpdate, Joined, Ping, Rejected, parse_frame
 from balancewatch.daemon.subscriptions import Subscriptions
-from balancewatch.pipeline.records import BalanceLine, Stamps
+from balancewatch.pipeline.records import PairKey, Stamps, Tail
 from balancewatch.store.writes import RejectedRow
 
 log = logs.get_logger(__name__)
 
 # How much of a rejected frame a log line (and a room's last_error) quotes; the table keeps more.
 _SAMPLE_CHARS: Final = 200
+# Token rooms whose pair key is kept (about 350 bytes each with the room's name: 6 MB at most),
+# bounded as the parser bounds the rooms it knows: emptied when full, so a watchlist of a
+# million pairs cannot make it grow with it.
+_PAIR_KEYS_MAX: Final = 16_384
 
 
 class RowSink(Protocol):
-    def add(self, line: BalanceLine) -> None: ...
+    def add(self, pair: PairKey, tail: Tail) -> None: ...
 
 
 class RejectSink(Protocol):
@@ -69,6 +73,9 @@ class Ingest:
         self._max_frame_bytes = max_frame_bytes
         self._rejected_frame_chars = rejected_frame_chars
         self._stamps = Stamps()
+        # A token room's pair key (records.py), made once: the same bytes object for every row
+        # of the room, so its hash is computed once, not at each row's COPY.
+        self._pair_keys: dict[str, PairKey] = {}
         self._watched = (watch or MessageWatch()).rooms
         # The epoch of a room's shard while its lease is trusted, else None: the frame is then
         # refused (fenced). Not given: no shards, every row stored without an epoch.
@@ -122,10 +129,23 @@ class Ingest:
                 self.fenced += 1
                 return
         self.messages += 1
-        self._rows.add(self._stamps.line(update.wallet, update.token, update.amount, epoch))
+        pair = None if update.wallet_room else self._pair_keys.get(room)
+        if pair is None:
+            pair = self._pair_key(update)
+        self._rows.add(pair, self._stamps.tail(update.amount, epoch))
         self._subscriptions.delivered(room)
         if room in self._watched:
             self._watched[room] = True
+
+    def _pair_key(self, update: BalanceUpdate) -> PairKey:
+        """The key of the update's pair, kept if its room is a token's (a wallet's room has a
+        pair per token)."""
+        pair = f"{update.wallet}\t{update.token}".encode()
+        if not update.wallet_room:
+            if len(self._pair_keys) >= _PAIR_KEYS_MAX:
+                self._pair_keys.clear()
+            self._pair_keys[update.room] = pair
+        return pair
 
     def _reject(self, rejected: Rejected, frame: str, size: int) -> None:
         received_at = datetime.now(UTC)

@@ -39,9 +39,10 @@ Six measurements, printed as one table:
 The simulator runs in the bench's process; its fast path writes pre-built frames, many per
 socket write, and its own ceiling (to a client that reads and discards) is printed too.
 
-With `--history N` the bench runs one other section instead, alone: that of
-`bench_history`. What both share (the server, the scratch database, the pairs) is in
-`benchkit`.
+With `--cpu-only` the bench runs the raw COPY ceiling and the cpu section alone: a change to
+the ingest path compared in a minute, not the whole bench's many. With `--history N` it runs
+one other section instead, alone: that of `bench_history`. What both share (the server, the
+scratch database, the pairs) is in `benchkit`.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class Plan:
     idle_seconds: float = 60.0
     # `--pairs-joined N`: the scale section alone, up to every pair joined and the peak RSS.
     joins_only: bool = False
+    # `--cpu-only`: the raw COPY ceiling and the cpu section alone.
+    cpu_only: bool = False
     check_interval: float = 2.0  # the chain stage's checks: the busiest a user would set
     flush_interval: float | None = None  # None: the daemon's default
     uvloop: bool = False  # run the bench's process (and the in-process daemon) on uvloop
@@ -190,11 +193,18 @@ def command(args: argparse.Namespace) -> int:
         return 2
     if args.pairs_joined is not None:
         return _joins_only(args)
+    if args.cpu_only and args.quick:
+        print("balancewatch bench: --cpu-only runs alone, without --quick", file=sys.stderr)
+        return 2
     messages = args.messages if args.messages is not None else (3_000 if args.quick else 200_000)
     if messages <= 0:
         print("balancewatch bench: --messages must be positive", file=sys.stderr)
         return 2
-    options: dict[str, Any] = {"flush_interval": args.flush_interval, "uvloop": args.uvloop}
+    options: dict[str, Any] = {
+        "flush_interval": args.flush_interval,
+        "uvloop": args.uvloop,
+        "cpu_only": args.cpu_only,
+    }
     plan = Plan.quick(messages, **options) if args.quick else Plan(messages=messages, **options)
     return run_bench(plan, args.database_url)
 
@@ -232,6 +242,11 @@ async def _bench(plan: Plan, server_url: URL) -> None:
         print(f"  Postgres {db.get_server_version().major}; plan: {plan}", flush=True)
         if plan.joins_only:
             await _scale(plan, url, db, results)
+            print("done", flush=True)
+            return
+        if plan.cpu_only:
+            await _ceiling_alone(plan, db, results)
+            await _ingest_cpu(plan, url, db, results)
             print("done", flush=True)
             return
         await _simulator_ceiling(plan, results)
@@ -386,28 +401,11 @@ async def _ingest(run: _Run) -> None:
     """The daemon's ingest rate beside its ceilings."""
     plan, db, pairs, results = run.plan, run.db, run.pairs, run.results
     daemon_rate = await _daemon_rate(run)
-    amounts = _amounts()
-
-    # The ceiling: the same rows as typed values, copied the plain asyncpg way into a twin of
-    # the table the daemon writes (its columns and its index; neither its partitions nor its
-    # triggers, which are the daemon's own cost): a pair's id, as the writer sends it, and an
-    # epoch, as the daemon's rows carry their shard's (any bigint will do here). Twice: in
-    # batches of the daemon's size, and all in one COPY (the fastest a Python program loads
-    # them: asyncpg's binary COPY, one statement, one commit); the higher is the ceiling.
-    await db.execute("CREATE TABLE bench_twin (LIKE balance_rows INCLUDING ALL)")
-    # Each partition's index is its own since 0014, not balance_rows': LIKE no longer copies it.
-    await db.execute("CREATE INDEX ON bench_twin (pair_id, received_at, id)")
-    now = datetime.now(UTC)
-    rows: list[tuple[int, Decimal, datetime, int]] = [
-        (seq % len(pairs) + 1, Decimal(amounts[seq % len(amounts)]), now, 1)
-        for seq in range(plan.messages)
-    ]
+    rows = _ceiling_rows(plan, pairs)
     batch = run.batch_size
-    batches = [rows[first : first + batch] for first in range(0, len(rows), batch)]
-    batched_rate = await _copy_rate(db, batches)
-    one_copy_rate = await _copy_rate(db, [rows])
-    ceiling = max(batched_rate, one_copy_rate)
-    run.results.ceiling = ceiling
+    await db.execute(_CREATE_TWIN)
+    batched_rate, one_copy_rate = await _copy_rates(db, rows, batch)
+    ceiling = run.results.ceiling = max(batched_rate, one_copy_rate)
 
     sample = rows[: plan.naive_rows]
     started = time.perf_counter()
@@ -439,6 +437,55 @@ async def _ingest(run: _Run) -> None:
         "target >= 0.6x",
     )
     results.add("ingest", "daemon / naive", f"{daemon_rate / naive_rate:.1f}x", "target >= 50x")
+
+
+# The ceiling: the same rows as typed values, copied the plain asyncpg way into a twin of the
+# table the daemon writes (its columns and its index; neither its partitions nor its triggers,
+# which are the daemon's own cost): a pair's id, as the writer sends it, and an epoch, as the
+# daemon's rows carry their shard's (any bigint will do here). Twice: in batches of the
+# daemon's size, and all in one COPY (the fastest a Python program loads them: asyncpg's binary
+# COPY, one statement, one commit); the higher is the ceiling.
+# Each partition's index is its own since 0014, not balance_rows': LIKE no longer copies it.
+_CREATE_TWIN = """
+CREATE TABLE bench_twin (LIKE balance_rows INCLUDING ALL);
+CREATE INDEX ON bench_twin (pair_id, received_at, id);
+"""
+
+
+def _ceiling_rows(
+    plan: Plan, pairs: list[tuple[str, str]]
+) -> list[tuple[int, Decimal, datetime, int]]:
+    amounts = _amounts()
+    now = datetime.now(UTC)
+    return [
+        (seq % len(pairs) + 1, Decimal(amounts[seq % len(amounts)]), now, 1)
+        for seq in range(plan.messages)
+    ]
+
+
+async def _copy_rates(
+    db: Any, rows: list[tuple[int, Decimal, datetime, int]], batch: int
+) -> tuple[float, float]:
+    """Rows a second into `bench_twin`: in batches of `batch`, and in one COPY."""
+    batches = [rows[first : first + batch] for first in range(0, len(rows), batch)]
+    return await _copy_rate(db, batches), await _copy_rate(db, [rows])
+
+
+async def _ceiling_alone(plan: Plan, db: Any, results: Results) -> None:
+    """`--cpu-only`: the ingest section's ceiling without its daemon, for the cpu section's
+    ratio (in batches of the daemon's default size)."""
+    batch = Settings.model_fields["batch_size"].default
+    await db.execute(_CREATE_TWIN)
+    try:
+        batched, one_copy = await _copy_rates(
+            db, _ceiling_rows(plan, bench_pairs(plan.rooms)), batch
+        )
+    finally:
+        await db.execute("DROP TABLE bench_twin")
+    results.ceiling = max(batched, one_copy)
+    n = f"{plan.messages:,} msgs"
+    results.add("ingest", f"raw asyncpg COPY, binary, batches of {batch}", f"{batched:,.0f} rows/s")
+    results.add("ingest", f"raw asyncpg COPY, binary, {n} in one", f"{one_copy:,.0f} rows/s")
 
 
 async def _copy_rate(db: Any, statements: list[list[tuple[int, Decimal, datetime, int]]]) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from balancewatch.pipeline.records import BalanceLine
+from balancewatch.pipeline.records import BalanceLine, PairKey, Rows, Tail
 from balancewatch.pipeline.spool import Spool
 
 
@@ -24,7 +24,8 @@ class Buffer:
         self._spool = spool
         self._max_memory_rows = max_memory_rows
         self._durable = durable
-        self.memory: list[BalanceLine] = []
+        # Cut in two (records.py): a memory batch goes to COPY without its lines being cut.
+        self.memory = Rows()
         # True while the spool may hold rows that are not stored yet. A spool left by an
         # earlier run may: the first spool batch reads the checkpoint and finds out.
         self.spilled = not spool.is_empty()
@@ -34,36 +35,42 @@ class Buffer:
         # The spool segment kept free in front of the rows spilled after the ones in memory.
         self._in_front: int | None = None
 
-    def add(self, line: BalanceLine) -> None:
+    def add(self, pair: PairKey, tail: Tail) -> None:
+        """A row, as its pair's key and its line's tail (records.py)."""
         if self.oldest is None:
             self.oldest = time.monotonic()
-        if self._durable or self.spilled or len(self.memory) >= self._max_memory_rows:
+        memory = self.memory
+        if self._durable or self.spilled or len(memory.tails) >= self._max_memory_rows:
             if not (self._durable or self.spilled):
                 self._in_front = self._spool.reserve()
-            self._spool.append(line)
+            self._spool.append(pair + tail)
             self.spilled = True
             self.spool_pending += 1
         else:
-            self.memory.append(line)
+            memory.pairs.append(pair)
+            memory.tails.append(tail)
 
     def __len__(self) -> int:
-        return len(self.memory) + self.spool_pending
+        return len(self.memory.tails) + self.spool_pending
 
     def has_rows(self) -> bool:
-        return bool(self.memory) or self.spilled
+        return bool(self.memory.tails) or self.spilled
 
-    def take_memory(self, limit: int) -> list[BalanceLine]:
-        if len(self.memory) <= limit:
-            rows, self.memory = self.memory, []
+    def take_memory(self, limit: int) -> Rows:
+        memory = self.memory
+        if len(memory) <= limit:
+            rows, self.memory = memory, Rows()
         else:
-            rows = self.memory[:limit]
-            del self.memory[:limit]
+            rows = Rows(memory.pairs[:limit], memory.tails[:limit])
+            del memory.pairs[:limit]
+            del memory.tails[:limit]
         self._forget_age_if_empty()
         return rows
 
-    def restore_memory(self, rows: list[BalanceLine], oldest: float | None) -> None:
+    def restore_memory(self, rows: Rows, oldest: float | None) -> None:
         """A memory batch that failed goes back in front, with its age."""
-        self.memory[:0] = rows
+        self.memory.pairs[:0] = rows.pairs
+        self.memory.tails[:0] = rows.tails
         if rows:
             self.oldest = oldest if oldest is not None else time.monotonic()
 
@@ -79,7 +86,7 @@ class Buffer:
     def spool_memory(self) -> list[BalanceLine]:
         """At exit: put the rows still in memory in the spool, in front of the rows that
         spilled after them (at its end if none did); returns them."""
-        rows, self.memory = self.memory, []
+        rows, self.memory = self.memory.lines(), Rows()
         if not rows:
             return rows
         if self._in_front is not None:

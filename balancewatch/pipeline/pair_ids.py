@@ -1,9 +1,10 @@
 """Each pair's id in `pairs`, so that a row is stored as a small number, not two addresses.
 
 A row travels as its line, `wallet<TAB>token<TAB>amount<TAB>received_at<TAB>epoch<LF>` (see
-records.py): in memory, in the spool (which may outlive a database, so it keeps the
-addresses) and up to the COPY. There, the line's `wallet<TAB>token` is replaced with the
-pair's id, looked up in a dict of this process: one dict look-up and one concatenation a row.
+records.py; in memory, cut in two after `wallet<TAB>token`), in the spool (which may outlive a
+database, so it keeps the addresses) and up to the COPY. There, the line's `wallet<TAB>token`
+is replaced with the pair's id, looked up in a dict of this process: one dict look-up and one
+concatenation a row (and, for a line read back from the spool, finding where its key ends).
 A pair the dict does not know (a new watch, a wallet room's new token, any pair after a
 restart) costs one round trip for the whole batch, outside the batch's transaction: an id is
 only remembered once it is committed, so a batch rolled back cannot leave one behind that the
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TypeVar
 
-from balancewatch.pipeline.records import BalanceLine
+from balancewatch.pipeline.records import BalanceLine, Rows
 from balancewatch.store import writes
 from balancewatch.store.db import RawConnection
 
@@ -51,6 +52,17 @@ class PairIds:
             )
         except KeyError:
             raise UnknownPairs({key for key in map(_pair_of, lines) if key not in ids}) from None
+
+    def copy_rows(self, rows: Rows) -> bytes:
+        """`rows(rows.lines())`, from rows kept cut in two: a key shared by a room's rows has
+        its hash computed once, and no line is searched or cut."""
+        ids = self._ids
+        try:
+            return b"".join(
+                [ids[pair] + tail for pair, tail in zip(rows.pairs, rows.tails, strict=True)]
+            )
+        except KeyError:
+            raise UnknownPairs({pair for pair in set(rows.pairs) if pair not in ids}) from None
 
     async def learn(self, raw: RawConnection, keys: Collection[bytes], timeout: float) -> None:
         """Add these pairs to `pairs` if they are new, and remember their ids. Outside any

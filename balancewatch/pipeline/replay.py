@@ -12,7 +12,7 @@ from datetime import datetime
 from balancewatch.logs import get_logger
 from balancewatch.pipeline.fencing import Fenced, fence
 from balancewatch.pipeline.pair_ids import PairIds
-from balancewatch.pipeline.records import BalanceLine, received_at
+from balancewatch.pipeline.records import BalanceLine, Rows, received_at
 from balancewatch.pipeline.spool import Position, Spool
 from balancewatch.progress import Progress
 from balancewatch.store import writes
@@ -30,7 +30,7 @@ class Written:
 
 
 def written(fenced: Fenced, spool_end: Position | None = None) -> Written:
-    lines = fenced.kept
+    lines = fenced.kept  # lines, or the tails of rows from memory: received_at reads either
     newest = received_at(lines[-1]) if lines else None
     return Written(len(lines), spool_end, newest, fenced.refused)
 
@@ -51,6 +51,14 @@ async def store_lines(
     if fenced.kept:
         await writes.copy_balance_rows(raw, pairs.rows(fenced.kept), timeout)
     return fenced
+
+
+async def store_rows(raw: RawConnection, rows: Rows, pairs: PairIds, timeout: float) -> Fenced:
+    """`store_lines(raw, rows.lines(), pairs, timeout)` without making the lines (the rows of
+    a memory batch); what it keeps are the rows' tails."""
+    if rows:
+        await writes.copy_balance_rows(raw, pairs.copy_rows(rows), timeout)
+    return Fenced(rows.tails, 0)
 
 
 class SpoolReplay:

@@ -26,8 +26,8 @@ from balancewatch.logs import describe_error, get_logger
 from balancewatch.pipeline.buffer import Buffer
 from balancewatch.pipeline.fencing import Fenced
 from balancewatch.pipeline.pair_ids import PairIds
-from balancewatch.pipeline.records import BalanceLine
-from balancewatch.pipeline.replay import SpoolReplay, Written, store_lines, written
+from balancewatch.pipeline.records import PairKey, Rows, Tail
+from balancewatch.pipeline.replay import SpoolReplay, Written, store_lines, store_rows, written
 from balancewatch.pipeline.spool import Spool
 from balancewatch.settings import Settings, config_from
 from balancewatch.store.db import DB_ERRORS, DedicatedConnection, RawConnection
@@ -56,7 +56,7 @@ class WriterConfig:
 
 @dataclass(slots=True)
 class Batch:
-    rows: list[BalanceLine] = field(default_factory=list)
+    rows: Rows = field(default_factory=Rows)
     from_spool: bool = False
     oldest: float | None = None
 
@@ -113,9 +113,10 @@ class Writer:
     def pending_in_memory(self) -> int:
         return len(self._buffer.memory)
 
-    def add(self, line: BalanceLine) -> None:
+    def add(self, pair: PairKey, tail: Tail) -> None:
+        """A row, as its pair's key and its line's tail (records.py)."""
         buffer = self._buffer
-        buffer.add(line)
+        buffer.add(pair, tail)
         if self._idle:
             self._idle = False
             self._work.set()
@@ -124,7 +125,7 @@ class Writer:
                 self._full.set()
             if self._spool.total_bytes >= self._config.spool_max_bytes:
                 self._spool_full()
-        elif len(buffer.memory) >= self._batch_size:  # len(buffer), without the spool's part
+        elif len(buffer.memory.tails) >= self._batch_size:  # len(buffer), not the spool's part
             self._full.set()
 
     async def run(self, drain: asyncio.Event) -> None:
@@ -261,17 +262,17 @@ class Writer:
             self._observe(result.rows, time.monotonic() - started, result.newest)
         return result
 
-    async def _store_memory_batch(self, raw: RawConnection, rows: list[BalanceLine]) -> Fenced:
+    async def _store_memory_batch(self, raw: RawConnection, rows: Rows) -> Fenced:
         timeout = self._config.write_timeout
         return await self._pairs.known_for(raw, lambda: self._store_fenced(raw, rows), timeout)
 
-    async def _store_fenced(self, raw: RawConnection, rows: list[BalanceLine]) -> Fenced:
+    async def _store_fenced(self, raw: RawConnection, rows: Rows) -> Fenced:
         timeout = self._config.write_timeout
         try:
-            return await store_lines(raw, rows, self._pairs, timeout)  # one COPY, its trigger
+            return await store_rows(raw, rows, self._pairs, timeout)  # one COPY, its trigger
         except BatchFenced:
             async with raw.transaction():
-                return await store_lines(raw, rows, self._pairs, timeout, split=True)
+                return await store_lines(raw, rows.lines(), self._pairs, timeout, split=True)
 
     async def _fsync_spool(self, drain: asyncio.Event) -> None:
         while not drain.is_set():

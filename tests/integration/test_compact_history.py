@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from balancewatch.daemon.partitions import PREMAKE_DAYS, PartitionKeeper
 from balancewatch.store import migrate, partitions
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, connect, downgrade
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, connect, cut, downgrade
 from tests.writing import make_line, make_writer
 
 pytestmark = pytest.mark.usefixtures("writers_closed")
@@ -72,7 +72,7 @@ async def test_the_writer_adds_the_new_pairs_of_a_batch_and_stores_each_row_unde
     writer = make_writer(engine)
     for n, batch in enumerate(batches):
         for wallet, token, amount in batch:
-            writer.add(make_line(wallet, token, amount, now + timedelta(seconds=n)))
+            writer.add(*cut(make_line(wallet, token, amount, now + timedelta(seconds=n))))
         assert await writer.flush()
     stored = await db.fetch(
         "SELECT wallet, token, amount::text, source FROM balance_history ORDER BY id"

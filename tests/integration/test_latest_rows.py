@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from balancewatch.store import chain, migrate
 from balancewatch.store.db import asyncpg_dsn
 from balancewatch.store.writes import FENCED_SQLSTATE
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, downgrade, wait_until
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, cut, downgrade, wait_until
 from tests.writing import make_line, make_writer, open_test_spool
 
 pytestmark = pytest.mark.usefixtures("writers_closed")
@@ -51,7 +51,7 @@ async def test_every_kind_of_write_keeps_latest_balance_the_newest_row_of_each_p
 ) -> None:
     writer = make_writer(engine)
     for n, (wallet, token) in enumerate([(WALLET, TOKEN), (WALLET, SOL), (WALLET, TOKEN)]):
-        writer.add(make_line(wallet, token, str(n), NOW + timedelta(seconds=n)))
+        writer.add(*cut(make_line(wallet, token, str(n), NOW + timedelta(seconds=n))))
     assert await writer.flush()  # the daemon's stream rows, one COPY into balance_rows
     assert amounts(await assert_latest_is_newest(db)) == {(WALLET, SOL): 1, (WALLET, TOKEN): 2}
 

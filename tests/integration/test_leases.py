@@ -21,7 +21,7 @@ from balancewatch.store import leases
 from balancewatch.store.db import asyncpg_dsn
 from balancewatch.store.leases import Member
 from balancewatch.store.writes import BatchFenced
-from tests.helpers import TOKEN, WALLET
+from tests.helpers import TOKEN, WALLET, cut
 from tests.writing import make_writer
 
 TTL = 5.0
@@ -199,7 +199,7 @@ async def test_the_writer_stores_the_rows_that_pass_and_counts_those_fenced(
     ended = await raw.fetchval("SELECT ended_at FROM shard_tenures WHERE epoch = $1", epoch)
     writer = make_writer(engine)
     for amount, at in (("1", ended - timedelta(seconds=1)), ("2", ended + timedelta(seconds=1))):
-        writer.add(line(epoch, at, amount))
+        writer.add(*cut(line(epoch, at, amount)))
     assert await writer.flush()
     assert (writer.rows_written, writer.rows_fenced) == (1, 1)
     assert await raw.fetchval("SELECT amount::text FROM balance_history") == "1"

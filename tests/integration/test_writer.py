@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from balancewatch.pipeline.records import BalanceLine
 from balancewatch.pipeline.spool import Spool
 from balancewatch.pipeline.writer import Writer
-from tests.helpers import SOL, TOKEN, WALLET, WALLET2, scratch_dir, wait_until
+from tests.helpers import SOL, TOKEN, WALLET, WALLET2, cut, scratch_dir, wait_until
 from tests.writing import (
     T0,
     keep_open_until_the_test_ends,
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("writers_closed")
 
 def add_all(writer: Writer, rows: list[BalanceLine]) -> None:
     for line in rows:
-        writer.add(line)
+        writer.add(*cut(line))
 
 
 async def stored(db: Any) -> list[BalanceLine]:
@@ -88,7 +88,7 @@ async def test_a_full_batch_is_written_at_once_even_when_the_flush_age_is_far_of
         await asyncio.sleep(0.2)
         assert await count(db) == 0  # 99 of 100: not full, and far from 60 s old
 
-        writer.add(first[99])
+        writer.add(*cut(first[99]))
         await wait_until(lambda: writer.rows_written == 100, what="the full batch")
         assert await stored(db) == first
 
@@ -110,10 +110,10 @@ async def test_a_partial_batch_is_written_when_its_oldest_row_reaches_the_flush_
     rows = make_rows(2)
     async with running(writer):
         first_added = time.monotonic()
-        writer.add(rows[0])
+        writer.add(*cut(rows[0]))
         await asyncio.sleep(0.2)
         second_added = time.monotonic()
-        writer.add(rows[1])
+        writer.add(*cut(rows[1]))
         assert await count(db) == 0
 
         await wait_until(lambda: writer.rows_written > 0, what="the aged batch")
@@ -278,7 +278,7 @@ async def test_a_drain_that_cannot_write_spools_the_rows_and_the_next_writer_rep
     second_spool.open()
     keep_open_until_the_test_ends(second_spool)
     restarted = make_writer(engine, spool=second_spool)
-    restarted.add(make_rows(1, start=3)[0])
+    restarted.add(*cut(make_rows(1, start=3)[0]))
     while await count(db) < 4:
         assert await restarted.flush()
     assert await stored(db) == make_rows(4)

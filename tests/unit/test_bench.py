@@ -15,7 +15,7 @@ import pytest
 
 from balancewatch import cli
 from balancewatch.cli import row_count
-from balancewatch.devtools import bench_cpu, bench_history
+from balancewatch.devtools import bench, bench_cpu, bench_history
 from balancewatch.devtools.bench import Plan, Takeover, command
 from balancewatch.devtools.bench_history import (
     BUSY_HOUR,
@@ -203,6 +203,22 @@ def test_pairs_joined_runs_the_scale_section_alone_with_that_many_pairs(
     args = cli._parser().parse_args(["bench", "--pairs-joined", "1m", "--quick"])
     assert command(args) == 2
     assert "--pairs-joined runs alone, without --quick" in capsys.readouterr().err
+
+
+def test_cpu_only_runs_the_full_size_cpu_section_and_refuses_the_quick_plan(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plans: list[Plan] = []
+
+    def run(plan: Plan, _url: str | None) -> int:
+        plans.append(plan)
+        return 0
+
+    monkeypatch.setattr(bench, "run_bench", run)
+    assert command(cli._parser().parse_args(["bench", "--cpu-only"])) == 0
+    assert plans == [Plan(messages=200_000, cpu_only=True)]
+    assert command(cli._parser().parse_args(["bench", "--cpu-only", "--quick"])) == 2
+    assert "--cpu-only runs alone, without --quick" in capsys.readouterr().err
 
 
 def test_a_profile_is_summed_per_function_its_own_time_and_with_what_it_calls() -> None:

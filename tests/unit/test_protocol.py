@@ -33,7 +33,7 @@ from balancewatch.daemon.protocol import (
 from balancewatch.daemon.rooms import wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.domain import Pair, Watch, is_address, room_for, watch_for
-from balancewatch.pipeline.records import BalanceLine, balance_line
+from balancewatch.pipeline.records import BalanceLine, PairKey, Tail, balance_line
 from balancewatch.store.writes import RejectedRow
 from tests.helpers import API_KEY, SOL, TOKEN, WALLET, WALLET2, room, unrecorded_coverage
 
@@ -454,11 +454,13 @@ class RecordingSink:
     """The writer as Ingest and Subscriptions see it, recording what they hand it."""
 
     rows: list[BalanceLine] = field(default_factory=list)
+    pairs: list[PairKey] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
     status: list[tuple[Watch, str]] = field(default_factory=list)
 
-    def add(self, line: BalanceLine) -> None:
-        self.rows.append(line)
+    def add(self, pair: PairKey, tail: Tail) -> None:
+        self.rows.append(pair + tail)
+        self.pairs.append(pair)
 
     def add_rejected(self, row: RejectedRow) -> None:
         self.rejected.append(row)
@@ -561,3 +563,37 @@ async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_re
             assert API_KEY not in text
 
     check()
+
+
+async def test_a_row_reaches_the_writer_as_its_pair_key_made_once_a_token_room_and_its_tail() -> (
+    None
+):
+    subscriptions = Subscriptions(RecordingSink(), unrecorded_coverage())
+    await subscriptions.want(wanted_rooms([(WALLET, TOKEN), (WALLET2, None)]))
+    await subscriptions.connected(SilentSender())
+    sink = RecordingSink()
+    ingest = Ingest(
+        subscriptions,
+        sink,
+        sink,
+        max_frame_bytes=MAX_FRAME_BYTES,
+        rejected_frame_chars=REJECTED_FRAME_CHARS,
+    )
+    frames = [
+        message("1"),
+        message("2"),
+        message("3", wallet=WALLET2, token=TOKEN, room_name=room(WALLET2, None)),
+        message("4", wallet=WALLET2, token=SOL, room_name=room(WALLET2, None)),
+    ]
+    for frame in frames:
+        assert not ingest.text(frame)
+    expected = [
+        (WALLET, TOKEN, "1"),
+        (WALLET, TOKEN, "2"),
+        (WALLET2, TOKEN, "3"),
+        (WALLET2, SOL, "4"),
+    ]
+    assert [tuple(line.decode().split("\t")[:3]) for line in sink.rows] == expected
+    assert sink.pairs == [f"{wallet}\t{token}".encode() for wallet, token, _ in expected]
+    # A token room's rows share one key, hashed once at the COPY; a wallet room's pairs differ.
+    assert sink.pairs[0] is sink.pairs[1]
