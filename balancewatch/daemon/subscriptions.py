@@ -79,6 +79,7 @@ class Subscriptions:
         self._replacing: dict[str, set[str]] = {}  # joined for a switch -> the rooms it replaces
         self._held: set[str] = set()  # join sent on the live connection (acked or not)
         self._unacked = PendingJoins(join_ack_timeout, join_retry_max)  # a subset of held
+        self._unacked_rooms = self._unacked.rooms
         self._unacked_added = asyncio.Event()
         self._clock = clock
         self._sender: RoomSender | None = None
@@ -234,7 +235,7 @@ class Subscriptions:
 
     def delivered(self, room: str) -> None:
         """A balance arrived for the room: the join worked, even if its ack never came."""
-        if room in self._unacked:
+        if room in self._unacked_rooms:
             self.joined(room)
 
     def room_error(self, room: str, error: str) -> None:
