@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Callable, Collection
 
 from balancewatch.domain import Watch
@@ -20,7 +21,12 @@ class SnapshotQueue:
     """Watches waiting for their snapshot, each once, first come first served."""
 
     def __init__(self) -> None:
-        self._waiting: dict[Watch, None] = {}  # a dict keeps the order they came in
+        # In the order they came, a watch discarded meanwhile skipped when it comes up. Not a
+        # dict used as an ordered set: taking from its front walks past every entry taken
+        # since it last grew, quadratic in the queue (38 s for 200,000 snapshots taken 100 at
+        # a time; a round at 1,000,000 pairs is a million).
+        self._order: deque[Watch] = deque()
+        self._waiting: set[Watch] = set()
         self._retry_at: dict[Watch, float] = {}
         # (due, sequence, watch); a watch discarded meanwhile is skipped when it comes up.
         self._later: list[tuple[float, int, Watch]] = []
@@ -32,11 +38,11 @@ class SnapshotQueue:
     def add(self, pair: Watch) -> None:
         """A listening period started: its watch is read as soon as the queue reaches it."""
         self._retry_at.pop(pair, None)
-        self._waiting[pair] = None
+        self._wait(pair)
 
     def discard(self, pair: Watch) -> None:
         """The period ended: a snapshot now would not be of a listened-to watch."""
-        self._waiting.pop(pair, None)
+        self._waiting.discard(pair)
         self._retry_at.pop(pair, None)
 
     def retry(self, pair: Watch, at: float) -> None:
@@ -50,9 +56,10 @@ class SnapshotQueue:
         self._release_due(now)
         taken: list[Watch] = []
         while self._waiting and len(taken) < most:
-            pair = next(iter(self._waiting))
-            del self._waiting[pair]
-            taken.append(pair)
+            pair = self._order.popleft()
+            if pair in self._waiting:
+                self._waiting.remove(pair)
+                taken.append(pair)
         return taken
 
     def next_retry(self) -> float | None:
@@ -65,7 +72,12 @@ class SnapshotQueue:
         while (due := self.next_retry()) is not None and due <= now:
             _, _, pair = heapq.heappop(self._later)
             del self._retry_at[pair]
-            self._waiting[pair] = None
+            self._wait(pair)
+
+    def _wait(self, pair: Watch) -> None:
+        if pair not in self._waiting:
+            self._waiting.add(pair)
+            self._order.append(pair)
 
 
 class CheckRounds:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
@@ -58,17 +58,19 @@ class StreamConfig:
     max_frame_bytes: int
 
 
-class TextSocket(Protocol):
+class FrameSocket(Protocol):
     """The part of a websocket the sender uses."""
 
     @property
     def closed(self) -> bool: ...
 
-    async def send_str(self, data: str) -> None: ...
+    async def send_frame(
+        self, message: bytes, opcode: aiohttp.WSMsgType, compress: int | None = None
+    ) -> None: ...
 
 
 class WebSocketSender:
-    """Join and leave frames on one live websocket.
+    """Join and leave frames on one live websocket, one frame per room (the protocol's).
 
     Retired when its connection ends. A send still waiting then fails at once with
     ConnectionError: to a peer that stopped reading, a send can wait for buffer space for
@@ -76,18 +78,16 @@ class WebSocketSender:
     lock, which the next connection needs to join anything.
     """
 
-    def __init__(self, ws: TextSocket) -> None:
+    def __init__(self, ws: FrameSocket) -> None:
         self._ws = ws
         self._retired = False
         self._sending: set[asyncio.Timeout] = set()
 
     async def join(self, rooms: Collection[str]) -> None:
-        for room in rooms:
-            await self._send(join_frame(room))
+        await self._send(map(join_frame, rooms))
 
     async def leave(self, rooms: Collection[str]) -> None:
-        for room in rooms:
-            await self._send(leave_frame(room))
+        await self._send(map(leave_frame, rooms))
 
     def retire(self) -> None:
         if self._retired:
@@ -97,14 +97,20 @@ class WebSocketSender:
         for sending in self._sending:
             sending.reschedule(now)  # ends that send with a TimeoutError, in its own task
 
-    async def _send(self, frame: str) -> None:
+    async def _send(self, frames: Iterable[bytes]) -> None:
+        """Every frame, under one timeout that `retire` ends: a timeout armed per frame cost
+        more than the frame's own write. A frame waits only when aiohttp's buffer is full (its
+        flow control), so the frames of one call can be many; once the connection is closing,
+        aiohttp refuses the next frame with a ConnectionResetError."""
         if self._retired or self._ws.closed:
             raise ConnectionError("the websocket is closed")
+        send, text = self._ws.send_frame, aiohttp.WSMsgType.TEXT
         sending = asyncio.timeout(None)
         self._sending.add(sending)
         try:
             async with sending:
-                await self._ws.send_str(frame)
+                for frame in frames:
+                    await send(frame, text)
         except TimeoutError:
             raise ConnectionError("the websocket closed while a frame was being sent") from None
         finally:

@@ -44,7 +44,7 @@ from balancewatch.daemon.metrics import (
 from balancewatch.daemon.partitions import PartitionKeeper
 from balancewatch.daemon.sharding import ShardedRooms
 from balancewatch.daemon.signals import stop_on_signals
-from balancewatch.daemon.subscriptions import RoomSender, Subscriptions
+from balancewatch.daemon.subscriptions import Subscriptions
 from balancewatch.daemon.sync import SyncConfig, WatchlistSync
 from balancewatch.domain import DEFAULT_SHARDS, SETTLED_STATES, Pair
 from balancewatch.errors import StartupError
@@ -149,7 +149,10 @@ class Daemon:
             config_from(settings, StreamConfig),
             settings.datastream_key,
             self.ingest,
-            on_connected=self._connected,
+            # No read of the watchlist here: the wanted rooms follow the table whether or not
+            # the websocket is up (sync.py), and at start that read came on top of the sync's
+            # own first one, a second copy of a million rows while they were being joined.
+            on_connected=self.subscriptions.connected,
             on_disconnected=self.subscriptions.disconnected,
             while_connected=self.subscriptions.retry_unacked_joins,
             before_close=self.subscriptions.leave_all,
@@ -189,10 +192,6 @@ class Daemon:
     async def _settle_handover(self, seconds: float) -> None:
         await self.client.round_trip(seconds / 2)
         await self.writer.caught_up(seconds / 2)
-
-    async def _connected(self, sender: RoomSender) -> None:
-        self.sync.request_reconcile()
-        await self.subscriptions.connected(sender)
 
     def readiness(self) -> Readiness:
         # Read in place, not copied: a probe every few seconds, with 100,000 pairs wanted.

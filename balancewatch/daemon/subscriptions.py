@@ -34,6 +34,9 @@ from balancewatch.logs import get_logger
 log = get_logger(__name__)
 
 _JOINS_PER_SEND = 5_000
+# The most joins left unanswered before the next piece goes: 4 pieces, so the server always has
+# some to read while the acks of others come back.
+_JOINS_IN_FLIGHT = 20_000
 
 
 class RoomSender(Protocol):
@@ -81,6 +84,9 @@ class Subscriptions:
         self._unacked = PendingJoins(join_ack_timeout, join_retry_max)  # a subset of held
         self._unacked_rooms = self._unacked.rooms
         self._unacked_added = asyncio.Event()
+        # Set once at most `_send_more_at` joins wait for an answer (-1: nothing waits for it).
+        self._may_send = asyncio.Event()
+        self._send_more_at = -1
         self._clock = clock
         self._sender: RoomSender | None = None
         self._lock = asyncio.Lock()
@@ -223,10 +229,11 @@ class Subscriptions:
         self._status.set_status(list(map(_watch_of, gone)), "left")
         self._held = set()
         self._unacked.clear()
+        self._may_send.set()  # a piece waiting to go fails now, on the retired sender
         self._end_switches()
 
     def joined(self, room: str) -> None:
-        self._unacked.acked(room)
+        self._answered(room)
         self._replaced(room)
         watch = self._wanted.get(room)
         if watch is not None and room in self._held:
@@ -241,7 +248,7 @@ class Subscriptions:
     def room_error(self, room: str, error: str) -> None:
         # The server answered the join, if not with `joined`: sending it again on this
         # connection would only repeat the question (the next connection joins it again).
-        self._unacked.acked(room)
+        self._answered(room)
         self._replaced(room)
         watch = self._wanted.get(room)
         if watch is not None:
@@ -302,11 +309,38 @@ class Subscriptions:
 
     async def _join(self, sender: RoomSender, rooms: list[str]) -> None:
         """Send the joins a few thousand at a time, each piece's wait for its acks counted
-        from when it has left (100,000 joins take seconds to write)."""
+        from when it has left (100,000 joins take seconds to write).
+
+        A piece goes once at most `_JOINS_IN_FLIGHT` joins sent before it are unanswered, or
+        once an ack timeout has passed. Written as fast as the socket takes them, a million
+        joins would wait in buffers for a server that reads more slowly: their acks would fall
+        overdue before the server had even read them, and each join would be sent again, to a
+        server already behind (at 1,000,000 pairs, twice over)."""
         for start in range(0, len(rooms), _JOINS_PER_SEND):
             piece = rooms[start : start + _JOINS_PER_SEND]
+            # Every room of `rooms` was counted unanswered when the diff was taken.
+            await self._answers_until(len(rooms) - start + _JOINS_IN_FLIGHT)
+            if self._sender is not sender:
+                raise ConnectionError("the connection ended while joins waited to be sent")
             await sender.join(piece)
             self._unacked.left_now(piece, self._clock())
+
+    async def _answers_until(self, unanswered: int) -> None:
+        """Until at most `unanswered` joins wait for their answer, or an ack timeout."""
+        if len(self._unacked) <= unanswered:
+            return
+        self._may_send.clear()
+        self._send_more_at = unanswered
+        try:
+            await wait_first(self._may_send, timeout=self._join_ack_timeout)
+        finally:
+            self._send_more_at = -1
+
+    def _answered(self, room: str) -> None:
+        """The server answered the join of `room` (an ack or an error)."""
+        self._unacked.acked(room)
+        if len(self._unacked) <= self._send_more_at:
+            self._may_send.set()
 
     def _start_switches(self, left: Set[str], joining: Set[str]) -> None:
         """Each left room whose wallet has rooms in `joining` is replaced by them: accepted

@@ -4,8 +4,10 @@ A trigger NOTIFYs on every statement that changes the table; this task LISTENs o
 connection (outside the pool) and re-reads when told: just the wallets of the rows the
 notification names when it names them (a statement of a few rows), else the whole table.
 Either way the rows are the truth and the notification only a hint. Notifications are lost
-while disconnected, so it also reads the whole table on a timer, after every reconnect of its
-own connection, and whenever the websocket reconnects.
+while disconnected, so it also reads the whole table on a timer and after every reconnect of
+its own connection. A reconnect of the websocket needs no read: this connection, not that one,
+is what can miss a change, and the wanted rooms are kept through websocket drops (the next
+connection joins them all).
 """
 
 from __future__ import annotations

@@ -275,6 +275,25 @@ async def test_a_dropped_connection_reconnects_and_rejoins_every_pair_once(
     assert kinds(simulator, "join", room()) == 4
 
 
+async def test_a_reconnect_rejoins_the_rooms_known_without_reading_the_watchlist_again(
+    engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
+) -> None:
+    """The LISTEN connection, not the websocket, is what can miss a change to the table."""
+    await watch(db)
+    settings = make_settings(database_url, simulator.url, reconcile_interval=60.0)
+    async with running_daemon(settings) as running:
+        await simulator.wait_for(lambda: simulator.joined_rooms() == {room()})
+        await simulator.drop_connections()
+        await simulator.wait_for(lambda: simulator.joined_rooms() == {room()})
+        # The sync takes what it was asked in order: a row added now is read alone unless the
+        # reconnect had asked for the whole table.
+        await watch(db, WALLET2, SOL)
+        await simulator.wait_for(lambda: simulator.joined_rooms() == {room(), room(WALLET2, SOL)})
+        assert (running.daemon.sync.reconciles, running.daemon.sync.rechecks) == (1, 1)
+    assert simulator.total_connections == 2
+    assert kinds(simulator, "join", room()) == 2
+
+
 async def test_a_message_for_a_room_never_joined_is_rejected(
     engine: AsyncEngine, database_url: URL, db: Any, simulator: Simulator
 ) -> None:

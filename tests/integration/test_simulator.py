@@ -56,7 +56,7 @@ async def receive_json(ws: ClientWebSocketResponse) -> object:
 
 
 async def join(ws: ClientWebSocketResponse, room: str) -> None:
-    await ws.send_str(join_frame(room))
+    await ws.send_str(join_frame(room).decode())
     assert await receive_json(ws) == {"type": "joined", "room": room}
 
 
@@ -113,7 +113,7 @@ async def test_join_is_not_acknowledged_when_ack_joins_is_off(
     sim.ack_joins = False
     ws = await connect(sim.url)
 
-    await ws.send_str(join_frame(ROOM_USDT))
+    await ws.send_str(join_frame(ROOM_USDT).decode())
     await sim.wait_for(lambda: ROOM_USDT in sim.joined_rooms())
     await sim.send_balance(WALLET, USDT, "1")
 
@@ -134,7 +134,7 @@ async def test_leave_unsubscribes_only_the_connection_that_left(
     await join(stayer, ROOM_USDT)
     assert sim.room_subscribers(ROOM_USDT) == 2
 
-    await leaver.send_str(leave_frame(ROOM_USDT))
+    await leaver.send_str(leave_frame(ROOM_USDT).decode())
     await sim.wait_for(lambda: sim.room_subscribers(ROOM_USDT) == 1)
 
     assert await sim.send_balance(WALLET, USDT, "5") == 1
@@ -251,8 +251,8 @@ async def test_cut_after_joins_cuts_each_new_connection_at_its_count_of_joins(
     sim.cut_after_joins = [2, 0]
     first = await connect(sim.url)
     await join(first, ROOM_USDT)
-    await first.send_str(join_frame(ROOM_WSOL))  # the second join: cut, never acknowledged
-    await first.send_str(leave_frame(ROOM_USDT))  # already on its way: never arrives
+    await first.send_str(join_frame(ROOM_WSOL).decode())  # the second join: cut, never acknowledged
+    await first.send_str(leave_frame(ROOM_USDT).decode())  # already on its way: never arrives
     msg = await first.receive(timeout=2.0)
     assert msg.type in (WSMsgType.CLOSED, WSMsgType.ERROR)
     await sim.wait_for(lambda: sim.live_connections == 0)
@@ -290,7 +290,7 @@ async def test_a_stalled_connection_sends_and_answers_nothing_but_notices_the_cl
 
         sim.stall_connections()
         await ws.ping(b"2")
-        await ws.send_str(join_frame(ROOM_WSOL))
+        await ws.send_str(join_frame(ROOM_WSOL).decode())
         await sim.ping()
         assert await sim.send_balance(WALLET, USDT, "1") == 0
         await assert_silent(ws)
@@ -391,7 +391,7 @@ async def test_a_room_left_then_joined_by_another_client_is_no_overlap_and_count
     await join(a, ROOM_USDT)
     assert await open_sim.send_balance(WALLET, USDT, "1") == 1
 
-    await a.send_str(leave_frame(ROOM_USDT))
+    await a.send_str(leave_frame(ROOM_USDT).decode())
     await open_sim.wait_for(lambda: open_sim.room_holders(ROOM_USDT) == set())
     await join(b, ROOM_USDT)
     assert await open_sim.send_balance(WALLET, USDT, "2") == 1

@@ -79,3 +79,16 @@ def test_a_new_round_reads_the_pairs_listened_to_then() -> None:
 def test_no_check_interval_is_not_a_schedule() -> None:
     with pytest.raises(ValueError, match="positive"):
         CheckRounds(0, lambda: PAIRS)
+
+
+def test_a_pair_discarded_and_added_again_is_taken_once() -> None:
+    queue = SnapshotQueue()
+    queue.add(PAIRS[0])
+    queue.add(PAIRS[1])
+    queue.discard(PAIRS[0])
+    queue.add(PAIRS[0])
+    assert len(queue) == 2
+    assert sorted(queue.take(5, now=0)) == PAIRS[:2]
+    assert queue.take(5, now=0) == []
+    queue.add(PAIRS[0])
+    assert queue.take(5, now=0) == [PAIRS[0]]

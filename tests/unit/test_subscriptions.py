@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from balancewatch.daemon.coverage import Coverage
 from balancewatch.daemon.rooms import Wanted, wanted_rooms
 from balancewatch.daemon.subscriptions import Subscriptions
+from balancewatch.devtools.benchkit import bench_pairs
 from balancewatch.domain import Pair, Watch
 from tests.fakes import FakeClock, FakeSender, FakeStatus
 from tests.helpers import (
@@ -799,3 +800,56 @@ async def test_a_covered_row_deleted_is_left(subs: Subscriptions, status: FakeSt
     await subs.update({A, WHOLE}, want(WHOLE))
     assert sender.frames == []
     assert status.last(A) == ("left", None)
+
+
+async def test_a_large_join_sends_more_only_as_the_server_answers(
+    status: FakeStatus, clock: FakeClock
+) -> None:
+    """Joins written faster than the server reads wait in buffers until their acks fall
+    overdue: with 20,000 sent and unanswered, the next piece waits for answers."""
+    subs = Subscriptions(status, unrecorded_coverage(), join_ack_timeout=60.0, clock=clock)
+    sender = FakeSender()
+    await subs.connected(sender)
+    joining = asyncio.create_task(subs.want(wanted_rooms(bench_pairs(30_000))))
+    await wait_until(lambda: len(sender.joins()) == 25_000, what="the first five pieces")
+    await asyncio.sleep(0.05)
+    assert len(sender.joins()) == 25_000
+    assert not joining.done()
+
+    for name in sender.joins()[:4_999]:
+        subs.joined(name)
+    await asyncio.sleep(0.05)
+    assert len(sender.joins()) == 25_000  # 20,001 unanswered still
+    subs.room_error(sender.joins()[4_999], "room not found")  # an answer all the same
+    await asyncio.wait_for(joining, timeout=1.0)
+    assert len(sender.joins()) == len(set(sender.joins())) == 30_000
+
+
+async def test_a_server_that_never_answers_still_gets_every_join_an_ack_timeout_later(
+    status: FakeStatus,
+) -> None:
+    subs = Subscriptions(status, unrecorded_coverage(), join_ack_timeout=0.2)
+    sender = FakeSender()
+    await subs.connected(sender)
+    await asyncio.wait_for(subs.want(wanted_rooms(bench_pairs(30_000))), timeout=5.0)
+    assert len(set(sender.joins())) == 30_000
+
+
+async def test_joins_waiting_for_answers_are_not_sent_once_the_connection_drops(
+    subs: Subscriptions, status: FakeStatus
+) -> None:
+    """The next connection joins them; the lock it needs is free at once."""
+    sender = FakeSender()
+    await subs.connected(sender)
+    joining = asyncio.create_task(subs.want(wanted_rooms(bench_pairs(30_000))))
+    await wait_until(lambda: len(sender.joins()) == 25_000, what="the first five pieces")
+
+    subs.disconnected("idle timeout")
+    await asyncio.wait_for(joining, timeout=1.0)
+    assert len(sender.joins()) == 25_000
+    again = FakeSender()
+    rejoining = asyncio.create_task(subs.connected(again))
+    await wait_until(lambda: len(again.joins()) == 25_000, what="the new connection's joins")
+    rejoining.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await rejoining

@@ -4,9 +4,11 @@ past the end of its connection."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Collection
 
 import pytest
+from aiohttp import WSMsgType
 
 from balancewatch.daemon.datastream import WebSocketSender
 from balancewatch.daemon.rooms import wanted_rooms
@@ -23,7 +25,9 @@ class StuckSocket:
     def __init__(self) -> None:
         self.sends = 0
 
-    async def send_str(self, data: str) -> None:
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None:
         self.sends += 1
         await asyncio.Event().wait()
 
@@ -32,10 +36,12 @@ class RecordingSocket:
     closed = False
 
     def __init__(self) -> None:
-        self.frames: list[str] = []
+        self.frames: list[tuple[WSMsgType, bytes]] = []
 
-    async def send_str(self, data: str) -> None:
-        self.frames.append(data)
+    async def send_frame(
+        self, message: bytes, opcode: WSMsgType, compress: int | None = None
+    ) -> None:
+        self.frames.append((opcode, message))
 
 
 class NoStatus:
@@ -63,3 +69,17 @@ async def test_a_send_stuck_on_a_dead_socket_fails_when_its_connection_ends() ->
     assert subs.held == {room(), room(WALLET2, SOL)}
     with pytest.raises(ConnectionError):
         await stuck.join([room()])
+
+
+async def test_a_join_sends_one_text_frame_per_room_in_order() -> None:
+    """The protocol is one room per join frame, however many rooms one call joins."""
+    live = RecordingSocket()
+    rooms = [room(), room(WALLET2, SOL), room(WALLET, None)]
+    await WebSocketSender(live).join(rooms)
+    await WebSocketSender(live).leave(rooms[:1])
+
+    assert [opcode for opcode, _ in live.frames] == [WSMsgType.TEXT] * 4
+    assert [json.loads(frame) for _, frame in live.frames] == [
+        *({"type": "join", "room": name} for name in rooms),
+        {"type": "leave", "room": room()},
+    ]
