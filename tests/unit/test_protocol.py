@@ -525,13 +525,7 @@ async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_re
     @given(any_frame)
     def check(raw: str | bytes) -> None:
         sink = RecordingSink()
-        ingest = Ingest(
-            subscriptions,
-            sink,
-            sink,
-            max_frame_bytes=MAX_FRAME_BYTES,
-            rejected_frame_chars=REJECTED_FRAME_CHARS,
-        )
+        ingest = ingest_into(subscriptions, sink)
         pong = False
         if isinstance(raw, str):
             pong = ingest.text(raw)
@@ -565,6 +559,17 @@ async def test_every_frame_through_ingest_ends_as_exactly_one_row_ack_pong_or_re
     check()
 
 
+def ingest_into(subscriptions: Subscriptions, sink: RecordingSink) -> Ingest:
+    """An ingest whose rows and rejects go to `sink`, with the daemon's limits."""
+    return Ingest(
+        subscriptions,
+        sink,
+        sink,
+        max_frame_bytes=MAX_FRAME_BYTES,
+        rejected_frame_chars=REJECTED_FRAME_CHARS,
+    )
+
+
 async def test_a_row_reaches_the_writer_as_its_pair_key_made_once_a_token_room_and_its_tail() -> (
     None
 ):
@@ -572,13 +577,7 @@ async def test_a_row_reaches_the_writer_as_its_pair_key_made_once_a_token_room_a
     await subscriptions.want(wanted_rooms([(WALLET, TOKEN), (WALLET2, None)]))
     await subscriptions.connected(SilentSender())
     sink = RecordingSink()
-    ingest = Ingest(
-        subscriptions,
-        sink,
-        sink,
-        max_frame_bytes=MAX_FRAME_BYTES,
-        rejected_frame_chars=REJECTED_FRAME_CHARS,
-    )
+    ingest = ingest_into(subscriptions, sink)
     frames = [
         message("1"),
         message("2"),
